@@ -1,0 +1,3 @@
+"""`make demo`: placeholder until the SemToken issue lands its demo."""
+
+print("semedge demo: not built yet")

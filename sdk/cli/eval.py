@@ -1,0 +1,7 @@
+"""`semedge eval` (not built yet: issue #2)."""
+
+from __future__ import annotations
+
+from semedge.cli import not_built
+
+command = not_built("eval", issue=2)

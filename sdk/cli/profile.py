@@ -1,0 +1,7 @@
+"""`semedge profile` (not built yet: issue #6)."""
+
+from __future__ import annotations
+
+from semedge.cli import not_built
+
+command = not_built("profile", issue=6)

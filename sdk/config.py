@@ -1,0 +1,88 @@
+"""Config dataclasses the runtime reads, and the only place environment variables are read.
+
+Torch-free: imported by semedge.runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semedge.errors import InputError
+
+__all__ = ["CompressionConfig", "cache_dir", "debug_enabled", "replace_set"]
+
+
+def cache_dir() -> Path:
+    """Where converted weights are cached: $SEMEDGE_CACHE, else ~/.cache/semedge."""
+    env = os.environ.get("SEMEDGE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "semedge"
+
+
+def debug_enabled() -> bool:
+    """True when SEMEDGE_DEBUG is set to a truthy value: the CLI then shows tracebacks."""
+    return os.environ.get("SEMEDGE_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def replace_set(base: Any, **options: Any) -> Any:
+    """`dataclasses.replace` with only the options that are not None (None means default)."""
+    return dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """SemToken settings: how many positions to keep and which tokens may never merge.
+
+    Exactly one of `ratio` and `target_tokens` controls the budget.
+    """
+
+    ratio: float | None = 2.4  # input positions / output positions; None -> use target_tokens
+    target_tokens: int | None = None  # output positions wanted (overrides ratio when set)
+    encoder: str = "lm"  # "lm" (the LM's own first layers) or "minilm"
+    encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
+    max_span: int = 8  # longest run of tokens merged into one position
+    recency_window: int = 64  # the last N tokens are never merged
+    protect_digits: bool = True  # tokens containing a digit never merge
+    protect_special: bool = True  # special tokens never merge
+    protected_strings: tuple[str, ...] = ()  # user strings whose tokens never merge
+    query: str | None = None  # query-aware mode: spans similar to it stay fine
+    density_alpha: float = 1.0  # strength of the entropy-adaptive threshold (0 = fixed tau)
+    window: int = 16  # tokens per local window for the semantic-density estimate
+    tolerance: float = 0.02  # achieved ratio must be within this relative error of `ratio`
+    threshold: float | None = None  # a calibrated tau: skips the per-prompt search when set
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and not self.ratio >= 1.0:
+            raise InputError(f"ratio must be >= 1.0 (2.4 = 2.4x fewer positions), got {self.ratio}")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise InputError(f"target_tokens must be >= 1, got {self.target_tokens}")
+        if self.ratio is None and self.target_tokens is None:
+            raise InputError("set ratio (e.g. 2.4) or target_tokens")
+        if self.encoder not in ("lm", "minilm"):
+            raise InputError(f"encoder must be 'lm' or 'minilm', got {self.encoder!r}")
+        if self.max_span < 1:
+            raise InputError(f"max_span must be >= 1, got {self.max_span}")
+        if self.recency_window < 0:
+            raise InputError(f"recency_window must be >= 0, got {self.recency_window}")
+        if self.encoder_layers < 0:
+            raise InputError(f"encoder_layers must be >= 0, got {self.encoder_layers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (what exports and calibration store)."""
+        d = dataclasses.asdict(self)
+        d["protected_strings"] = list(self.protected_strings)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        """Inverse of to_dict; unknown keys go to `extra` so newer configs still load."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "extra"}
+        extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in names}}
+        if "protected_strings" in known:
+            known["protected_strings"] = tuple(known["protected_strings"])
+        return cls(**known, extra=extra)

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny random models (built once per session), WikiText paths, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has_cuda() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = _has_cuda()
+    trt = cuda and _spec("tensorrt")
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (nvidia-smi and torch.cuda)"))
+        if "trt" in item.keywords and not trt:
+            item.add_marker(pytest.mark.skip(reason="needs tensorrt and a CUDA GPU"))
+
+
+def _spec(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="session")
+def wikitext_test() -> Path:
+    path = WIKITEXT / "test.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wikitext_valid() -> Path:
+    path = WIKITEXT / "valid.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> directory of a tiny random HF model (llama, qwen2, gpt2), fixed seed."""
+    from semedge.models import TINY_FAMILIES, make_tiny_model
+
+    base = tmp_path_factory.mktemp("tiny-models")
+    return {fam: make_tiny_model(fam, base / fam, seed=0) for fam in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_models) -> Path:
+    return tiny_models["gpt2"]
+
+
+@dataclass
+class CliResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli():
+    """Run `semedge ARGS...` in a subprocess and assert its exit code (expect_rc)."""
+
+    def run(*args, expect_rc: int = 0, env: dict | None = None, input: str | None = None):
+        cmd = [sys.executable, "-m", "semedge", *map(str, args)]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, input=input
+        )
+        res = CliResult(proc.returncode, proc.stdout, proc.stderr)
+        assert res.rc == expect_rc, f"rc={res.rc} (want {expect_rc})\n{res.stdout}\n{res.stderr}"
+        return res
+
+    return run
+
+
+def assert_one_line_error(res: CliResult) -> None:
+    """A user error: exit 1, exactly one stderr line, no traceback."""
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]
+    assert res.rc == 1, res.stderr
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
