@@ -32,6 +32,10 @@ def replace_set(base: Any, **options: Any) -> Any:
     return dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
 
 
+SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
+SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
+
+
 @dataclass(frozen=True)
 class CompressionConfig:
     """SemToken settings: how many positions to keep and which tokens may never merge.
@@ -53,6 +57,12 @@ class CompressionConfig:
     window: int = 16  # tokens per local window for the semantic-density estimate
     tolerance: float = 0.02  # achieved ratio must be within this relative error of `ratio`
     threshold: float | None = None  # a calibrated tau: skips the per-prompt search when set
+    sink_tokens: int = 4  # the first N tokens never merge (attention sinks)
+    span_repr: str = "mean"  # span vector: "mean" | "norm_mean" | "first" | "last"
+    span_position: str = "first"  # span position id: its "first" | "last" token's position
+    encoder_window: int = 1024  # encoder tokens per window for long texts (overlapping)
+    query_keep: float = 0.1  # query-aware: fraction of tokens most similar to the query kept
+    query_weight: float = 1.0  # query-aware: how much query similarity raises tau
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
@@ -70,6 +80,18 @@ class CompressionConfig:
             raise InputError(f"recency_window must be >= 0, got {self.recency_window}")
         if self.encoder_layers < 0:
             raise InputError(f"encoder_layers must be >= 0, got {self.encoder_layers}")
+        if self.sink_tokens < 0:
+            raise InputError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
+        if self.span_repr not in SPAN_REPRS:
+            raise InputError(f"span_repr must be one of {SPAN_REPRS}, got {self.span_repr!r}")
+        if self.span_position not in SPAN_POSITIONS:
+            raise InputError(
+                f"span_position must be one of {SPAN_POSITIONS}, got {self.span_position!r}"
+            )
+        if self.encoder_window < 16:
+            raise InputError(f"encoder_window must be >= 16 tokens, got {self.encoder_window}")
+        if not 0.0 <= self.query_keep <= 1.0:
+            raise InputError(f"query_keep must be in [0, 1], got {self.query_keep}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what exports and calibration store)."""
