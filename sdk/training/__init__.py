@@ -1,1 +1,46 @@
-"""Placeholder package; filled by its issue."""
+"""MT2ST training (schedules, loss combiner, loop, FLOP accounting, checkpoints) and the
+SemToken adapter. Light: names load lazily (PEP 562); torch is imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Schedule": "semedge.training.schedules",
+    "Diminish": "semedge.training.schedules",
+    "Switch": "semedge.training.schedules",
+    "Constant": "semedge.training.schedules",
+    "Off": "semedge.training.schedules",
+    "schedule_from_name": "semedge.training.schedules",
+    "AuxTask": "semedge.training.trainer",
+    "MT2STLoss": "semedge.training.trainer",
+    "MT2STTrainer": "semedge.training.trainer",
+    "TrainConfig": "semedge.training.trainer",
+    "TrainResult": "semedge.training.trainer",
+    "TrainCost": "semedge.training.flops",
+    "count_flops": "semedge.training.flops",
+    "cost_savings": "semedge.training.flops",
+    "save_checkpoint": "semedge.training.checkpoint",
+    "load_checkpoint": "semedge.training.checkpoint",
+    "AuxiliaryHeads": "semedge.training.heads",
+    "primary_state_dict": "semedge.training.heads",
+    "SpanAdapter": "semedge.training.adapter",
+    "load_adapter": "semedge.training.adapter",
+    "save_adapter": "semedge.training.adapter",
+    "AdapterTrainConfig": "semedge.training.adapter_train",
+    "train_adapter": "semedge.training.adapter_train",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'semedge.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
