@@ -1,1 +1,34 @@
-"""Placeholder package; filled by its issue."""
+"""semedge.runtime: torch-free inference on an export (numpy, onnxruntime, tokenizers).
+
+Never imports torch: `import semedge.runtime` works on an edge box with only the runtime installed.
+Public names load lazily (PEP 562) so the import itself is cheap.
+
+    from semedge.runtime import Pipeline
+    pipe = Pipeline.from_pretrained("exports/smollm2", providers=["cpu"])
+    print(pipe.generate(text, max_new_tokens=64, ratio=2.4).text)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Pipeline": "semedge.runtime.pipeline",
+    "Generator": "semedge.runtime.generator",
+    "GenerationConfig": "semedge.runtime.sampling",
+    "GenerationResult": "semedge.runtime.generator",
+    "profile_export": "semedge.runtime.profiling",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'semedge.runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,1 +1,2 @@
-"""Placeholder package; filled by its issue."""
+"""Inference backends behind one interface (load/close/run/run_bound/allocate): ONNX Runtime
+(`ort.OrtBackend`) and native TensorRT engines (`trt.TrtBackend`, tensorrt imported lazily)."""

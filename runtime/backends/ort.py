@@ -1,0 +1,265 @@
+"""ONNX Runtime backend: one graph in one InferenceSession (torch-free).
+
+Built like a Polygraphy runner: `__init__` records options, `load()`/`close()` (or `with`) own the
+session, `run(feeds)` checks names and dtypes before calling ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from semedge.deps import require
+from semedge.errors import ArtifactError, BackendUnavailable, InputError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["OrtBackend", "PROVIDERS", "ort_providers", "session_from_path"]
+
+log = logging.getLogger(__name__)
+
+# CLI spelling -> ONNX Runtime execution providers, in priority order
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_HINT = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (and a CUDA 12 driver); `semedge doctor`",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu tensorrt; `semedge doctor`",
+}
+# ONNX Runtime type strings -> numpy dtypes
+ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def ort_providers(provider: str) -> list[str]:
+    """ONNX Runtime provider list for a CLI provider name, checked against this install.
+
+    Raises:
+        InputError: unknown provider name.
+        BackendUnavailable: the provider is not in this onnxruntime build.
+    """
+    if provider not in PROVIDERS:
+        known = ", ".join([*PROVIDERS, "trt-engine"])
+        raise InputError(f"unknown provider {provider!r}; choose one of {known}")
+    ort = require("onnxruntime")
+    available = set(ort.get_available_providers())
+    first = PROVIDERS[provider][0]
+    if first not in available:
+        raise BackendUnavailable(
+            f"provider {provider!r} ({first}) is not available in this onnxruntime "
+            f"(installed: {', '.join(sorted(available))}); {_HINT.get(first, 'pip install onnxruntime')}"
+        )
+    return list(PROVIDERS[provider])
+
+
+def session_from_path(
+    path: Path | str,
+    providers: Sequence[str],
+    threads: int | None = None,
+    profile_prefix: str | None = None,
+) -> onnxruntime.InferenceSession:
+    """Create an InferenceSession and fail loudly when ONNX Runtime silently falls back to CPU.
+
+    Raises:
+        ArtifactError: the file is not a loadable ONNX model.
+        BackendUnavailable: the first requested provider did not attach to the session.
+    """
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as err:  # ORT raises pybind errors (Fail, InvalidProtobuf, ...) for bad files
+        if "provider" in str(err).lower() and providers[0] != "CPUExecutionProvider":
+            raise BackendUnavailable(
+                f"{providers[0]} failed to start for {Path(path).name}: {str(err).splitlines()[0]}"
+                f"; {_HINT.get(providers[0], '')}"
+            ) from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ArtifactError(f"cannot load {path}: {first}; re-export the directory") from err
+    active = sess.get_providers()
+    if providers[0] not in active:
+        raise BackendUnavailable(
+            f"{providers[0]} was requested but ONNX Runtime fell back to {', '.join(active)} for "
+            f"{Path(path).name}; {_HINT.get(providers[0], 'check `semedge doctor`')}"
+        )
+    return sess
+
+
+class OrtBackend:
+    """Runs one ONNX graph with ONNX Runtime.
+
+    Thread safety: after `load()`, `run()` may be called from many threads at once
+    (`InferenceSession.run` is concurrent-safe); `load()`/`close()` must not race with `run()`.
+
+    Args:
+        path: the .onnx file.
+        providers: ONNX Runtime provider names in priority order (see `ort_providers`).
+        spec: the manifest's description of this graph ({"inputs": ..., "outputs": ...}); when
+            given, `load()` checks the session's names against it.
+        threads: intra-op threads (None: ONNX Runtime's default).
+        profile_prefix: enable ONNX Runtime's own profiler, writing `<prefix>_*.json`.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        spec: dict[str, Any] | None = None,
+        threads: int | None = None,
+        profile_prefix: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.providers = list(providers)
+        self.spec = spec or {}
+        self.threads = threads
+        self.profile_prefix = profile_prefix
+        self.provider_name = (
+            "cpu" if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
+        )
+        self.session: onnxruntime.InferenceSession | None = None
+        self.inputs: dict[str, tuple[type, list]] = {}  # name -> (numpy dtype, shape)
+        self.outputs: dict[str, tuple[type, list]] = {}
+
+    @property
+    def device(self) -> str:
+        """ "cuda" when the session runs on a GPU provider, else "cpu"."""
+        return "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
+
+    def load(self) -> OrtBackend:
+        """Create the session and check its I/O against the manifest. Returns self."""
+        if self.session is not None:
+            return self
+        sess = session_from_path(self.path, self.providers, self.threads, self.profile_prefix)
+        self.inputs = {i.name: (ORT_DTYPES.get(i.type, object), i.shape) for i in sess.get_inputs()}
+        self.outputs = {
+            o.name: (ORT_DTYPES.get(o.type, object), o.shape) for o in sess.get_outputs()
+        }
+        for kind, have in (("inputs", self.inputs), ("outputs", self.outputs)):
+            want = _names(self.spec.get(kind))
+            if want and set(want) != set(have):
+                raise ArtifactError(
+                    f"{self.path.name} {kind} {sorted(have)} do not match the manifest's "
+                    f"{sorted(want)}; re-export the directory"
+                )
+        self.session = sess
+        return self
+
+    def close(self) -> None:
+        """Free the session (and write ONNX Runtime's profile when profiling)."""
+        if self.session is not None and self.profile_prefix:
+            self.session.end_profiling()
+        self.session = None
+
+    def __enter__(self) -> OrtBackend:
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_feeds(self, feeds: dict[str, np.ndarray], partial: bool = False) -> None:
+        """Raise InputError when feed names or dtypes differ from the graph's inputs."""
+        if set(feeds) - set(self.inputs) or (not partial and set(feeds) != set(self.inputs)):
+            raise InputError(
+                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(feeds)}"
+            )
+        for name, arr in feeds.items():
+            dtype = self.inputs[name][0]
+            if dtype is not object and arr.dtype != dtype:
+                raise InputError(
+                    f"{self.path.name} input {name!r} must be {np.dtype(dtype).name}, "
+                    f"got {arr.dtype.name}"
+                )
+
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the graph on numpy feeds and return {output name: array}.
+
+        Raises:
+            InputError: feed names or dtypes do not match the graph.
+        """
+        if self.session is None:
+            raise RuntimeError(f"{self.path.name}: call load() before run()")
+        self.check_feeds(feeds)
+        names = list(outputs) if outputs else list(self.outputs)
+        values = self.session.run(names, feeds)
+        return dict(zip(names, values, strict=True))
+
+    def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
+        """Reserve `n` elements where this backend's graphs run: (ptr, host view or None, keepalive)."""
+        if self.device == "cpu":
+            arr = np.empty(n, dtype=dtype)
+            return arr.ctypes.data, arr, arr
+        ort = require("onnxruntime")
+        value = ort.OrtValue.ortvalue_from_shape_and_type([n], dtype, "cuda", 0)
+        return value.data_ptr(), None, value
+
+    def run_bound(
+        self,
+        feeds: dict[str, np.ndarray],
+        bound: dict[str, Any],
+        fetch: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Run with I/O binding: `bound` maps tensor names to `kv_cache.Buffer`s read or written in
+        place (no copies); `fetch` outputs come back as numpy arrays.
+
+        Raises:
+            InputError: names or dtypes do not match the graph.
+        """
+        if self.session is None:
+            raise RuntimeError(f"{self.path.name}: call load() before run_bound()")
+        given = set(feeds) | {n for n in bound if n in self.inputs}
+        if given != set(self.inputs):
+            raise InputError(
+                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
+            )
+        self.check_feeds(feeds, partial=True)
+        io = self.session.io_binding()
+        for name, arr in feeds.items():
+            io.bind_cpu_input(name, np.ascontiguousarray(arr))
+        for name in fetch:  # bound first so get_outputs() starts with them
+            io.bind_output(name, "cpu")
+        for name, buf in bound.items():
+            bind = io.bind_input if name in self.inputs else io.bind_output
+            bind(name, buf.device, 0, buf.dtype, list(buf.shape), buf.ptr)
+        self.session.run_with_iobinding(io)
+        values = io.get_outputs()
+        return {name: values[i].numpy() for i, name in enumerate(fetch)}
+
+    def end_profiling(self) -> str | None:
+        """Stop ONNX Runtime's profiler and return its JSON path (None when not profiling)."""
+        if self.session is None or not self.profile_prefix:
+            return None
+        path = self.session.end_profiling()
+        self.profile_prefix = None
+        return path
+
+
+def _names(entries: Any) -> list[str]:
+    """Tensor names from a manifest graph entry: a {name: meta} dict or a list of names/dicts."""
+    if not entries:
+        return []
+    if isinstance(entries, dict):
+        return list(entries)
+    return [e["name"] if isinstance(e, dict) else str(e) for e in entries]

@@ -1,0 +1,182 @@
+"""Per-request generation state: the KV cache, positions and tokens (torch-free).
+
+genai's split: a `Pipeline` is shared and read-only; a `Generator` belongs to one request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from semedge.constants import ATTENTION_MASK, INPUT_IDS, INPUTS_EMBEDS, LOGITS, POSITION_IDS
+from semedge.errors import InputError
+from semedge.runtime.kv_cache import KVCache
+from semedge.runtime.sampling import GenerationConfig, select_next
+from semedge.runtime.trace import NULL_TIMER
+
+if TYPE_CHECKING:
+    from semedge.runtime.pipeline import Pipeline, PreparedPrompt
+
+__all__ = ["Generator", "GenerationResult"]
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's output. `tokens` are the generated ids; `text` their decoded text."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: int  # tokens in the prompt (T)
+    compressed_tokens: int  # positions the model saw after SemToken (T')
+    finish_reason: str  # "eos" | "length" | "stop"
+    spans: Any = field(default=None, repr=False)  # (n, 2) merged spans, None when uncompressed
+
+    @property
+    def token_reduction(self) -> float:
+        """T / T' (1.0 without compression)."""
+        return self.prompt_tokens / max(self.compressed_tokens, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "token_reduction": round(self.token_reduction, 4),
+            "finish_reason": self.finish_reason,
+        }
+
+
+class Generator:
+    """Generation state for one request of B prompts (left-padded into one batch).
+
+    Not thread-safe: use one Generator per request (and per thread); the Pipeline it reads is
+    shared. Loop: `append_prompts(...)`, then `generate_next_token()` until `is_done()`.
+
+    Args:
+        pipeline: the loaded Pipeline.
+        config: generation settings.
+        timer: a `trace.StageTimer` to record stage spans (profiling), or None.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, config: GenerationConfig | None = None, timer: Any = None
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config or GenerationConfig()
+        self.timer = timer or NULL_TIMER
+        self.rng = np.random.default_rng(self.config.seed)
+        self.prompts: list[PreparedPrompt] = []
+        self.tokens: list[list[int]] = []
+        self.finish: list[str | None] = []
+        self.cache: KVCache | None = None
+        self._logits: np.ndarray | None = None  # (B, V) logits for the next token
+        self._pending: np.ndarray | None = None  # (B,) last token, not yet fed to decode
+        self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
+        self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts)
+
+    def append_prompts(self, prompts: list[PreparedPrompt]) -> None:
+        """Prefill the cache with prepared (tokenized, possibly compressed) prompts.
+
+        Raises:
+            InputError: called twice, or a prompt does not fit the export's max_context.
+        """
+        if self.cache is not None:
+            raise InputError("this Generator already has its prompt; create one per request")
+        p = self.pipeline
+        self.prompts = list(prompts)
+        B, L = len(prompts), max(len(x.positions) for x in prompts)
+        self.tokens = [[] for _ in range(B)]
+        self.finish = [None] * B
+        D = prompts[0].embeds.shape[1]
+        embeds = np.zeros((B, L, D), dtype=p.embed_dtype)  # left-padded
+        pos = np.zeros((B, L), dtype=np.int64)
+        mask = np.zeros((B, L), dtype=np.int64)
+        for b, x in enumerate(prompts):
+            n = len(x.positions)
+            embeds[b, L - n :] = x.embeds
+            pos[b, L - n :] = x.positions
+            mask[b, L - n :] = 1
+        self.cache = p.new_cache(B, L + self.config.max_new_tokens)
+        with self.timer.span("prefill", tokens=L, batch=B):
+            feeds = {INPUTS_EMBEDS: embeds, POSITION_IDS: pos, ATTENTION_MASK: mask}
+            out = p.prefill.run_bound(feeds, self.cache.present(L), [LOGITS])
+            self.cache.advance(L)
+        self._logits = out[LOGITS][:, -1, :]  # (B, 1|T, V) -> (B, V): last (real) position
+        self._mask = mask
+        self._next_pos = np.array([x.prompt_tokens for x in prompts], dtype=np.int64)
+
+    def _decode(self, tokens: np.ndarray) -> None:
+        """Feed one token per row; the presents land in the cache's other buffer."""
+        p, B = self.pipeline, self.batch
+        self._mask = np.concatenate([self._mask, np.ones((B, 1), dtype=np.int64)], axis=1)
+        feeds = {
+            INPUT_IDS: tokens.reshape(B, 1).astype(np.int64),
+            POSITION_IDS: self._next_pos.reshape(B, 1),
+            ATTENTION_MASK: self._mask,
+        }
+        bound = {**self.cache.past(), **self.cache.present(1)}
+        with self.timer.span("decode_token", position=int(self.cache.length)):
+            out = p.decode.run_bound(feeds, bound, [LOGITS])
+            self.cache.advance(1)
+        self._logits = out[LOGITS][:, -1, :]
+        self._next_pos = self._next_pos + 1
+
+    def generate_next_token(self) -> np.ndarray:
+        """Choose the next token of every row (B,) and advance; finished rows repeat EOS."""
+        if self._logits is None:
+            raise InputError("call append_prompts() before generate_next_token()")
+        if self.is_done():
+            raise InputError("generation is done; create a new Generator")
+        if self._pending is not None:
+            self._decode(self._pending)
+        nxt = select_next(self._logits, self.config, self.rng)
+        eos = self.pipeline.eos_ids
+        for b in range(self.batch):
+            if self.finish[b] is not None:
+                nxt[b] = self.tokens[b][-1] if self.tokens[b] else next(iter(eos), 0)
+                continue
+            tok = int(nxt[b])
+            if tok in eos:
+                self.finish[b] = "eos"
+                continue
+            self.tokens[b].append(tok)
+            if self.config.stop and self._hit_stop(b):
+                self.finish[b] = "stop"
+            elif len(self.tokens[b]) >= self.config.max_new_tokens:
+                self.finish[b] = "length"
+        self._pending = nxt
+        return nxt
+
+    def _hit_stop(self, b: int) -> bool:
+        tail = self.pipeline.decode_tokens(self.tokens[b][-16:])
+        return any(s in tail for s in self.config.stop)
+
+    def is_done(self) -> bool:
+        """True when every row has finished (EOS, a stop string, or max_new_tokens)."""
+        return bool(self.finish) and all(f is not None for f in self.finish)
+
+    def results(self) -> list[GenerationResult]:
+        """The generated text per row, cut before the first stop string."""
+        out = []
+        for b, x in enumerate(self.prompts):
+            text = self.pipeline.decode_tokens(self.tokens[b])
+            text = cut_at_stop(text, self.config.stop)
+            out.append(
+                GenerationResult(
+                    text, list(self.tokens[b]), x.prompt_tokens, len(x.positions),
+                    self.finish[b] or "length", x.spans,
+                )
+            )  # fmt: skip
+        return out
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to the earliest occurrence of any stop string."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]

@@ -1,0 +1,138 @@
+"""Preallocated key/value cache for the decode loop (torch-free).
+
+The exported graphs compute `present = concat(past, new)`, so a step reads P positions and writes
+P+1. Each layer keeps two flat buffers sized for `max_len` positions and ping-pongs between them:
+step s reads a contiguous (B, n_kv, P, hd) view of one buffer and the backend writes the
+(B, n_kv, P+1, hd) present straight into a view of the other (I/O binding), so nothing is
+allocated or copied per token.
+
+    step s:   past  = A[:B*n_kv*P*hd]      -> graph ->  present = B[:B*n_kv*(P+1)*hd]
+    step s+1: past  = B[:B*n_kv*(P+1)*hd]  -> graph ->  present = A[:B*n_kv*(P+2)*hd]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from semedge.errors import InputError
+
+__all__ = ["KVCache", "Buffer"]
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A typed view into device or host memory that a backend can bind by pointer."""
+
+    ptr: int  # address of the first element
+    shape: tuple[int, ...]
+    dtype: Any  # numpy dtype
+    device: str = "cpu"  # "cpu" | "cuda"
+    host: np.ndarray | None = None  # the numpy view when device == "cpu"
+
+
+class KVCache:
+    """Ping-pong past/present buffers for every layer of one request (not thread-safe).
+
+    Args:
+        allocate: `allocate(n_elements, dtype) -> (ptr, host_array_or_None, keepalive)` from the backend.
+        num_layers, batch, n_kv_heads, head_dim: the model's cache geometry.
+        max_len: positions to reserve (compressed prompt + new tokens).
+        dtype: numpy dtype of the cache tensors.
+        device: "cpu" or "cuda".
+    """
+
+    def __init__(
+        self,
+        allocate: Any,
+        num_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: Any = np.float32,
+        device: str = "cpu",
+    ) -> None:
+        if max_len < 1:
+            raise InputError(f"KV cache needs at least one position, got max_len={max_len}")
+        self.num_layers, self.batch = num_layers, batch
+        self.n_kv_heads, self.head_dim, self.max_len = n_kv_heads, head_dim, max_len
+        self.dtype, self.device = np.dtype(dtype), device
+        n = batch * n_kv_heads * max_len * head_dim
+        # [side][layer][0=key, 1=value] -> (ptr, host array or None, keepalive)
+        self._bufs = [
+            [[allocate(n, self.dtype) for _ in range(2)] for _ in range(num_layers)]
+            for _ in range(2)
+        ]
+        self.length = 0  # positions held (P)
+        self._side = 0  # which side holds the current past
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved for the cache (both ping-pong sides)."""
+        return (
+            2
+            * 2
+            * self.num_layers
+            * self.batch
+            * self.n_kv_heads
+            * self.max_len
+            * (self.head_dim * self.dtype.itemsize)
+        )
+
+    def _view(self, side: int, layer: int, kv: int, length: int) -> Buffer:
+        ptr, host, _ = self._bufs[side][layer][kv]
+        shape = (self.batch, self.n_kv_heads, length, self.head_dim)
+        n = int(np.prod(shape))
+        view = host[:n].reshape(shape) if host is not None else None
+        return Buffer(ptr, shape, self.dtype, self.device, view)
+
+    def past(self) -> dict[str, Buffer]:
+        """The current past as `past_key_values.{i}.key/value` views of shape (B, n_kv, P, hd)."""
+        out = {}
+        for i in range(self.num_layers):
+            out[PAST_KEY.format(i=i)] = self._view(self._side, i, 0, self.length)
+            out[PAST_VALUE.format(i=i)] = self._view(self._side, i, 1, self.length)
+        return out
+
+    def present(self, new_tokens: int = 1) -> dict[str, Buffer]:
+        """Where the next call writes `present.{i}.key/value`: (B, n_kv, P + new_tokens, hd).
+
+        For the prefill (P == 0) this is the current side; for decode the other side.
+
+        Raises:
+            InputError: the cache would exceed `max_len`.
+        """
+        total = self.length + new_tokens
+        if total > self.max_len:
+            raise InputError(
+                f"KV cache holds {self.max_len} positions, a step needs {total}; "
+                "lower max_new_tokens or raise the cache size"
+            )
+        side = self._side if self.length == 0 else 1 - self._side
+        out = {}
+        for i in range(self.num_layers):
+            out[PRESENT_KEY.format(i=i)] = self._view(side, i, 0, total)
+            out[PRESENT_VALUE.format(i=i)] = self._view(side, i, 1, total)
+        return out
+
+    def advance(self, new_tokens: int = 1) -> None:
+        """Commit the step whose presents were written into `present(new_tokens)`."""
+        if self.length > 0:
+            self._side = 1 - self._side
+        self.length += new_tokens
+
+    def store(self, presents: dict[str, np.ndarray]) -> None:
+        """Copy host presents into `present()` views (backends without I/O binding), then advance."""
+        n = next(iter(presents.values())).shape[2] - self.length
+        for name, buf in self.present(n).items():
+            if buf.host is None:
+                raise RuntimeError("store() needs a host cache; bind presents on the device")
+            np.copyto(buf.host, presents[name])
+        self.advance(n)
+
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        """The current past as numpy arrays (host caches only; for tests and backends without binding)."""
+        return {name: buf.host for name, buf in self.past().items()}

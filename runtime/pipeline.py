@@ -1,0 +1,400 @@
+"""The torch-free SemToken pipeline: tokenize -> encode -> merge -> prefill -> decode.
+
+`Pipeline.from_pretrained(EXPORT_DIR)` checks the manifest (format, schema, hashes, versions,
+engine GPU compatibility), loads the tokenizer and the four graphs, and is then read-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from semedge.artifacts import Manifest, load_manifest, verify_manifest
+from semedge.config import CompressionConfig
+from semedge.constants import (
+    ATTENTION_MASK,
+    DECODE_ONNX,
+    EMBED_ONNX,
+    ENCODER_HIDDEN,
+    ENCODER_ONNX,
+    FORMAT_ENGINE,
+    FORMAT_EXPORT,
+    INPUT_IDS,
+    INPUTS_EMBEDS,
+    PAST_KEY,
+    PREFILL_ONNX,
+    TOKENIZER_JSON,
+)
+from semedge.deps import require
+from semedge.errors import ArtifactError, InputError
+from semedge.logs import log_timed
+from semedge.runtime.generator import GenerationResult, Generator
+from semedge.runtime.kv_cache import KVCache
+from semedge.runtime.sampling import GenerationConfig
+from semedge.runtime.trace import NULL_TIMER
+
+__all__ = ["Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_CONFIG = ("max_context", "num_layers", "num_kv_heads", "head_dim", "eos_token_id")
+GRAPHS = {
+    "embed": EMBED_ONNX,
+    "encoder": ENCODER_ONNX,
+    "prefill": PREFILL_ONNX,
+    "decode": DECODE_ONNX,
+}
+
+
+@dataclass
+class PreparedPrompt:
+    """A tokenized prompt ready for prefill: one embedding and position id per kept position."""
+
+    ids: np.ndarray  # (T,) token ids
+    embeds: np.ndarray  # (T', D) input embeddings (merged spans when compressed)
+    positions: np.ndarray  # (T',) position ids (a merged span sits at its first token's position)
+    spans: np.ndarray | None  # (T', 2) [start, end) token spans, None when uncompressed
+    threshold: float | None = None  # the tau used (compressed only)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(len(self.ids))
+
+
+class Pipeline:
+    """A loaded export: tokenizer, backends and model config, shared by every request.
+
+    Thread safety: read-only after `from_pretrained`; `generate`/`stream` may be called from many
+    threads at once (each call owns a Generator with its own KV cache; ONNX Runtime sessions are
+    concurrent-safe; native TensorRT backends create an execution context per call).
+
+    Use `Pipeline.from_pretrained(path, providers=["cpu"])`, then `generate(...)` or `stream(...)`.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, tokenizer: Any, backends: dict[str, Any]):
+        self.path, self.manifest, self.tokenizer = path, manifest, tokenizer
+        self.backends = backends
+        self.config = manifest.config
+        self.max_context = int(self.config["max_context"])
+        eos = self.config["eos_token_id"]
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
+        comp = self.config.get("compression")
+        self.compression = CompressionConfig.from_dict(comp) if comp else CompressionConfig()
+        self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
+        self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
+        self._adapter = _load_adapter(path, self.config.get("adapter"))
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: Path | str,
+        providers: str | Sequence[str] = ("cpu",),
+        verify: bool = True,
+        threads: int | None = None,
+        ort_profile: str | None = None,
+    ) -> Pipeline:
+        """Check and load an export directory.
+
+        Args:
+            path: a `semedge export onnx` directory (or a TensorRT engine directory).
+            providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers) or
+                "trt-engine" (native TensorRT engines); a list is tried as ONNX Runtime names.
+            verify: check every file's SHA-256 against the manifest (on by default).
+            threads: ONNX Runtime intra-op threads per session.
+            ort_profile: a path prefix: enable ONNX Runtime's profiler on the prefill/decode graphs.
+
+        Returns:
+            The loaded Pipeline.
+
+        Raises:
+            ArtifactError: missing directory, bad manifest, tampered file, incompatible engine.
+            InputError: unknown provider.
+            BackendUnavailable: the provider (or onnxruntime/tokenizers/tensorrt) is not working.
+        """
+        path = Path(path)
+        provider = providers if isinstance(providers, str) else (list(providers) or ["cpu"])[0]
+        manifest = load_manifest(path, expect_format=(FORMAT_EXPORT, FORMAT_ENGINE))
+        missing = [k for k in REQUIRED_CONFIG if k not in manifest.config]
+        if missing:
+            raise ArtifactError(
+                f"{path}/manifest.json config lacks {', '.join(missing)}; re-export with this semedge"
+            )
+        if verify:
+            with log_timed(log, f"verifying {path.name}", logging.DEBUG):
+                verify_manifest(path, manifest)
+        backends = _make_backends(path, manifest, provider, providers, threads, ort_profile)
+        tok_path = path / TOKENIZER_JSON
+        if not tok_path.is_file():
+            raise ArtifactError(f"{tok_path} is missing; re-export the directory")
+        tokenizers = require("tokenizers")
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(tok_path))
+        except Exception as err:  # the Rust side raises a plain Exception on bad JSON
+            raise ArtifactError(f"cannot read {tok_path}: {err}; re-export") from err
+        with log_timed(log, f"loading {path.name} on {provider}", logging.DEBUG):
+            for b in backends.values():
+                b.load()
+        return cls(path, manifest, tokenizer, backends)
+
+    def close(self) -> None:
+        """Free every backend."""
+        for b in self.backends.values():
+            b.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def prefill(self) -> Any:
+        return self.backends["prefill"]
+
+    @property
+    def decode(self) -> Any:
+        return self.backends["decode"]
+
+    @property
+    def provider(self) -> str:
+        return self.backends["prefill"].provider_name
+
+    # ---------------------------------------------------------------- stages
+    def tokenize(self, text: str) -> Any:
+        """tokenizers Encoding of `text` (special tokens added as the export's tokenizer says)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("prompt is empty; give some text")
+        return self.tokenizer.encode(text)
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, special tokens skipped."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """(T,) ids -> (T, D) input embeddings (embed.onnx)."""
+        out = self.backends["embed"].run({INPUT_IDS: ids.reshape(1, -1).astype(np.int64)})
+        return next(iter(out.values()))[0]
+
+    def encode(self, ids: np.ndarray) -> np.ndarray:
+        """(T,) ids -> (T, E) SemToken encoder states, in the PyTorch path's overlapping windows."""
+        from semedge.compressor.windows import encoder_windows
+
+        window = min(self.compression.encoder_window, self.max_context)
+        enc, out = self.backends["encoder"], []
+        for start, end, keep in encoder_windows(len(ids), window):
+            chunk = ids[start:end].reshape(1, -1).astype(np.int64)  # (1, W)
+            feeds = {INPUT_IDS: chunk, ATTENTION_MASK: np.ones_like(chunk)}
+            out.append(enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0, keep - start :])
+        return np.concatenate(out).astype(np.float32)
+
+    def compression_config(self, ratio: float, query: str | None = None) -> CompressionConfig:
+        """The export's compression settings at `ratio`; its calibrated tau applies only at the
+        ratio it was calibrated for."""
+        base = self.compression
+        threshold = (
+            base.threshold if base.ratio is not None and abs(base.ratio - ratio) < 1e-9 else None
+        )
+        return dataclasses.replace(
+            base, ratio=float(ratio), target_tokens=None, threshold=threshold, query=query
+        )
+
+    def prepare(
+        self, text: str, ratio: float | None = None, query: str | None = None, max_new_tokens: int = 0,
+        timer: Any = NULL_TIMER,
+    ) -> PreparedPrompt:  # fmt: skip
+        """Tokenize, and when `ratio` > 1 encode and merge, one prompt.
+
+        Raises:
+            InputError: empty prompt, or the prompt does not fit max_context.
+        """
+        with timer.span("tokenize"):
+            enc = self.tokenize(text)
+            ids = np.asarray(enc.ids, dtype=np.int64)
+        T = len(ids)
+        compress = ratio is not None and ratio > 1.0
+        self._check_fits(T, T / ratio if compress else T, max_new_tokens, ratio)
+        if not compress:
+            with timer.span("merge", tokens=T, compressed=T):
+                return PreparedPrompt(ids, self.embed(ids), np.arange(T, dtype=np.int64), None)
+        from semedge.compressor import spans as sp
+
+        cfg = self.compression_config(ratio, query)
+        with timer.span("encode", tokens=T):
+            hidden = self.encode(ids)
+            query_sim = self._query_sim(hidden, query) if query else None
+        with timer.span("merge", tokens=T) as _:
+            special = np.asarray(enc.special_tokens_mask, dtype=bool)
+            texts = [text[s:e] for s, e in enc.offsets]
+            protected = sp.protected_mask(texts, special, cfg, text, np.asarray(enc.offsets))
+            spans, tau = sp.find_spans(hidden, protected, cfg, query_sim)
+            embeds = sp.merge_embeddings(self.embed(ids), spans, mode=cfg.span_repr)
+            if self._adapter is not None:
+                embeds = self._adapter(embeds, spans)
+            positions = sp.span_positions(spans, cfg.span_position)
+        self._check_fits(T, len(positions), max_new_tokens, ratio)
+        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
+
+    def _query_sim(self, hidden: np.ndarray, query: str) -> np.ndarray:
+        """(T,) cosine of each prompt token's state to the mean state of the query's tokens."""
+        from semedge.compressor.spans import normalize_features
+
+        q_ids = np.asarray(self.tokenize(query).ids, dtype=np.int64)
+        q = normalize_features(self.encode(q_ids)).mean(axis=0)
+        x = normalize_features(hidden)
+        return x @ (q / max(float(np.linalg.norm(q)), 1e-12))
+
+    def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
+        limit = self.max_context
+        learned_positions = self.config.get("model_type") == "gpt2"  # absolute position table
+        need = (T if learned_positions else int(np.ceil(kept))) + new
+        if need <= limit:
+            return
+        bigger = 1 << int(np.ceil(np.log2(need)))
+        fix = f"re-export with --max-context {bigger}"
+        if not learned_positions:
+            suggest = max(2.4, (T / max(limit - new, 1)) * 1.05)
+            fix += (
+                f" or pass --ratio {suggest:.1f}"
+                if ratio is None
+                else f" or a higher --ratio (> {suggest:.1f})"
+            )
+        what = f"prompt has {T} tokens" + (
+            f" ({int(kept)} after --ratio {ratio:g})" if ratio else ""
+        )
+        raise InputError(
+            f"{what} + {new} new tokens but this export supports {limit} (max_context); {fix}"
+        )
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A KV cache on the decode backend's device for `batch` rows of `max_len` positions."""
+        c = self.config
+        return KVCache(
+            self.decode.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
+            int(c["head_dim"]), max_len, self.kv_dtype, self.decode.device,
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------- generation
+    def generator(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
+                  timer: Any = None) -> Generator:  # fmt: skip
+        """A Generator with `prompts` already prepared and prefilled."""
+        config = config or GenerationConfig()
+        timer = timer or NULL_TIMER
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not texts:
+            raise InputError("no prompts given")
+        prepared = [
+            self.prepare(t, config.ratio, config.query, config.max_new_tokens, timer) for t in texts
+        ]
+        gen = Generator(self, config, timer)
+        gen.append_prompts(prepared)
+        return gen
+
+    def generate(
+        self, prompts: str | Sequence[str], max_new_tokens: int = 64, ratio: float | None = None,
+        query: str | None = None, stop: str | Sequence[str] = (), temperature: float = 0.0,
+        top_k: int = 0, top_p: float = 1.0, seed: int | None = None, timer: Any = None,
+    ) -> GenerationResult | list[GenerationResult]:  # fmt: skip
+        """Generate from one prompt (returns a GenerationResult) or a batch (returns a list).
+
+        Args:
+            prompts: a string, or a list of strings run as one left-padded batch.
+            max_new_tokens: tokens to generate at most.
+            ratio: SemToken compression ratio (None or 1: the full prompt).
+            query: query-aware compression (spans similar to it stay fine).
+            stop: strings that end generation (cut from the text).
+            temperature, top_k, top_p, seed: sampling (temperature 0 = greedy).
+            timer: a trace.StageTimer to record stage spans.
+
+        Raises:
+            InputError: empty prompt, bad option, or the prompt does not fit max_context.
+        """
+        config = _config(max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed)
+        gen = self.generator(prompts, config, timer)
+        while not gen.is_done():
+            gen.generate_next_token()
+        results = gen.results()
+        return results[0] if isinstance(prompts, str) else results
+
+    def stream(
+        self, prompt: str, max_new_tokens: int = 64, ratio: float | None = None,
+        query: str | None = None, stop: str | Sequence[str] = (), temperature: float = 0.0,
+        top_k: int = 0, top_p: float = 1.0, seed: int | None = None, timer: Any = None,
+    ) -> Iterator[str]:  # fmt: skip
+        """Yield the generated text piece by piece; the pieces join to `generate(...).text`."""
+        config = _config(max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed)
+        gen = self.generator(prompt, config, timer)
+        hold = max((len(s) for s in config.stop), default=1) - 1  # could still become a stop
+        sent = 0
+        while not gen.is_done():
+            gen.generate_next_token()
+            text = gen.results()[0].text
+            end = len(text) if gen.is_done() else len(text) - hold
+            if text.endswith("\ufffd") and not gen.is_done():  # an incomplete UTF-8 sequence
+                end = min(end, len(text) - 1)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
+        text = gen.results()[0].text
+        if len(text) > sent:
+            yield text[sent:]
+
+
+def _config(
+    max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed
+) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed, stop=(stop,) if isinstance(stop, str) else tuple(stop), ratio=ratio, query=query,
+    )  # fmt: skip
+
+
+def _make_backends(path, manifest, provider, providers, threads, ort_profile) -> dict[str, Any]:
+    """One backend per graph, on the requested provider (nothing is loaded yet)."""
+    if provider == "trt-engine":
+        from semedge.runtime.backends.trt import engine_backends
+
+        return engine_backends(path, manifest)
+    from semedge.runtime.backends.ort import OrtBackend, ort_providers
+
+    ort_names = ort_providers(provider) if isinstance(providers, str) or provider in (
+        "cpu", "cuda", "tensorrt") else _check_ort_names(providers)  # fmt: skip
+    out = {}
+    for key, fname in GRAPHS.items():
+        if not (path / fname).is_file():
+            if key == "encoder":  # an export without an encoder still runs uncompressed
+                continue
+            raise ArtifactError(f"{path / fname} is missing; re-export the directory")
+        spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
+        prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
+        out[key] = OrtBackend(path / fname, ort_names, spec, threads, prof)
+        out[key].provider_name = provider
+    return out
+
+
+def _check_ort_names(providers: Sequence[str]) -> list[str]:
+    from semedge.runtime.backends.ort import PROVIDERS, ort_providers
+
+    by_first = {v[0]: k for k, v in PROVIDERS.items()}
+    if providers[0] not in by_first:
+        ort_providers(str(providers[0]))  # raises InputError naming the choices
+    ort_providers(by_first[providers[0]])  # raises BackendUnavailable when not installed
+    return list(providers)
+
+
+def _load_adapter(path: Path, name: str | None) -> Any:
+    """The MT2ST span adapter (numpy) named by the manifest, or None."""
+    if not name:
+        return None
+    try:
+        from semedge import adapter_math
+    except ImportError as err:
+        raise ArtifactError(
+            f"{path} uses adapter {name!r} but this semedge has no adapter support; upgrade"
+        ) from err
+    return adapter_math.load_adapter(path / name)
