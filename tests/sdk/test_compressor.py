@@ -1,0 +1,214 @@
+"""SemTokenCompressor on the tiny model families: identity at ratio 1, ratio control, protection,
+windowed encoders, query-aware mode, adapters, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from semedge.compressor import CompressedPrompt, SemTokenCompressor, merge_spans_torch
+from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
+from semedge.compressor.spans import check_spans, merge_embeddings
+from semedge.compressor.windows import align_to_tokens, encoder_windows
+from semedge.config import CompressionConfig
+from semedge.errors import InputError
+from semedge.models import load_model
+
+
+@pytest.fixture(scope="module")
+def article(wikitext_test) -> str:
+    text = wikitext_test.read_text(encoding="utf-8")
+    return text[:4000]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return {fam: load_model(path) for fam, path in tiny_models.items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_ratio_one_reproduces_the_uncompressed_logits(loaded, article, family):
+    model, tok = loaded[family]
+    prompt = SemTokenCompressor(model, tok).compress(article[:1500], ratio=1.0)
+    assert prompt.compressed_tokens == prompt.original_tokens
+    ids = torch.as_tensor(prompt.input_ids)[None]
+    with torch.no_grad():
+        ref = model(ids).logits
+        got = model(
+            inputs_embeds=prompt.inputs_embeds,
+            position_ids=prompt.position_ids,
+            attention_mask=torch.ones_like(ids),
+        ).logits
+    assert torch.equal(ref, got)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_compress_hits_ratio_and_builds_inputs(loaded, article, family):
+    model, tok = loaded[family]
+    cfg = CompressionConfig(recency_window=32, protected_strings=("Theatre",))
+    prompt = SemTokenCompressor(model, tok, cfg).compress(article, ratio=2.4)
+    T, n = prompt.original_tokens, prompt.compressed_tokens
+    check_spans(prompt.spans, T)
+    assert abs(T / n - 2.4) <= 0.02 * 2.4
+    assert prompt.stats["ratio"] == pytest.approx(T / n)
+    assert prompt.position_ids[0].tolist() == prompt.spans[:, 0].tolist()
+    # digits, protected strings and the recency window stay singletons
+    lengths = prompt.spans[:, 1] - prompt.spans[:, 0]
+    multi = prompt.spans[lengths > 1]
+    texts = [tok.decode([i]) for i in prompt.input_ids]
+    for s, e in multi.tolist():
+        assert not any(any(c.isdigit() for c in texts[j]) for j in range(s, e))
+        assert e <= T - 32
+        assert "Theatre" not in "".join(texts[s:e]) and "Theat" not in "".join(texts[s:e])
+    # the merged embeddings are the numpy reference merge of the token embeddings
+    table = model.get_input_embeddings().weight.detach().numpy()
+    want = merge_embeddings(table[prompt.input_ids], prompt.spans, "mean")
+    np.testing.assert_allclose(prompt.inputs_embeds[0].numpy(), want, rtol=1e-5, atol=1e-6)
+    d = prompt.to_dict()
+    assert d["original_tokens"] == T and d["compressed_tokens"] == n and len(d["spans"]) == n
+
+
+def test_text_and_input_ids_give_the_same_spans(loaded, article):
+    model, tok = loaded["llama"]
+    comp = SemTokenCompressor(model, tok, CompressionConfig(recency_window=16))
+    a = comp.compress(article[:2500], ratio=2.0)
+    b = comp.compress(input_ids=torch.as_tensor(a.input_ids), ratio=2.0)
+    assert np.array_equal(a.spans, b.spans)
+    c = comp.compress(article[:2500], target_tokens=900)
+    assert abs(c.original_tokens / 900 - c.stats["ratio"]) <= 0.02 * c.original_tokens / 900
+
+
+@pytest.mark.parametrize("mode", ["mean", "norm_mean", "first", "last"])
+def test_torch_merge_matches_numpy_reference(mode):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    spans = np.array([[0, 1], [1, 5], [5, 6], [6, 14], [14, 50]])
+    got = merge_spans_torch(torch.from_numpy(emb), spans, mode).numpy()
+    np.testing.assert_allclose(got, merge_embeddings(emb, spans, mode), rtol=1e-5, atol=1e-6)
+
+
+def test_span_repr_and_position_options(loaded, article):
+    model, tok = loaded["qwen2"]
+    base = CompressionConfig(recency_window=16)
+    comp = SemTokenCompressor(model, tok, base)
+    mean = comp.compress(article[:2000], ratio=2.0)
+    import dataclasses
+
+    last = SemTokenCompressor(
+        model, tok, dataclasses.replace(base, span_repr="first", span_position="last")
+    ).compress(article[:2000], ratio=2.0)
+    assert np.array_equal(mean.spans, last.spans)  # same spans, different representation
+    assert last.position_ids[0].tolist() == (last.spans[:, 1] - 1).tolist()
+    table = model.get_input_embeddings().weight.detach()
+    assert torch.equal(
+        last.inputs_embeds[0], table[torch.as_tensor(last.input_ids[last.spans[:, 0]])]
+    )
+
+
+def test_adapter_only_touches_merged_spans(loaded, article):
+    model, tok = loaded["llama"]
+    calls = []
+
+    def adapter(merged, lengths):
+        calls.append(lengths.clone())
+        return merged * 2.0
+
+    cfg = CompressionConfig(recency_window=16)
+    plain = SemTokenCompressor(model, tok, cfg).compress(article[:2000], ratio=2.0)
+    adapted = SemTokenCompressor(model, tok, cfg, adapter=adapter).compress(
+        article[:2000], ratio=2.0
+    )
+    multi = torch.as_tensor(plain.spans[:, 1] - plain.spans[:, 0] > 1)
+    assert bool((calls[0] > 1).all()) and len(calls[0]) == int(multi.sum())
+    assert torch.equal(adapted.inputs_embeds[0, ~multi], plain.inputs_embeds[0, ~multi])
+    assert torch.allclose(adapted.inputs_embeds[0, multi], 2 * plain.inputs_embeds[0, multi])
+    unit = SemTokenCompressor(model, tok, cfg, adapter=adapter).compress(article[:500], ratio=1.0)
+    assert len(calls) == 1 and unit.compressed_tokens == unit.original_tokens
+
+
+def test_encoder_windows_tile_the_text():
+    for T, W in [(1, 8), (7, 8), (8, 8), (9, 8), (1000, 64), (1000, 1024)]:
+        plan = encoder_windows(T, W)
+        kept = [i for s, e, k in plan for i in range(k, e)]
+        assert kept == list(range(T))
+        assert all(e - s <= W and (k - s >= W // 4 or s == 0) for s, e, k in plan)
+
+
+def test_lm_encoder_windows_match_a_single_pass(loaded):
+    model, tok = loaded["llama"]
+    enc = LMEncoder(model, layers=2)
+    ids = np.random.default_rng(0).integers(1, 300, size=300)
+    full = encode_lm_windows(enc, ids, window=1024)
+    windowed = encode_lm_windows(enc, ids, window=64)
+    assert full.shape == windowed.shape == (300, 64)
+    np.testing.assert_allclose(windowed[:64], full[:64], rtol=1e-4, atol=1e-5)  # causal
+    with torch.no_grad():
+        states = model(torch.as_tensor(ids)[None], output_hidden_states=True).hidden_states[2]
+    np.testing.assert_allclose(full, states[0].numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="exceeds"):
+        LMEncoder(model, layers=99)
+
+
+def test_long_text_beyond_the_model_context_compresses(loaded, article):
+    model, tok = loaded["gpt2"]  # tiny models hold 2048 positions
+    long = (article + "\n") * 4
+    prompt = SemTokenCompressor(model, tok, CompressionConfig(encoder_window=512)).compress(
+        long, ratio=3.0
+    )
+    assert prompt.original_tokens > 2048
+    assert abs(prompt.stats["ratio"] - 3.0) <= 0.06
+
+
+def test_minilm_encoder_aligns_long_text_to_lm_tokens(loaded, article):
+    model, tok = loaded["llama"]
+    minilm = MiniLMEncoder()
+    long = article[:2200]  # > 256 MiniLM pieces: several windows
+    vecs, offsets = minilm.pieces(long)
+    assert len(vecs) > minilm.max_length and vecs.shape[1] == 384
+    assert np.all(np.diff(offsets[:, 0]) >= 0)
+    enc = tok(long, return_offsets_mapping=True)
+    states = minilm.token_states(long, np.asarray(enc["offset_mapping"]))
+    assert states.shape == (len(enc["input_ids"]), 384) and np.isfinite(states).all()
+    cfg = CompressionConfig(encoder="minilm", recency_window=16)
+    prompt = SemTokenCompressor(model, tok, cfg).compress(long, ratio=2.4)
+    assert abs(prompt.stats["ratio"] - 2.4) <= 0.02 * 2.4 and prompt.stats["encoder"] == "minilm"
+
+
+def test_align_to_tokens_means_overlapping_pieces():
+    vecs = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    pieces = np.array([[0, 3], [3, 6], [7, 9]])
+    tokens = np.array([[0, 6], [6, 7], [7, 8], [8, 9]])  # [6, 7) is a gap -> next piece
+    out = align_to_tokens(vecs, pieces, tokens)
+    np.testing.assert_allclose(out, [[0.5, 0.5], [2, 2], [2, 2], [2, 2]])
+
+
+@pytest.mark.parametrize("encoder", ["lm", "minilm"])
+def test_query_aware_mode_keeps_query_tokens_finer(loaded, article, encoder):
+    model, tok = loaded["llama"]
+    cfg = CompressionConfig(encoder=encoder, recency_window=16, protect_digits=False)
+    comp = SemTokenCompressor(model, tok, cfg)
+    query = "television series"
+    plain = comp.compress(article[:2500], ratio=3.0)
+    aware = comp.compress(article[:2500], ratio=3.0, query=query)
+    assert abs(aware.stats["ratio"] - 3.0) <= 0.06 and aware.stats["query"] == query
+    q_ids = set(tok(query)["input_ids"])
+    hit = np.isin(plain.input_ids, list(q_ids))
+
+    def singles(prompt: CompressedPrompt) -> int:
+        single = prompt.spans[prompt.spans[:, 1] - prompt.spans[:, 0] == 1, 0]
+        return int(hit[single].sum())
+
+    assert singles(aware) > singles(plain)
+
+
+def test_bad_inputs_raise_clear_errors(loaded):
+    model, tok = loaded["llama"]
+    comp = SemTokenCompressor(model, tok)
+    with pytest.raises(InputError, match="empty"):
+        comp.compress("   ")
+    with pytest.raises(InputError, match="too short for ratio 2.4"):
+        comp.compress("A short text of a few words.", ratio=2.4)
+    with pytest.raises(InputError, match="ratio must be >= 1.0"):
+        comp.compress("Some text here.", ratio=0.5)
+    with pytest.raises(InputError, match="text or input_ids"):
+        comp.compress()
