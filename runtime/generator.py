@@ -142,7 +142,7 @@ class Generator:
                 nxt[b] = self.tokens[b][-1] if self.tokens[b] else next(iter(eos), 0)
                 continue
             tok = int(nxt[b])
-            if tok in eos:
+            if tok in eos and not self.config.ignore_eos:
                 self.finish[b] = "eos"
                 continue
             self.tokens[b].append(tok)

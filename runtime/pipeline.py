@@ -250,20 +250,26 @@ class Pipeline:
         return x @ (q / max(float(np.linalg.norm(q)), 1e-12))
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
+        """The cache must hold T' + new positions (max_context) and the position ids run to
+        T + new (max_positions: the rotary/position table; max_context when not recorded)."""
         limit = self.max_context
-        learned_positions = self.config.get("model_type") == "gpt2"  # absolute position table
-        need = (T if learned_positions else int(np.ceil(kept))) + new
+        pos_limit = int(self.config.get("max_positions") or limit)
+        bigger = lambda n: 1 << int(np.ceil(np.log2(n)))  # noqa: E731
+        if T + new > pos_limit:
+            raise InputError(
+                f"prompt has {T} tokens + {new} new tokens but this export's positions end at "
+                f"{pos_limit} (max_context); re-export with --max-context {bigger(T + new)}"
+            )
+        need = int(np.ceil(kept)) + new
         if need <= limit:
             return
-        bigger = 1 << int(np.ceil(np.log2(need)))
-        fix = f"re-export with --max-context {bigger}"
-        if not learned_positions:
-            suggest = max(2.4, (T / max(limit - new, 1)) * 1.05)
-            fix += (
-                f" or pass --ratio {suggest:.1f}"
-                if ratio is None
-                else f" or a higher --ratio (> {suggest:.1f})"
-            )
+        fix = f"re-export with --max-context {bigger(need)}"
+        suggest = max(2.4, (T / max(limit - new, 1)) * 1.05)
+        fix += (
+            f" or pass --ratio {suggest:.1f}"
+            if ratio is None
+            else f" or a higher --ratio (> {suggest:.1f})"
+        )
         what = f"prompt has {T} tokens" + (
             f" ({int(kept)} after --ratio {ratio:g})" if ratio else ""
         )

@@ -23,6 +23,7 @@ class GenerationConfig:
         stop: strings that end generation; the text is cut before the first one.
         ratio: SemToken compression ratio (None: no compression, 1.0 also none).
         query: query-aware compression: spans similar to this text stay fine.
+        ignore_eos: keep generating past EOS (profiling a fixed number of decode steps).
     """
 
     max_new_tokens: int = 64
@@ -33,6 +34,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = field(default_factory=tuple)
     ratio: float | None = None
     query: str | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -96,10 +96,12 @@ def test_stop_string_cuts_text(pipe):
 
 
 def test_prompt_over_max_context_names_the_fix(pipe):
-    with pytest.raises(
-        InputError, match=r"max_context\); re-export with --max-context 4096 or pass --ratio 5.6"
-    ):
-        pipe.generate(TEXT[:4000], max_new_tokens=4)
+    fix = r"supports 512 \(max_context\); re-export with --max-context 2048 or pass --ratio \d"
+    with pytest.raises(InputError, match=fix):
+        pipe.generate(TEXT[:2000], max_new_tokens=4)
+    assert pipe.generate(TEXT[:2000], max_new_tokens=4, ratio=4.0).compressed_tokens <= 508
+    with pytest.raises(InputError, match="positions end at 2048 .*--max-context 4096"):
+        pipe.generate(TEXT[:4000], max_new_tokens=4, ratio=8.0)
 
 
 def test_tampered_export_is_refused(toy_export, tmp_path):

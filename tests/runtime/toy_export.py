@@ -170,7 +170,7 @@ def build_toy_export(
     tok = Tokenizer.from_file(str(tokenizer_json))
     vocab = tok.get_vocab_size()
     rng = np.random.default_rng(seed)
-    w = _weights(rng, vocab, max_context + 8)
+    w = _weights(rng, vocab, 4 * max_context)  # positions run to T + new
     w["Eenc"] = rng.standard_normal((vocab, D)).astype(np.float32)
     out.mkdir(parents=True)
     shutil.copy(tokenizer_json, out / "tokenizer.json")
@@ -180,7 +180,8 @@ def build_toy_export(
     _decode(w, out / "decode.onnx")
     eos = tok.token_to_id("<|endoftext|>")
     config = {
-        "model": "toy", "model_type": "llama", "max_context": max_context, "dtype": "float32",
+        "model": "toy", "model_type": "llama", "max_context": max_context,
+        "max_positions": 4 * max_context, "dtype": "float32",
         "num_layers": L, "num_kv_heads": NKV, "head_dim": HD, "hidden_size": D,
         "vocab_size": vocab, "eos_token_id": eos, "bos_token_id": eos, "logits": "last",
         "compression": {"ratio": 2.4, "recency_window": 8, "sink_tokens": 2},
