@@ -88,6 +88,8 @@ class Pipeline:
         self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
         self._adapter = _load_adapter(path, self.config.get("adapter"))
+        added = tokenizer.get_added_tokens_decoder()
+        self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -185,7 +187,8 @@ class Pipeline:
         """(T,) ids -> (T, E) SemToken encoder states, in the PyTorch path's overlapping windows."""
         from semedge.compressor.windows import encoder_windows
 
-        window = min(self.compression.encoder_window, self.max_context)
+        limit = int(self.config.get("max_positions") or self.max_context)
+        window = min(self.compression.encoder_window, limit)
         enc, out = self.backends["encoder"], []
         for start, end, keep in encoder_windows(len(ids), window):
             chunk = ids[start:end].reshape(1, -1).astype(np.int64)  # (1, W)
@@ -229,7 +232,7 @@ class Pipeline:
             hidden = self.encode(ids)
             query_sim = self._query_sim(hidden, query) if query else None
         with timer.span("merge", tokens=T) as _:
-            special = np.asarray(enc.special_tokens_mask, dtype=bool)
+            special = np.isin(ids, self._special_ids)
             texts = [text[s:e] for s, e in enc.offsets]
             protected = sp.protected_mask(texts, special, cfg, text, np.asarray(enc.offsets))
             spans, tau = sp.find_spans(hidden, protected, cfg, query_sim)
@@ -241,13 +244,15 @@ class Pipeline:
         return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
 
     def _query_sim(self, hidden: np.ndarray, query: str) -> np.ndarray:
-        """(T,) cosine of each prompt token's state to the mean state of the query's tokens."""
+        """(T,) cosine of each prompt token's state to the query (as the PyTorch compressor):
+        the query's states centred on the prompt's median, mean-pooled."""
         from semedge.compressor.spans import normalize_features
 
-        q_ids = np.asarray(self.tokenize(query).ids, dtype=np.int64)
-        q = normalize_features(self.encode(q_ids)).mean(axis=0)
-        x = normalize_features(hidden)
-        return x @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
+        if len(q_ids) == 0:
+            raise InputError("query has no tokens; give a non-empty --query")
+        qv = (self.encode(q_ids) - np.median(hidden, axis=0)).mean(axis=0)
+        return normalize_features(hidden) @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
         """The cache must hold T' + new positions (max_context) and the position ids run to
