@@ -109,3 +109,24 @@ def assert_one_line_error(res: CliResult) -> None:
     assert res.rc == 1, res.stderr
     assert len(lines) == 1, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _tiny_export(tiny_models, tmp_path_factory, family: str) -> Path:
+    from semedge.export import ExportConfig, ParityConfig, export_onnx
+
+    out = tmp_path_factory.mktemp(f"tiny-export-{family}") / "export"
+    fast_gate = ParityConfig(lengths=(7, 48), decode_steps=2, compressed=False)
+    export_onnx(tiny_models[family], out, ExportConfig(parity=fast_gate))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_models, tmp_path_factory) -> Path:
+    """A gated semedge ONNX export of the tiny Llama (fp32, fused attention), once per session."""
+    return _tiny_export(tiny_models, tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_export_gpt2(tiny_models, tmp_path_factory) -> Path:
+    """A gated semedge ONNX export of the tiny GPT-2, once per session."""
+    return _tiny_export(tiny_models, tmp_path_factory, "gpt2")

@@ -1,0 +1,212 @@
+"""DynamicCache-free torch modules that trace into the four exported graphs (plain tensors in/out).
+
+The wrappers call the Hugging Face model's own submodules (norms, projections, MLPs, rotary
+embedding) and replace only attention and the KV cache, so the graphs compute what the model does.
+Imports torch at the top: imported only by the exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from semedge.errors import InputError
+from semedge.export.attention import attend, attention_bias
+from torch import nn
+
+__all__ = [
+    "LLAMA_LIKE",
+    "ModelDims",
+    "DecoderCore",
+    "EmbedGraph",
+    "EncoderGraph",
+    "PrefillGraph",
+    "DecodeGraph",
+    "model_dims",
+]
+
+LLAMA_LIKE = ("llama", "qwen2", "mistral")  # RMSNorm + rotary + GQA + gated MLP, same module names
+SUPPORTED = (*LLAMA_LIKE, "gpt2")
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the graphs' shapes depend on."""
+
+    model_type: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_positions: int  # the model's own context limit
+
+
+def model_dims(model) -> ModelDims:
+    """Read the dimensions of a supported HF causal LM.
+
+    Raises:
+        InputError: an unsupported architecture or attention variant.
+    """
+    cfg = model.config
+    kind = cfg.model_type
+    if kind not in SUPPORTED:
+        raise InputError(
+            f"model_type {kind!r} is not supported for export; supported: {', '.join(SUPPORTED)}"
+        )
+    if kind == "gpt2":
+        if cfg.scale_attn_by_inverse_layer_idx or not cfg.scale_attn_weights:
+            raise InputError("GPT-2 variants with non-standard attention scaling are not supported")
+        n_heads = cfg.n_head
+        return ModelDims(
+            kind, cfg.n_layer, n_heads, n_heads, cfg.n_embd // n_heads, cfg.n_embd,
+            cfg.vocab_size, cfg.n_positions,
+        )  # fmt: skip
+    if getattr(cfg, "use_sliding_window", kind == "mistral") and getattr(
+        cfg, "sliding_window", None
+    ):
+        raise InputError(f"{kind} with sliding-window attention is not supported for export")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return ModelDims(
+        kind, cfg.num_hidden_layers, cfg.num_attention_heads,
+        cfg.num_key_value_heads or cfg.num_attention_heads, head_dim, cfg.hidden_size,
+        cfg.vocab_size, cfg.max_position_embeddings,
+    )  # fmt: skip
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderCore(nn.Module):
+    """The LM as a stack of plain-tensor layer calls; `attention` is "fused" or "plain"."""
+
+    def __init__(self, model, attention: str = "fused") -> None:
+        super().__init__()
+        self.lm = model
+        self.dims = model_dims(model)
+        self.attention = attention
+        self.gpt2 = self.dims.model_type == "gpt2"
+        self.base = model.transformer if self.gpt2 else model.model
+        self.layers = self.base.h if self.gpt2 else self.base.layers
+        self.eval()  # the exporter restores the wrapper's mode on the LM: keep dropout off
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64 -> (B, T, D) token embeddings (GPT-2: without positions)."""
+        return (self.base.wte if self.gpt2 else self.base.embed_tokens)(input_ids)
+
+    def run_layers(self, x, position_ids, attention_mask, pasts=None, n_layers=None):
+        """Layers 0..n_layers-1 over x (B, T, D); pasts: [(k, v)] per layer or None.
+
+        Returns:
+            hidden (B, T, D) and the presents [(k, v)] with k, v (B, KV, P+T, H).
+        """
+        if self.gpt2:
+            x = x + self.base.wpe(position_ids)  # learned absolute positions
+            rope = None
+        else:
+            rope = self.base.rotary_emb(x, position_ids)  # cos, sin (B, T, H)
+        bias = attention_bias(attention_mask, x, x.dtype)
+        presents = []
+        for i in range(self.dims.num_layers if n_layers is None else n_layers):
+            past = pasts[i] if pasts is not None else (None, None)
+            layer = self._gpt2_layer if self.gpt2 else self._llama_layer
+            x, kv = layer(self.layers[i], x, rope, bias, past)
+            presents.append(kv)
+        return x, presents
+
+    def _attend(self, q, k, v, past, bias, scale):
+        d = self.dims
+        return attend(q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention)
+
+    def _llama_layer(self, layer, x, rope, bias, past):
+        d, a = self.dims, layer.self_attn
+        h = layer.input_layernorm(x)
+        B, T = h.shape[0], h.shape[1]
+        q = a.q_proj(h).reshape(B, T, d.num_heads, d.head_dim)  # (B, T, N, H)
+        k = a.k_proj(h).reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
+        cos, sin = rope[0].unsqueeze(2), rope[1].unsqueeze(2)  # (B, T, 1, H)
+        q = q * cos + _rotate_half(q) * sin  # RoPE (Su et al. 2021), rotate-half layout
+        k = k * cos + _rotate_half(k) * sin
+        q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
+        out, pk, pv = self._attend(q, k, a.v_proj(h), past, bias, a.scaling)
+        x = x + a.o_proj(out)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x, (pk, pv)
+
+    def _gpt2_layer(self, block, x, rope, bias, past):
+        d = self.dims
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(d.hidden_size, dim=2)
+        out, pk, pv = self._attend(q, k, v, past, bias, d.head_dim**-0.5)
+        x = x + block.attn.c_proj(out)
+        x = x + block.mlp(block.ln_2(x))
+        return x, (pk, pv)
+
+    def logits(self, hidden: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Final norm and LM head: (B, T, D) -> (B, 1, V) if last_only else (B, T, V)."""
+        if last_only:
+            hidden = hidden[:, -1:, :]  # the head on one position: V*D FLOPs instead of T*V*D
+        norm = self.base.ln_f if self.gpt2 else self.base.norm
+        return self.lm.lm_head(norm(hidden))
+
+
+def _flat(presents) -> tuple[torch.Tensor, ...]:
+    return tuple(t for kv in presents for t in kv)  # k0, v0, k1, v1, ...
+
+
+class EmbedGraph(nn.Module):
+    """embed.onnx: input_ids (B, T) -> inputs_embeds (B, T, D)."""
+
+    def __init__(self, core: DecoderCore) -> None:
+        super().__init__()
+        self.core = core
+        self.eval()
+
+    def forward(self, input_ids):
+        return self.core.embed(input_ids)
+
+
+class EncoderGraph(nn.Module):
+    """encoder.onnx: the SemToken `lm` encoder, hidden state after the first k layers."""
+
+    def __init__(self, core: DecoderCore, layers: int) -> None:
+        super().__init__()
+        self.core, self.k = core, layers
+        self.eval()
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.ones_like(input_ids).cumsum(-1) - 1  # (B, T): 0..T-1, as the HF default
+        x = self.core.embed(input_ids)
+        x, _ = self.core.run_layers(x, positions, attention_mask, n_layers=self.k)
+        return x
+
+
+class PrefillGraph(nn.Module):
+    """prefill.onnx: inputs_embeds, position_ids, attention_mask -> logits, presents."""
+
+    def __init__(self, core: DecoderCore, last_only: bool = True) -> None:
+        super().__init__()
+        self.core, self.last_only = core, last_only
+        self.eval()
+
+    def forward(self, inputs_embeds, position_ids, attention_mask):
+        x, presents = self.core.run_layers(inputs_embeds, position_ids, attention_mask)
+        return (self.core.logits(x, self.last_only), *_flat(presents))
+
+
+class DecodeGraph(nn.Module):
+    """decode.onnx: one token per row with the past KV -> logits (B, 1, V), presents."""
+
+    def __init__(self, core: DecoderCore) -> None:
+        super().__init__()
+        self.core = core
+        self.eval()
+
+    def forward(self, input_ids, position_ids, attention_mask, *past):
+        pasts = list(zip(past[0::2], past[1::2], strict=True))
+        x, presents = self.core.run_layers(
+            self.core.embed(input_ids), position_ids, attention_mask, pasts
+        )
+        return (self.core.logits(x, True), *_flat(presents))

@@ -1,0 +1,120 @@
+"""ONNX export of the tiny Llama, Qwen2 and GPT-2: graph I/O, manifest, tamper detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from semedge import constants as C
+from semedge.artifacts import load_manifest, verify_manifest
+from semedge.errors import ArtifactError, InputError
+from semedge.export import ExportConfig, ParityConfig, export_onnx
+from semedge.export.graphs import past_names, present_names
+from semedge.export.optimize import session_from_path
+
+FAST = ParityConfig(lengths=(7, 48), decode_steps=2)
+
+CONFIG_KEYS = {
+    "model", "model_type", "max_context", "dtype", "num_layers", "num_kv_heads", "head_dim",
+    "hidden_size", "vocab_size", "eos_token_id", "bos_token_id", "logits", "compression",
+    "encoder", "adapter",
+}  # fmt: skip
+
+
+def test_tiny_llama_export_has_the_contract(tiny_export):
+    m = verify_manifest(tiny_export, load_manifest(tiny_export, expect_format=C.FORMAT_EXPORT))
+    assert set(m.config) == CONFIG_KEYS
+    assert m.config["logits"] == "last" and m.config["encoder"] == {"kind": "lm", "layers": 2}
+    for f in (C.EMBED_ONNX, C.ENCODER_ONNX, C.PREFILL_ONNX, C.DECODE_ONNX, C.TOKENIZER_JSON,
+              C.SEMEDGE_CONFIG, "tokenizer_config.json"):  # fmt: skip
+        assert f in m.files, f
+    n = m.config["num_layers"]
+    decode = m.graphs["decode"]
+    assert list(decode["inputs"])[:3] == [C.INPUT_IDS, C.POSITION_IDS, C.ATTENTION_MASK]
+    assert list(decode["inputs"])[3:] == past_names(n)
+    assert list(decode["outputs"]) == [C.LOGITS, *present_names(n)]
+    assert decode["inputs"][past_names(n)[0]]["shape"] == [
+        "batch_size",
+        m.config["num_kv_heads"],
+        "past_sequence_length",
+        m.config["head_dim"],
+    ]
+    prefill = onnx.load(str(tiny_export / C.PREFILL_ONNX), load_external_data=False)
+    ops = {node.op_type for node in prefill.graph.node}
+    assert "GroupQueryAttention" in ops and "If" not in ops and "Loop" not in ops
+    assert [i.name for i in prefill.graph.input] == list(m.graphs["prefill"]["inputs"])
+
+
+def test_prefill_then_decode_runs_with_gaps_in_positions(tiny_export):
+    """Non-contiguous positions (a compressed prompt) and a 3-step decode chain on ORT alone."""
+    m = load_manifest(tiny_export)
+    n, kv, hd = m.config["num_layers"], m.config["num_kv_heads"], m.config["head_dim"]
+    embed = session_from_path(tiny_export / C.EMBED_ONNX)
+    prefill = session_from_path(tiny_export / C.PREFILL_ONNX)
+    decode = session_from_path(tiny_export / C.DECODE_ONNX)
+    ids = np.array([[5, 9, 30, 41, 7, 2]], dtype=np.int64)
+    emb = embed.run(None, {C.INPUT_IDS: ids})[0]
+    pos = np.array([[0, 1, 4, 7, 8, 9]], dtype=np.int64)
+    out = prefill.run(None, {C.INPUTS_EMBEDS: emb, C.POSITION_IDS: pos,
+                             C.ATTENTION_MASK: np.ones_like(ids)})  # fmt: skip
+    assert out[0].shape == (1, 1, m.config["vocab_size"])
+    assert out[1].shape == (1, kv, 6, hd) and len(out) == 1 + 2 * n
+    past = out[1:]
+    for step in range(3):
+        tok = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        feeds = {C.INPUT_IDS: tok, C.POSITION_IDS: np.array([[10 + step]], dtype=np.int64),
+                 C.ATTENTION_MASK: np.ones((1, 7 + step), dtype=np.int64)}  # fmt: skip
+        out = decode.run(None, {**feeds, **dict(zip(past_names(n), past, strict=True))})
+        past = out[1:]
+        assert past[0].shape == (1, kv, 7 + step, hd)
+        assert np.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_tiny_family_passes_the_gate(tiny_models, tmp_path, family):
+    out = tmp_path / family
+    report = export_onnx(tiny_models[family], out, ExportConfig(parity=FAST))
+    assert report.passed and report.parity is not None
+    cases = {c.case for c in report.parity.cases}
+    assert {"embed", "encoder", "text", "batch", "compressed"} <= cases
+    assert max(c.max_abs for c in report.parity.cases) < 1e-4
+    assert all(c.top1 == 1.0 for c in report.parity.cases)
+    assert load_manifest(out).config["model_type"] == family
+
+
+def test_full_logits_and_plain_attention(tiny_gpt2, tmp_path):
+    cfg = ExportConfig(full_logits=True, attention="plain", parity=FAST)
+    report = export_onnx(tiny_gpt2, tmp_path / "o", cfg)
+    assert report.passed
+    m = load_manifest(tmp_path / "o")
+    assert m.config["logits"] == "all" and m.extra["attention"] == "plain"
+    assert m.graphs["prefill"]["outputs"][C.LOGITS]["shape"][1] == "sequence_length"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "o" / C.PREFILL_ONNX)).graph.node}
+    assert "GroupQueryAttention" not in ops and "Softmax" in ops
+
+
+def test_manifest_detects_a_tampered_graph(tiny_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_export, copy)
+    data = bytearray((copy / C.DECODE_ONNX).read_bytes())
+    data[-100] ^= 0x01
+    (copy / C.DECODE_ONNX).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="decode.onnx does not match its SHA-256"):
+        verify_manifest(copy)
+
+
+def test_semedge_config_records_compression(tiny_export):
+    cfg = json.loads((tiny_export / C.SEMEDGE_CONFIG).read_text())
+    assert cfg["compression"]["encoder_layers"] == 2 and cfg["adapter"] is None
+
+
+def test_bad_options_fail_before_any_work(tiny_llama, tmp_path):
+    with pytest.raises(InputError, match="--opset between 14 and 20"):
+        ExportConfig(opset=7)
+    with pytest.raises(InputError, match="max-context 4096 exceeds"):
+        export_onnx(tiny_llama, tmp_path / "o", ExportConfig(max_context=4096))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
