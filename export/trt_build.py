@@ -80,6 +80,12 @@ def _export_manifest(onnx_dir: Path) -> dict[str, Any]:
         if file not in manifest.files:
             raise ArtifactError(f"{onnx_dir} has no {file} ({graph}); re-export the directory")
     data = manifest.to_dict()
+    if data.get("attention") == "fused":  # ORT contrib GroupQueryAttention: no TensorRT importer
+        raise ArtifactError(
+            f"{onnx_dir} was exported with fused ONNX Runtime attention "
+            "(com.microsoft::GroupQueryAttention), which TensorRT cannot build; re-export with "
+            "`semedge export onnx --attention plain`"
+        )
     for graph, file in ENGINE_GRAPHS.items():  # older manifests: read the I/O from the graph
         graphs = data.setdefault("graphs", {})
         if not (graphs.get(graph) or graphs.get(file)):
@@ -131,6 +137,20 @@ def plan_trtexec_commands(
         )
         for graph in ENGINE_GRAPHS
     ]
+
+
+def _precheck(onnx_dir: Path) -> None:
+    """Fail before the (minutes-long) build on a limit check-trt already knows."""
+    from semedge.export.trt_check import check_onnx_file
+
+    for file in ENGINE_GRAPHS.values():
+        errors = [f for f in check_onnx_file(onnx_dir / file) if f.severity == "error"]
+        if errors:
+            f = errors[0]
+            raise ArtifactError(
+                f"{file} cannot build in TensorRT: node {f.node!r} ({f.op}): {f.message}; "
+                f"see `semedge export check-trt {onnx_dir}`"
+            )
 
 
 def _workspace_bytes(requested_mb: int | None, gpu: GpuInfo | None) -> int | None:
@@ -314,6 +334,7 @@ def build_engines(
             "no NVIDIA GPU visible (cuda-python or nvidia-smi); build on the target"
         )
     verify_manifest(onnx_dir)
+    _precheck(onnx_dir)
     workspace = _workspace_bytes(config.workspace_mb, gpu)
     cache = _load_timing_cache(trt, config.timing_cache)
     engines: dict[str, Any] = {}

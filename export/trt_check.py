@@ -330,8 +330,8 @@ def _check_nodes(g: _Graph) -> Iterator[TrtFinding]:
             yield g.finding(
                 node,
                 ERROR,
-                f"custom op {node.domain}::{node.op_type} needs a TensorRT plugin; export "
-                "without ONNX Runtime contrib fusions for TensorRT",
+                f"custom op {node.domain}::{node.op_type} needs a TensorRT plugin; for "
+                "TensorRT re-export with plain ONNX ops (`semedge export onnx --attention plain`)",
             )
         elif check := NODE_CHECKS.get(node.op_type):
             yield from check(g, node)

@@ -125,3 +125,12 @@ def test_unwritable_repo_dir_leaves_nothing(export_dir, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ArtifactError, match="cannot write"):
         write_triton_repo(export_dir, blocker / "repo")
+
+
+def test_repo_from_a_real_semedge_export(tiny_export, tmp_path):
+    models = write_triton_repo(tiny_export, tmp_path / "repo", TritonConfig(max_batch=2))
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    for m in models:
+        cfg = _parse(tmp_path / "repo" / m / "config.pbtxt")
+        assert [t.name for t in cfg.input] == list(manifest["graphs"][m]["inputs"])
+        assert [t.name for t in cfg.output] == list(manifest["graphs"][m]["outputs"])

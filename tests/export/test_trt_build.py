@@ -10,7 +10,7 @@ import json
 import shlex
 
 import pytest
-from semedge.artifacts import load_manifest
+from semedge.artifacts import load_manifest, write_manifest
 from semedge.errors import ArtifactError, InputError
 from semedge.export.profiles import (
     DimRange,
@@ -155,3 +155,28 @@ def test_build_engines_on_the_gpu(export_dir, tmp_path):
     check_engine_compat(manifest.to_dict(), trt.__version__, gpu.name, gpu.compute_capability)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     assert runtime.deserialize_cuda_engine((out / "decode.plan").read_bytes()) is not None
+
+
+def test_fused_attention_export_is_refused_with_the_fix(export_dir, tmp_path):
+    manifest = load_manifest(export_dir)
+    manifest.extra["attention"] = "fused"
+    write_manifest(export_dir, manifest)
+    with pytest.raises(ArtifactError, match="--attention plain"):
+        plan_trtexec_commands(export_dir, tmp_path / "engines")
+
+
+def test_profiles_match_a_real_semedge_export(tiny_export):
+    """Profile names and static dims agree with the graphs `semedge export onnx` wrote."""
+    import onnx
+
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    profiles = engine_profiles(manifest, DimRange(1, 8, 32))
+    for graph, prof in profiles.items():
+        model = onnx.load(str(tiny_export / f"{graph}.onnx"), load_external_data=False)
+        inputs = {i.name: i.type.tensor_type.shape.dim for i in model.graph.input}
+        assert set(prof) == set(inputs), graph
+        for name, shapes in prof.items():
+            for k, d in enumerate(inputs[name]):
+                if d.dim_value:  # a static dim: every profile shape must use it
+                    assert {s[k] for s in shapes} == {d.dim_value}, (graph, name, k)
+    assert profiles["decode"]["attention_mask"][2][1] == 32

@@ -168,11 +168,26 @@ def test_directory_without_manifest_is_an_artifact_error(tmp_path):
         check_onnx_dir(tmp_path)
 
 
-def test_semedge_tiny_export_passes(request):
-    """Every graph `semedge export onnx` writes must pass (helper fixture: tiny_export)."""
-    try:
-        export_dir = request.getfixturevalue("tiny_export")
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_export fixture not available")
-    report = check_onnx_dir(export_dir)
+@pytest.fixture(scope="module")
+def tiny_plain_export(tiny_models, tmp_path_factory):
+    """A gated tiny-Llama export with plain ONNX attention: the graphs semedge builds for TensorRT."""
+    from semedge.export import ExportConfig, ParityConfig, export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-plain") / "export"
+    gate = ParityConfig(lengths=(7, 48), decode_steps=2, compressed=False)
+    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", parity=gate))
+    return out
+
+
+def test_semedge_plain_export_passes(tiny_plain_export):
+    report = check_onnx_dir(tiny_plain_export)
     assert report.passed, [f.to_dict() for f in report.errors]
+    assert report.graphs == ["decode.onnx", "embed.onnx", "encoder.onnx", "prefill.onnx"]
+
+
+def test_semedge_fused_export_fails_only_on_ort_contrib_attention(tiny_export):
+    """The default (fused, ONNX Runtime) export is for ORT: its only TensorRT errors are the
+    com.microsoft attention ops, each pointing at `--attention plain`."""
+    errors = check_onnx_dir(tiny_export).errors
+    assert errors and {f.op for f in errors} == {"GroupQueryAttention"}
+    assert all("--attention plain" in f.message for f in errors)
