@@ -1,7 +1,61 @@
-"""`semedge compress` (not built yet: issue #2)."""
+"""`semedge compress FILE --ratio R`: SemToken-compress a text file and show the merged spans."""
 
 from __future__ import annotations
 
-from semedge.cli import not_built
+from pathlib import Path
 
-command = not_built("compress", issue=2)
+import click
+from semedge.cli import HELP
+from semedge.cli.common import echo_json, echo_table
+
+
+def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
+    """Readable spans: merged spans in [brackets], every compressed position separated by '|'."""
+    parts, size = [], 0
+    for s, e in spans.tolist():
+        piece = tokenizer.decode(input_ids[s:e].tolist())
+        piece = f"[{piece}]" if e - s > 1 else piece
+        parts.append(piece)
+        size += len(piece) + 1
+        if max_chars and size >= max_chars:
+            parts.append(f" ... ({len(spans) - len(parts)} more positions)")
+            break
+    return "|".join(parts)
+
+
+@click.command(name="compress", help=HELP["compress"])
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--ratio", type=float, default=None, help="Positions in / out (default 2.4).")
+@click.option("--target-tokens", type=int, default=None, help="Positions wanted (overrides ratio).")
+@click.option("--encoder", type=click.Choice(["lm", "minilm"]), default=None)
+@click.option("--query", default=None, help="Query-aware: tokens similar to it stay fine.")
+@click.option("--protect", multiple=True, help="A string whose tokens never merge (repeatable).")
+@click.option("--model", "model_spec", default="smollm2", show_default=True,
+              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+@click.option("--recency-window", type=int, default=None, help="Last N tokens never merge.")
+@click.option("--max-span", type=int, default=None, help="Longest merged span.")
+@click.option("--max-chars", type=int, default=4000, show_default=True,
+              help="Characters of the span view to print (0: all).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(file, ratio, target_tokens, encoder, query, protect, model_spec, recency_window,
+            max_span, max_chars, as_json) -> None:  # fmt: skip
+    from semedge.compressor import SemTokenCompressor
+    from semedge.config import CompressionConfig, replace_set
+    from semedge.models import load_model
+    from semedge.textio import read_text_file
+
+    options = dict(ratio=ratio, target_tokens=target_tokens, encoder=encoder,
+                   recency_window=recency_window, max_span=max_span)  # fmt: skip
+    if protect:
+        options["protected_strings"] = tuple(protect)
+    config = replace_set(CompressionConfig(), **options)  # validates ratio etc. before loading
+    text = read_text_file(file)
+    model, tokenizer = load_model(model_spec)
+    prompt = SemTokenCompressor(model, tokenizer, config).compress(text, query=query)
+    if as_json:
+        echo_json({"file": str(file), "model": str(model_spec), **prompt.to_dict()})
+        return
+    stats = {k: v for k, v in prompt.stats.items() if v is not None}
+    echo_table(["stat", "value"], [[k, v] for k, v in stats.items()])
+    click.echo()
+    click.echo(span_view(tokenizer, prompt.input_ids, prompt.spans, max_chars))
