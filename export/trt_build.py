@@ -204,10 +204,11 @@ def _network_flags(trt, fp16: bool) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def _parse(trt, network, logger, onnx_path: Path) -> None:
+def _parse(trt, network, logger, onnx_path: Path):
+    """Parse into `network`; returns the parser, which owns the weights until the build ends."""
     parser = trt.OnnxParser(network, logger)
     if parser.parse_from_file(str(onnx_path)):  # from the path: external data resolves next to it
-        return
+        return parser
     errs = [parser.get_error(i) for i in range(parser.num_errors)]
     first = errs[0] if errs else None
     where = ""
@@ -248,7 +249,7 @@ def engine_from_onnx(
     logger = _Logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, fp16))
-    _parse(trt, network, logger, onnx_path)
+    parser = _parse(trt, network, logger, onnx_path)  # keep alive: the network uses its weights
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if missing := sorted(set(names) - set(profile)):
         raise ArtifactError(f"{onnx_path.name} has inputs {missing} the manifest does not list")
@@ -270,6 +271,7 @@ def engine_from_onnx(
         plan = None
     if plan is None:
         _raise_build_failure(onnx_path, logger.errors)
+    del parser  # only now may the parsed weights go
     return memoryview(plan).tobytes(), cache
 
 
