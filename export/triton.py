@@ -81,18 +81,22 @@ def _tensor_block(name: str, spec: dict[str, Any], batched: bool) -> str:
     return f"  {{\n    name: {json.dumps(name)}\n    data_type: {_dtype(name, spec)}\n    dims: [ {dims} ]\n  }}"
 
 
-def model_config_text(name: str, io: dict[str, Any], config: TritonConfig) -> str:
+def model_config_text(
+    name: str, io: dict[str, Any], config: TritonConfig, backend: str | None = None
+) -> str:
     """config.pbtxt text (protobuf text format of Triton's ModelConfig) for one graph.
 
     Args:
         name: the Triton model name (its directory name).
         io: {"inputs": {tensor: {dtype, shape}}, "outputs": {...}} from the manifest.
         config: backend, batch size, instances.
+        backend: this model's backend when it differs from `config.backend` (the ONNX embed and
+            encoder of an engine directory run on onnxruntime).
 
     Raises:
         ArtifactError: a dtype Triton cannot represent.
     """
-    platform, _ = BACKENDS[config.backend]
+    platform, _ = BACKENDS[backend or config.backend]
     batched = config.max_batch > 0
     sections = [
         f"name: {json.dumps(name)}",
@@ -118,9 +122,14 @@ def _graph_io(manifest: Any, graph: str) -> dict[str, Any] | None:
 def _model_file(src_dir: Path, manifest: Any, graph: str, backend: str) -> Path | None:
     if backend == "tensorrt":
         engine = (manifest.extra.get("engines") or {}).get(graph)
-        return src_dir / engine["file"] if engine else None
+        if engine:
+            return src_dir / engine["file"]
     rel = f"{graph}.onnx"
     return src_dir / rel if rel in manifest.files else None
+
+
+def _backend_of(model: Path) -> str:
+    return "onnxruntime" if model.suffix == ".onnx" else "tensorrt"
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -145,6 +154,25 @@ def _external_data(path: Path) -> list[str]:
             if e.key == "location"
         }
     )
+
+
+def _plan_models(src_dir: Path, manifest: Any, backend: str) -> list[tuple[str, Path, dict]]:
+    """(graph, model file, I/O) for every graph the directory holds for `backend`."""
+    plan: list[tuple[str, Path, dict[str, Any]]] = []
+    for graph in GRAPHS:
+        model, io = _model_file(src_dir, manifest, graph, backend), _graph_io(manifest, graph)
+        if model is None:
+            continue
+        if io is None:
+            raise ArtifactError(
+                f"{src_dir}'s manifest has no inputs/outputs for {graph}; re-export"
+            )
+        if not model.is_file():
+            raise ArtifactError(f"{model} is listed in the manifest but missing; re-export")
+        plan.append((graph, model, io))
+    if not plan:
+        raise ArtifactError(f"{src_dir} holds none of {', '.join(GRAPHS)} for {backend}")
+    return plan
 
 
 def write_triton_repo(
@@ -182,30 +210,14 @@ def write_triton_repo(
             ) from err
         raise
     verify_manifest(src_dir, manifest)  # a tampered graph must not reach the server
-    plan: list[tuple[str, Path, dict[str, Any]]] = []
-    for graph in GRAPHS:
-        model, io = (
-            _model_file(src_dir, manifest, graph, config.backend),
-            _graph_io(manifest, graph),
-        )
-        if model is None:
-            continue
-        if io is None:
-            raise ArtifactError(
-                f"{src_dir}'s manifest has no inputs/outputs for {graph}; re-export"
-            )
-        if not model.is_file():
-            raise ArtifactError(f"{model} is listed in the manifest but missing; re-export")
-        plan.append((graph, model, io))
-    if not plan:
-        raise ArtifactError(f"{src_dir} holds none of {', '.join(GRAPHS)} for {config.backend}")
-    _, model_name = BACKENDS[config.backend]
+    plan = _plan_models(src_dir, manifest, config.backend)
     with staged_dir(repo_dir, overwrite=overwrite) as tmp:
         for graph, model, io in plan:
-            version_dir = tmp / graph / "1"
-            _link_or_copy(model, version_dir / model_name)
-            if config.backend == "onnxruntime":
+            version_dir, backend = tmp / graph / "1", _backend_of(model)
+            _link_or_copy(model, version_dir / BACKENDS[backend][1])
+            if backend == "onnxruntime":
                 for rel in _external_data(model):  # resolved relative to model.onnx
                     _link_or_copy(model.parent / rel, version_dir / rel)
-            (tmp / graph / "config.pbtxt").write_text(model_config_text(graph, io, config))
+            text = model_config_text(graph, io, config, backend)
+            (tmp / graph / "config.pbtxt").write_text(text)
     return [graph for graph, _, _ in plan]

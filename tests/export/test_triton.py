@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -69,6 +70,8 @@ def _engine_dir(export_dir, tmp_path):
     out.mkdir()
     for g in ("prefill", "decode"):
         (out / f"{g}.plan").write_bytes(b"plan")
+    for g in ("embed", "encoder"):  # engine dirs keep these as ONNX for onnxruntime
+        shutil.copy(export_dir / f"{g}.onnx", out / f"{g}.onnx")
     graphs = json.loads((export_dir / "manifest.json").read_text())["graphs"]
     engines = {g: {"file": f"{g}.plan"} for g in ("prefill", "decode")}
     write_manifest(out, Manifest(format=FORMAT_ENGINE, graphs=graphs, extra={"engines": engines}))
@@ -78,9 +81,11 @@ def _engine_dir(export_dir, tmp_path):
 def test_tensorrt_repo_uses_plans_on_gpu(export_dir, tmp_path):
     repo = tmp_path / "repo"
     models = write_triton_repo(_engine_dir(export_dir, tmp_path), repo, TritonConfig("tensorrt"))
-    assert models == ["prefill", "decode"]
+    assert models == ["embed", "encoder", "prefill", "decode"]
     cfg = _parse(repo / "decode" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan"
+    assert _parse(repo / "embed" / "config.pbtxt").platform == "onnxruntime_onnx"
+    assert (repo / "embed" / "1" / "model.onnx").is_file()
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert (repo / "decode" / "1" / "model.plan").read_bytes() == b"plan"
 
