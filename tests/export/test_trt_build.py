@@ -180,3 +180,20 @@ def test_profiles_match_a_real_semedge_export(tiny_export):
                 if d.dim_value:  # a static dim: every profile shape must use it
                     assert {s[k] for s in shapes} == {d.dim_value}, (graph, name, k)
     assert profiles["decode"]["attention_mask"][2][1] == 32
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["semedge.runtime.backends.trt_compat", "semedge.export.profiles", "semedge.export.cli_trt"],
+)
+def test_light_modules_import_without_heavy_deps(module):
+    """The runtime's engine check and the profile math load with torch/onnx/tensorrt blocked."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'tensorrt')];"
+        f"import {module}; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
