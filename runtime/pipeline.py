@@ -399,13 +399,27 @@ def _check_ort_names(providers: Sequence[str]) -> list[str]:
 
 
 def _load_adapter(path: Path, name: str | None) -> Any:
-    """The MT2ST span adapter (numpy) named by the manifest, or None."""
+    """The MT2ST span adapter named by the manifest as `(embeds, spans) -> embeds`, or None.
+
+    Applied to merged multi-token spans only (singletons stay exact), as the PyTorch path does.
+    """
     if not name:
         return None
+    from semedge import adapter_math
+
+    file = path / name
+    if not file.is_file():
+        raise ArtifactError(f"{file} (the export's adapter) is missing; re-export")
+    safetensors = require("safetensors.numpy")
     try:
-        from semedge import adapter_math
-    except ImportError as err:
-        raise ArtifactError(
-            f"{path} uses adapter {name!r} but this semedge has no adapter support; upgrade"
-        ) from err
-    return adapter_math.load_adapter(path / name)
+        weights = safetensors.load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types on a corrupt header
+        raise ArtifactError(f"cannot read adapter {file}: {err}; re-export") from err
+    missing = [k for k in adapter_math.TENSOR_NAMES if k not in weights]
+    if missing:
+        raise ArtifactError(f"{file} lacks tensors {missing}; retrain the adapter and re-export")
+
+    def apply(embeds: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        return adapter_math.apply_span_adapter(weights, embeds, spans[:, 1] - spans[:, 0])
+
+    return apply

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_line_error
-from tests.runtime.toy_export import build_toy_export
+from tests.runtime.toy_export import build_toy_export, sample_text
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "sdk" / "assets" / "wikitext2_excerpt.txt").read_text(encoding="utf-8")
+TEXT = sample_text()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_run_tampered_export(cli, export, prompt, tmp_path):
 
 def test_run_prompt_too_long(cli, export, tmp_path):
     long = tmp_path / "long.txt"
-    long.write_text(TEXT[:5000], encoding="utf-8")
+    long.write_text(TEXT[:2000], encoding="utf-8")
     res = cli("run", export, "-f", long, expect_rc=1)
     assert_one_line_error(res)
     assert "max_context" in res.stderr and "--ratio" in res.stderr and "--max-context" in res.stderr

@@ -8,8 +8,10 @@ import pytest
 from semedge.errors import ArtifactError
 from semedge.runtime import Pipeline
 
+from tests.runtime.toy_export import sample_text
+
 ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "sdk" / "assets" / "wikitext2_excerpt.txt").read_text(encoding="utf-8")[:1200]
+TEXT = sample_text()[:1200]
 
 
 def _tokens(path, provider, ratio):

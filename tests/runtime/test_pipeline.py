@@ -13,8 +13,10 @@ import pytest
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
 from semedge.runtime import GenerationConfig, Pipeline
 
+from tests.runtime.toy_export import sample_text
+
 ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "sdk" / "assets" / "wikitext2_excerpt.txt").read_text(encoding="utf-8")
+TEXT = sample_text()
 
 
 @pytest.fixture(scope="module")

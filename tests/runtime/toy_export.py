@@ -192,3 +192,10 @@ def build_toy_export(
     )
     json.loads((out / "manifest.json").read_text())
     return out
+
+
+def sample_text() -> str:
+    """The real article text shipped in the package (what profile and the demo use)."""
+    from semedge.runtime.profiling import _asset_text
+
+    return _asset_text()

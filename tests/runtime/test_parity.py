@@ -1,0 +1,71 @@
+"""The runtime's greedy tokens equal the PyTorch SemToken path's on the same compressed prompt.
+
+Fast: the tiny Llama and GPT-2 exports (helper fixtures `tiny_export`, `tiny_export_gpt2`).
+Slow: SmolLM2, exported once into the test's temp dir.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from semedge.runtime import Pipeline
+
+from tests.runtime.toy_export import sample_text
+
+TEXT = sample_text()
+
+
+def _torch_tokens(model_dir, pipe, text, ratio, query=None, max_new_tokens=16):
+    from semedge.compressor import SemTokenCompressor
+    from semedge.compressor.inference import generate_compressed
+    from semedge.models import load_model
+
+    model, tok = load_model(str(model_dir))
+    prompt = SemTokenCompressor(model, tok, pipe.compression).compress(
+        text, ratio=ratio, query=query
+    )
+    return prompt, generate_compressed(model, tok, prompt, max_new_tokens=max_new_tokens)
+
+
+def _runtime_tokens(pipe, text, ratio, query=None, max_new_tokens=16):
+    res = pipe.generate(text, max_new_tokens=max_new_tokens, ratio=ratio, query=query)
+    eos = [next(iter(pipe.eos_ids))] if res.finish_reason == "eos" else []
+    return res, res.tokens + eos  # the PyTorch path keeps the EOS it stopped on
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize(("ratio", "query"), [(1.0, None), (2.4, None), (2.4, "hurricane 1933")])
+def test_greedy_tokens_equal_pytorch(request, tiny_models, family, ratio, query):
+    export = request.getfixturevalue("tiny_export" if family == "llama" else "tiny_export_gpt2")
+    text = TEXT[:2500]  # > encoder_window tokens with the tiny tokenizer: windows are exercised
+    with Pipeline.from_pretrained(export) as pipe:
+        prompt, want = _torch_tokens(tiny_models[family], pipe, text, ratio, query)
+        res, got = _runtime_tokens(pipe, text, ratio if ratio > 1 else None, query)
+    assert res.compressed_tokens == prompt.compressed_tokens
+    if ratio > 1:
+        np.testing.assert_array_equal(res.spans, prompt.spans)
+    assert got == want
+
+
+def test_batch_equals_single_on_real_export(tiny_export):
+    prompts = [TEXT[:300], TEXT[1000:1900], TEXT[3000:3400]]
+    with Pipeline.from_pretrained(tiny_export) as pipe:
+        for ratio in (None, 2.0):
+            batch = [r.tokens for r in pipe.generate(prompts, max_new_tokens=8, ratio=ratio)]
+            assert batch == [
+                pipe.generate(p, max_new_tokens=8, ratio=ratio).tokens for p in prompts
+            ]
+
+
+@pytest.mark.slow
+def test_greedy_tokens_equal_pytorch_smollm2(tmp_path):
+    from semedge.export import export_onnx
+
+    export = tmp_path / "smollm2"
+    export_onnx("smollm2", export)
+    with Pipeline.from_pretrained(export) as pipe:
+        for ratio in (1.0, 2.4):
+            prompt, want = _torch_tokens("smollm2", pipe, TEXT, ratio)
+            res, got = _runtime_tokens(pipe, TEXT, ratio if ratio > 1 else None)
+            assert res.compressed_tokens == prompt.compressed_tokens
+            assert got == want
