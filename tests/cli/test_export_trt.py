@@ -90,3 +90,15 @@ def test_triton_without_manifest(cli, tmp_path):
     res = cli("export", "triton", tmp_path, tmp_path / "repo", expect_rc=1)
     assert_one_line_error(res)
     assert not (tmp_path / "repo").exists()
+
+
+def test_check_trt_on_the_default_fused_export_points_to_plain_attention(cli, tiny_export):
+    res = cli("export", "check-trt", tiny_export, expect_rc=1)
+    assert_one_line_error(res)
+    assert "GroupQueryAttention" in res.stderr and "--attention plain" in res.stderr
+
+
+def test_trt_refuses_the_fused_export_with_the_fix(cli, tiny_export, tmp_path):
+    res = cli("export", "trt", tiny_export, tmp_path / "engines", expect_rc=1)
+    assert_one_line_error(res)
+    assert "--attention plain" in res.stderr and res.stdout == ""
