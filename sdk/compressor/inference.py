@@ -9,6 +9,7 @@ position_ids as packed sequences and would block attention across the gaps.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from semedge.deps import require
@@ -85,6 +86,7 @@ def generate_compressed(
     top_p: float | None = None,
     eos_token_id: int | None = None,
     seed: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[int]:
     """Generate from a compressed context: prefill the spans, then decode with the KV cache.
 
@@ -98,6 +100,7 @@ def generate_compressed(
         do_sample, temperature, top_k, top_p: sampling settings (off by default).
         eos_token_id: stop after this token (included); None -> the tokenizer's EOS.
         seed: sampling seed.
+        timings: when a dict, filled with prefill_ms and decode_ms.
 
     Returns:
         The new token ids (without the prompt).
@@ -112,7 +115,9 @@ def generate_compressed(
     _check_fits(model, T + max_new_tokens - 2)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     n = prompt.inputs_embeds.shape[1]
+    t0 = time.perf_counter()
     logits, past = prefill(model, prompt)
+    t1 = time.perf_counter()
     new: list[int] = []
     with torch.no_grad():
         for i in range(max_new_tokens):
@@ -128,6 +133,8 @@ def generate_compressed(
                 use_cache=True,
             )
             logits, past = out.logits, out.past_key_values
+    if timings is not None:
+        timings.update(prefill_ms=1000 * (t1 - t0), decode_ms=1000 * (time.perf_counter() - t1))
     return new
 
 
