@@ -1,8 +1,9 @@
 """Optimum baseline: the same model exported by `optimum-cli export onnx --task
 text-generation-with-past`, run through ONNX Runtime the same way as semedge's export.
 
-Library part (imported by benchmarks/export_vs_torch.py with --optimum): `optimum_export`,
-`OptimumRunner`, `SemedgeRunner`, `compare_last_logits`. Standalone usage (side by side):
+Library part (benchmarks/export_vs_torch.py --optimum imports `optimum_runner`): runners with
+`name`, `prefill(ids) -> (last logits, past)`, `decode(token, position, past)`. Standalone
+usage (semedge and Optimum side by side):
 
     python benchmarks/optimum_baseline.py --semedge EXPORT_DIR [--lengths 512,1024,2048]
         [--decode-tokens 32] [--repeats 2] [--threads N]
@@ -77,6 +78,8 @@ def _kv_spec(sess) -> tuple[list[str], int, int, np.dtype]:
 class OptimumRunner:
     """Optimum's decoder-with-past graph: prefill = an empty past, decode = one token."""
 
+    name = "optimum"
+
     def __init__(self, onnx_path: Path, threads: int | None = None) -> None:
         self.sess = _session(onnx_path, threads)
         self.past, self.n_kv, self.head_dim, self.dtype = _kv_spec(self.sess)
@@ -105,6 +108,8 @@ class OptimumRunner:
 class SemedgeRunner:
     """semedge's export: embed.onnx + prefill.onnx, then decode.onnx (same ORT options)."""
 
+    name = "semedge"
+
     def __init__(self, export_dir: Path, threads: int | None = None) -> None:
         self.embed = _session(export_dir / "embed.onnx", threads)
         self.pre = _session(export_dir / "prefill.onnx", threads)
@@ -130,6 +135,11 @@ class SemedgeRunner:
                  "attention_mask": np.ones((1, position + 1), np.int64), **past}  # fmt: skip
         out = dict(zip(self.dec_out, self.dec.run(None, feeds), strict=True))
         return out["logits"][:, -1], self._presents(out)
+
+
+def optimum_runner(model_dir: Path | None = None, threads: int | None = None) -> OptimumRunner:
+    """The Optimum baseline with the runner interface of benchmarks/export_vs_torch.py."""
+    return OptimumRunner(optimum_export(model_dir or SMOLLM2_DIR), threads)
 
 
 def time_prefill(runner, ids: np.ndarray, repeats: int) -> float:
