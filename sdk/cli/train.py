@@ -1,7 +1,55 @@
-"""`semedge train` (not built yet: issue #3)."""
+"""`semedge train adapter`: train the SemToken span adapter with MT2ST and write it to a directory."""
 
 from __future__ import annotations
 
-from semedge.cli import not_built
+from pathlib import Path
 
-command = not_built("train", issue=3)
+import click
+from semedge.cli import HELP
+
+STRATEGIES = ("diminish", "switch", "mtl", "stl")
+
+
+@click.group(name="train", help=HELP["train"])
+def command() -> None:
+    """Group: `semedge train adapter ...`."""
+
+
+@command.command(name="adapter")
+@click.option("--model", "model_spec", default="smollm2", show_default=True,
+              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="UTF-8 training text (e.g. wikitext-2/valid.txt).")  # fmt: skip
+@click.option("--ratio", type=float, default=None, help="Compression ratio R (default 2.4).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
+              help="MT2ST auxiliary schedule (default diminish; mtl/stl are baselines).")  # fmt: skip
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
+@click.option("--windows", type=int, default=None, help="Training windows (default 64).")
+@click.option("--context", type=int, default=None, help="Context tokens per window (512).")
+@click.option("--target", type=int, default=None, help="Continuation tokens per window (64).")
+@click.option("--lr", type=float, default=None, help="AdamW learning rate (3e-3).")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+              help="Save resumable checkpoints here.")  # fmt: skip
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint-dir.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def adapter(model_spec, data, ratio, strategy, steps, windows, context, target, lr,
+            checkpoint_dir, checkpoint_every, resume, out, overwrite, as_json) -> None:  # fmt: skip
+    """Train a SemToken span adapter for MODEL with MT2ST (the LM stays frozen)."""
+    from semedge.cli.common import echo_json, echo_table, show_progress
+    from semedge.config import replace_set
+    from semedge.training.adapter_train import AdapterTrainConfig, train_adapter_to_dir
+
+    config = replace_set(AdapterTrainConfig(), ratio=ratio, strategy=strategy, steps=steps,
+                         windows=windows, context=context, target=target, lr=lr,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
+    summary = train_adapter_to_dir(model_spec, data, out, config, checkpoint_dir, resume,
+                                   overwrite, show_progress())  # fmt: skip
+    if as_json:
+        echo_json(summary)
+        return
+    keys = ("out", "model_id", "strategy", "ratio", "steps", "final_primary_loss",
+            "train_flops", "train_wall_s", "aux_calls")  # fmt: skip
+    echo_table(["field", "value"], [[k, summary[k]] for k in keys])

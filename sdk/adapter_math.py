@@ -1,0 +1,116 @@
+"""The SemToken span adapter in numpy: read adapter.safetensors and apply it to merged spans.
+
+Torch-free: imported by semedge.runtime. `semedge.training.adapter.SpanAdapter` is the torch
+twin used for training; both compute exactly this (a test checks they agree):
+
+    x̂ = x / rms(x)                                     (RMS-normalised merged embedding, (n, D))
+    f = onehot(min(len, L) - 1)                         (span-length features, (n, L))
+    h = silu(x̂ W1ᵀ + f Uᵀ + b1)                         ((n, H))
+    y = x · (1 + gain[len]) + h W2ᵀ + b2                for spans with len > 1; y = x otherwise
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from semedge.errors import ArtifactError, InputError
+
+__all__ = [
+    "ADAPTER_JSON",
+    "ADAPTER_FORMAT",
+    "TENSOR_NAMES",
+    "apply_span_adapter",
+    "read_adapter_dir",
+    "length_features",
+]
+
+ADAPTER_JSON = "adapter.json"
+ADAPTER_FORMAT = "semedge-adapter"
+ADAPTER_SCHEMA = 1
+# tensor name -> shape in terms of D (hidden size), H (adapter width), L (length buckets)
+TENSOR_NAMES = {
+    "span.w1": ("H", "D"),
+    "span.u": ("H", "L"),
+    "span.b1": ("H",),
+    "span.w2": ("D", "H"),
+    "span.b2": ("D",),
+    "span.gain": ("L",),
+}
+RMS_EPS = 1e-6
+
+
+def length_features(lengths: np.ndarray, buckets: int) -> np.ndarray:
+    """(n,) span lengths -> (n, L) one-hot of min(len, L) - 1 (float32)."""
+    idx = np.clip(np.asarray(lengths, dtype=np.int64), 1, buckets) - 1
+    return np.eye(buckets, dtype=np.float32)[idx]
+
+
+def apply_span_adapter(
+    weights: dict[str, np.ndarray], merged: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """Apply the span adapter to merged span embeddings (singleton spans pass unchanged).
+
+    Args:
+        weights: the tensors of adapter.safetensors (see TENSOR_NAMES).
+        merged: (n, D) merged span embeddings.
+        lengths: (n,) tokens per span.
+
+    Returns:
+        (n, D) adapted embeddings, merged's dtype.
+
+    Raises:
+        InputError: shapes that do not match the adapter.
+    """
+    x = np.asarray(merged, dtype=np.float32)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    w1, u, b1 = weights["span.w1"], weights["span.u"], weights["span.b1"]
+    w2, b2, gain = weights["span.w2"], weights["span.b2"], weights["span.gain"]
+    if x.ndim != 2 or x.shape[1] != w1.shape[1] or lengths.shape != (x.shape[0],):
+        raise InputError(
+            f"adapter expects merged (n, {w1.shape[1]}) and lengths (n,), "
+            f"got {x.shape} and {lengths.shape}"
+        )
+    xn = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)
+    f = length_features(lengths, u.shape[1])
+    z = xn @ w1.T + f @ u.T + b1  # (n, H)
+    h = z / (1.0 + np.exp(-z))  # SiLU
+    y = x * (1.0 + f @ gain)[:, None] + h @ w2.T + b2  # (n, D)
+    out = np.where((lengths > 1)[:, None], y, x)
+    return out.astype(np.asarray(merged).dtype, copy=False)
+
+
+def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read an adapter directory (adapter.safetensors + adapter.json) with safetensors.numpy.
+
+    Returns:
+        (weights, meta): numpy tensors by name and the adapter.json dict.
+
+    Raises:
+        ArtifactError: missing files, another format, or tensors missing from the file.
+    """
+    from safetensors.numpy import load_file
+    from semedge.constants import ADAPTER_WEIGHTS
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / ADAPTER_JSON, directory / ADAPTER_WEIGHTS
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ArtifactError(
+            f"{directory} is not a semedge adapter directory (needs {ADAPTER_JSON} and "
+            f"{ADAPTER_WEIGHTS}); train one with `semedge train adapter` or pass DEFAULT"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        weights = load_file(weights_path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"cannot read adapter in {directory}: {err}") from err
+    if meta.get("format") != ADAPTER_FORMAT or meta.get("schema_version") != ADAPTER_SCHEMA:
+        raise ArtifactError(
+            f"{meta_path} is not a {ADAPTER_FORMAT} v{ADAPTER_SCHEMA} file; retrain the adapter"
+        )
+    missing = [k for k in TENSOR_NAMES if k not in weights]
+    if missing:
+        raise ArtifactError(f"{weights_path} lacks tensors {missing}; retrain the adapter")
+    return weights, meta

@@ -1,0 +1,59 @@
+"""`semedge train adapter` on the tiny Llama: a real run, and each bad input as one stderr line."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import assert_one_line_error
+
+FAST = ["--context", "256", "--target", "8", "--windows", "1", "--steps", "2"]
+
+
+def _data(tmp_path, wikitext_valid):
+    path = tmp_path / "train.txt"
+    path.write_text(wikitext_valid.read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    return path
+
+
+def test_train_adapter_writes_a_loadable_adapter(cli, tiny_llama, wikitext_valid, tmp_path):
+    data, out = _data(tmp_path, wikitext_valid), tmp_path / "ad"
+    res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--strategy", "switch",
+              "--out", out, "--json", *FAST)  # fmt: skip
+    summary = json.loads(res.stdout)
+    meta = json.loads((out / "adapter.json").read_text())
+    assert meta["model_id"] == tiny_llama.name and meta["hidden_size"] == 64
+    assert meta["strategy"] == "switch" and meta["steps"] == 2 and meta["ratio"] == 2.4
+    assert summary["aux_calls"] == {"distill": 1, "recon": 1}  # switched off at step 1 of 2
+    assert (out / "adapter.safetensors").is_file()
+    # the directory exists now: a second run refuses to overwrite it
+    res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--out", out, *FAST,
+              expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "already exists" in res.stderr
+
+
+def test_train_rejects_missing_data_file(cli, tiny_llama, tmp_path):
+    out = tmp_path / "ad"
+    res = cli("train", "adapter", "--model", tiny_llama, "--data", tmp_path / "nope.txt",
+              "--out", out, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "nope.txt: no such file" in res.stderr
+    assert not out.exists() and not list(tmp_path.glob(".ad.tmp-*"))
+
+
+def test_train_rejects_nonpositive_steps(cli, tiny_llama, wikitext_valid, tmp_path):
+    data, out = _data(tmp_path, wikitext_valid), tmp_path / "ad"
+    res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--steps", "0",
+              "--out", out, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "steps must be > 0, got 0" in res.stderr
+    assert not out.exists()
+
+
+def test_train_rejects_data_too_short_for_one_window(cli, tiny_llama, tmp_path):
+    data = tmp_path / "short.txt"
+    data.write_text("A few words only.", encoding="utf-8")
+    res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--out", tmp_path / "ad",
+              *FAST, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "one window needs" in res.stderr and not (tmp_path / "ad").exists()
