@@ -283,13 +283,13 @@ def export_onnx(
     if out_dir.exists() and not cfg.overwrite:
         raise ArtifactError(f"{out_dir} already exists; choose another path or pass --overwrite")
     t0 = time.perf_counter()
-    model, tok = load_model(model_spec)
-    dims, max_ctx, k = _check_model(model, cfg)
-    if cfg.adapter:
-        from semedge.training.adapter import load_adapter
+    with staged_dir(out_dir, overwrite=cfg.overwrite) as tmp:  # fails fast if not writable
+        model, tok = load_model(model_spec)
+        dims, max_ctx, k = _check_model(model, cfg)
+        if cfg.adapter:
+            from semedge.training.adapter import load_adapter
 
-        load_adapter(cfg.adapter, model)  # InputError if it was trained for another model
-    with staged_dir(out_dir, overwrite=cfg.overwrite) as tmp:
+            load_adapter(cfg.adapter, model)  # InputError if trained for another model
         specs = _write_graphs(tmp, model, cfg, k)
         _write_side_files(tmp, str(model_spec), tok, cfg)
         mcfg = _manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k)
