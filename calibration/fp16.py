@@ -1,0 +1,170 @@
+"""FP16 conversion of an fp32 export with overflow-prone ops kept fp32, plus its parity report.
+
+Norms square their input (x**2 overflows fp16 past |x| = 256, and SmolLM2's residual stream has
+outliers in the hundreds), softmax exponentiates, and the reductions around them accumulate: those
+stay fp32 (onnxconverter-common style, via onnxruntime.transformers.float16). Graph inputs and
+outputs keep their fp32 types (keep_io_types), so the runtime's feeds and KV cache are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from semedge import constants as C
+from semedge.artifacts import Manifest, staged_dir, write_manifest
+from semedge.calibration import scoring
+from semedge.calibration.int8 import open_export
+from semedge.calibration.report import Fp16Report
+from semedge.deps import require
+from semedge.errors import AccuracyError, ArtifactError, InputError
+from semedge.logs import log_timed
+from semedge.textio import read_text_file
+
+__all__ = ["Fp16Config", "KEEP_FP32_OPS", "convert_fp16", "fp16_from_fp32"]
+
+log = logging.getLogger(__name__)
+
+# op types computed in fp32 inside the fp16 graph (Cast nodes are inserted around them)
+KEEP_FP32_OPS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "RMSNormalization",
+    "Softmax",
+    "Pow",
+    "ReduceMean",
+    "ReduceSum",
+    "Sqrt",
+    "Reciprocal",
+    "Exp",
+    "Range",
+    "CumSum",
+    "TopK",
+)
+CONVERTED = (C.EMBED_ONNX, C.ENCODER_ONNX, C.PREFILL_ONNX, C.DECODE_ONNX)
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    """FP16 conversion and parity settings."""
+
+    eval_windows: int = 4
+    eval_context: int = 128
+    eval_tokens: int = 32
+    min_agreement: float = 0.99  # top-1 agreement with fp32 below this fails the gate
+
+    def __post_init__(self) -> None:
+        for name in ("eval_windows", "eval_context", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise InputError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+
+
+def fp16_from_fp32(
+    src: Path, dst: Path, keep_ops: tuple[str, ...] = KEEP_FP32_OPS
+) -> dict[str, int]:
+    """Write an fp16 copy of one ONNX graph; returns op type -> nodes kept fp32."""
+    onnx = require("onnx")
+    f16 = require("onnxruntime.transformers.float16")
+    try:
+        model = onnx.load(str(src))
+    except Exception as err:
+        raise ArtifactError(f"{src} is not a readable ONNX model ({err}); re-export") from err
+    block = sorted(set(f16.DEFAULT_OP_BLOCK_LIST) | set(keep_ops))
+    out = f16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=block, disable_shape_infer=False
+    )
+    onnx.save(out, str(dst))
+    kept: dict[str, int] = {}
+    for n in out.graph.node:
+        if n.op_type in keep_ops:
+            kept[n.op_type] = kept.get(n.op_type, 0) + 1
+    return kept
+
+
+def _default_data() -> Path:
+    asset = Path(__file__).resolve().parents[1] / "sdk" / "assets" / "wikitext2_excerpt.txt"
+    if not asset.is_file():
+        raise InputError("pass --data FILE (held-out text for the parity check)")
+    return asset
+
+
+def convert_fp16(
+    export_dir: Path | str,
+    out_dir: Path | str,
+    data: Path | str | None = None,
+    config: Fp16Config | None = None,
+    overwrite: bool = False,
+) -> Fp16Report:
+    """Convert an fp32 export to fp16, check parity on held-out text, write `out_dir`.
+
+    Raises:
+        InputError: bad settings or too little text.
+        ArtifactError: not a usable fp32 export, or `out_dir` exists.
+        AccuracyError: top-1 agreement below config.min_agreement or non-finite logits
+            (nothing is written); `.report` holds the measurements.
+    """
+    config = config or Fp16Config()
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"{out} already exists; choose another path or pass --overwrite")
+    manifest, graphs = open_export(export_dir)
+    src = Path(export_dir)
+    text = read_text_file(data if data is not None else _default_data())
+    ids = graphs.tokenize(text)
+    n = config.eval_context + config.eval_tokens
+    if ids.size < config.eval_windows * n:
+        raise InputError(
+            f"parity data has {ids.size} tokens, {config.eval_windows} windows of {n} need "
+            f"{config.eval_windows * n}; give a longer --data file or fewer --eval-windows"
+        )
+    held = [ids[i * n : (i + 1) * n] for i in range(config.eval_windows)]
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        for rel in manifest.files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            if rel not in CONVERTED:
+                shutil.copy2(src / rel, tmp / rel)
+        kept: dict[str, int] = {}
+        with log_timed(log, "converting graphs to fp16"):
+            for g in CONVERTED:
+                if (src / g).is_file():
+                    for op, k in fp16_from_fp32(src / g, tmp / g).items():
+                        kept[op] = kept.get(op, 0) + k
+        report = _parity(graphs, src, tmp, held, config, kept, out)
+        if not report.passed:
+            raise AccuracyError(
+                f"fp16 parity failed: top-1 agreement {report.top1_agreement:.3f} < "
+                f"{config.min_agreement} (max |delta logits| {report.max_abs_logits_diff:.3g}); "
+                "keep fp32 or pass a lower --min-agreement",
+                report=report,
+            )
+        cfg = {**manifest.config, "dtype": "fp16", "fp16": report.to_dict()}
+        write_manifest(tmp, Manifest(format=C.FORMAT_CALIBRATED, graphs=manifest.graphs,
+                                     config=cfg, created_by=manifest.created_by,
+                                     extra={**manifest.extra, "source": {"path": str(src)}}))  # fmt: skip
+    return report
+
+
+def _parity(graphs, src: Path, fp16_dir: Path, held, config: Fp16Config, kept: dict, out: Path):
+    ctx = config.eval_context
+    with log_timed(log, "fp16 parity on held-out text"):
+        a = scoring.score_graphs(graphs, src / C.PREFILL_ONNX, src / C.DECODE_ONNX, held, ctx)
+        b = scoring.score_graphs(
+            graphs, fp16_dir / C.PREFILL_ONNX, fp16_dir / C.DECODE_ONNX, held, ctx
+        )
+    diff = np.concatenate([np.abs(x - y).ravel() for x, y in zip(a.logits, b.logits, strict=True)])
+    size = sum((fp16_dir / g).stat().st_size for g in CONVERTED if (fp16_dir / g).is_file())
+    size32 = sum((src / g).stat().st_size for g in CONVERTED if (src / g).is_file())
+    return Fp16Report(
+        out_dir=str(out), max_abs_logits_diff=float(diff.max()),
+        mean_abs_logits_diff=float(diff.mean()), top1_agreement=scoring.agreement(a, b),
+        ppl_fp32=a.ppl, ppl_fp16=b.ppl, kept_fp32_ops=sorted(kept), kept_fp32_nodes=sum(kept.values()),
+        size_mb=size / 1e6, size_mb_fp32=size32 / 1e6, min_agreement=config.min_agreement,
+        scored_tokens=int(a.nll.size),
+    )  # fmt: skip

@@ -1,0 +1,399 @@
+"""INT8 calibration of an export: measure the schemes, keep sensitive parts fp32, write a copy.
+
+    export dir --tokenize/compress--> calibration feeds --ranges (cached)--> Q/DQ graphs
+         |                                                                     |
+         +--held-out text: ppl / top-1 vs fp32 (prefill + decode) <------------+
+                                 sensitivity loop -> kept fp32 nodes -> OUT_DIR (manifest)
+
+The result directory is a full copy of the export with quantized prefill.onnx / decode.onnx and
+manifest format "semedge-calibrated"; the runtime loads it like an export.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semedge import constants as C
+from semedge.artifacts import Manifest, load_manifest, staged_dir, verify_manifest, write_manifest
+from semedge.calibration import scoring
+from semedge.calibration.cache import RangeCache, default_cache_root
+from semedge.calibration.data import (
+    ExportGraphs,
+    FeedReader,
+    data_fingerprint,
+    decode_feeds,
+    prefill_feeds,
+    split_tokens,
+)
+from semedge.calibration.report import Int8Report
+from semedge.calibration.schemes import (
+    METHODS,
+    QuantSettings,
+    ensure_node_names,
+    quantize_graph,
+    weight_matmuls,
+)
+from semedge.calibration.sensitivity import GRANULARITIES, group_nodes, search_exclusions
+from semedge.deps import require
+from semedge.errors import AccuracyError, ArtifactError, InputError
+from semedge.logs import log_timed
+from semedge.textio import read_text_file
+
+__all__ = ["Int8Config", "TARGETS", "calibrate_int8", "open_export"]
+
+log = logging.getLogger(__name__)
+
+# target -> schemes measured for it ("auto"); TensorRT and the GPU EPs take symmetric Q/DQ only
+TARGETS = {
+    "ort-cpu": ("static", "dynamic", "weight-only"),
+    "ort-gpu": ("static-sym",),
+    "tensorrt": ("static-sym",),
+}
+GRAPHS = (C.PREFILL_ONNX, C.DECODE_ONNX)
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """INT8 calibration settings; defaults suit SmolLM2-135M on a 2-core CPU."""
+
+    samples: int = 16  # calibration windows
+    seq_len: int = 256  # tokens per calibration window (before compression)
+    method: str = "minmax"  # minmax | entropy | percentile
+    target: str = "ort-cpu"  # ort-cpu | ort-gpu | tensorrt
+    scheme: str = "auto"  # auto (measure the target's schemes) or one of them
+    max_ppl_increase: float = 3.0  # percent
+    granularity: str = "auto"  # sensitivity groups: auto | role | layer | node
+    per_channel: bool = False
+    eval_windows: int = 4  # held-out windows for ppl / agreement
+    eval_context: int = 128  # prefill tokens per held-out window
+    eval_tokens: int = 32  # decoded (scored) tokens per held-out window
+    speed_tokens: int = 512  # prefill length (and decode past) for the speed measurement
+    speed_repeats: int = 3
+    compress: bool = True  # calibrate on SemToken-merged inputs when the export compresses
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.scheme != "auto" and self.scheme not in TARGETS[self.target]:
+            raise InputError(
+                f"--scheme {self.scheme} is not for --target {self.target}; "
+                f"use auto or one of {', '.join(TARGETS[self.target])}"
+            )
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.max_ppl_increase >= 0:
+            raise InputError(
+                f"--max-ppl-increase must be >= 0 percent, got {self.max_ppl_increase:g}"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise InputError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
+        for name in ("samples", "seq_len", "eval_windows", "eval_context", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.speed_tokens < 1 or self.speed_repeats < 1:
+            raise InputError("speed_tokens and speed_repeats must be >= 1")
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        return TARGETS[self.target] if self.scheme == "auto" else (self.scheme,)
+
+
+def open_export(
+    directory: Path | str, need: tuple[str, ...] = GRAPHS
+) -> tuple[Manifest, ExportGraphs]:
+    """Load and verify an fp32 export for calibration.
+
+    Raises:
+        ArtifactError: no manifest, wrong format, tampered files, missing graphs, not fp32.
+    """
+    src = Path(directory)
+    manifest = load_manifest(src, expect_format=C.FORMAT_EXPORT)
+    verify_manifest(src, manifest)
+    for name in (*need, C.EMBED_ONNX, C.TOKENIZER_JSON):
+        if not (src / name).is_file():
+            raise ArtifactError(f"{src} has no {name}; calibrate a full semedge export")
+    dtype = manifest.config.get("dtype", "fp32")
+    if dtype not in ("fp32", "float32"):
+        raise ArtifactError(
+            f"{src} is a {dtype} export; calibration starts from fp32 (semedge export onnx --dtype fp32)"
+        )
+    return manifest, ExportGraphs(src, manifest.config)
+
+
+@dataclass
+class _Run:
+    """State of one calibration run: data, scratch space, memoized candidates and scores."""
+
+    src: Path
+    graphs: ExportGraphs
+    config: Int8Config
+    scratch: Path
+    cache: RangeCache
+    fingerprint: str
+    cal_windows: list
+    held: list
+    readers: list[FeedReader] = field(default_factory=list)
+    scores: dict[tuple, scoring.HeldOutScore] = field(default_factory=dict)
+    cache_hit: bool = True
+    _prefill_feeds: list | None = None
+    named: dict[str, Path] = field(default_factory=dict)  # graph -> the file quantized from
+
+    def __post_init__(self) -> None:
+        for graph in GRAPHS:
+            self.named[graph] = ensure_node_names(self.src / graph, self.scratch / "named")
+
+    def feeds(self) -> list:
+        if self._prefill_feeds is None:
+            with log_timed(log, f"building {len(self.cal_windows)} calibration inputs"):
+                self._prefill_feeds = prefill_feeds(
+                    self.graphs, self.cal_windows, self.config.compress
+                )
+        return self._prefill_feeds
+
+    def reader(self, graph: str) -> FeedReader:
+        self.cache_hit = False
+        feeds = (
+            self.feeds() if graph == C.PREFILL_ONNX else decode_feeds(self.graphs, self.feeds()[:8])
+        )
+        self.readers.append(FeedReader(feeds))
+        return self.readers[-1]
+
+    def settings(self, scheme: str) -> QuantSettings:
+        return QuantSettings(
+            scheme=scheme, method=self.config.method, per_channel=self.config.per_channel
+        )
+
+    def build(self, scheme: str, exclude: list[str]) -> Path:
+        """Quantize both graphs (memoized per scheme + exclusion set); return their folder."""
+        out = self.scratch / f"{scheme}-{abs(hash(tuple(sorted(exclude)))):x}"
+        if out.is_dir():
+            return out
+        s = self.settings(scheme)
+        for graph in GRAPHS:
+            cache_path = None
+            if s.needs_ranges:
+                key = self.cache.key(
+                    self.named[graph], self.fingerprint, method=s.method, symmetric=s.symmetric
+                )
+                cache_path = self.cache.path(key)
+                if not self.cache.hit(key):
+                    self.cache.prepare(key, self.fingerprint, self.src / graph)
+            quantize_graph(
+                self.named[graph],
+                out / graph,
+                s,
+                exclude,
+                lambda g=graph: self.reader(g),
+                cache_path,
+            )
+        return out
+
+    def score(self, folder: Path) -> scoring.HeldOutScore:
+        key = (str(folder),)
+        if key not in self.scores:
+            ctx = self.config.eval_context
+            self.scores[key] = scoring.score_graphs(
+                self.graphs, folder / C.PREFILL_ONNX, folder / C.DECODE_ONNX, self.held, ctx
+            )
+        return self.scores[key]
+
+
+def _mb(folder: Path) -> float:
+    return sum((folder / g).stat().st_size for g in GRAPHS) / 1e6
+
+
+def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
+    """Sensitivity search for one scheme; returns its candidate record (or its failure)."""
+    import onnx
+
+    model = onnx.load(str(run.named[C.PREFILL_ONNX]), load_external_data=False)
+    names = weight_matmuls(model)
+    dec = onnx.load(str(run.named[C.DECODE_ONNX]), load_external_data=False)
+    dec_names = weight_matmuls(dec)
+    hints = {**names, **dec_names}  # prefill and decode may share node names: one group entry
+    groups = group_nodes(list(hints), run.config.granularity, hints)
+
+    def evaluate(exclude: list[str]) -> float:
+        return run.score(run.build(scheme, exclude)).ppl
+
+    with log_timed(log, f"scheme {scheme}: sensitivity search"):
+        try:
+            res = search_exclusions(groups, evaluate, baseline, run.config.max_ppl_increase)
+        except AccuracyError as err:
+            return {"scheme": scheme, "passed": False, "error": str(err)}
+    folder = run.build(scheme, sorted(res.kept_nodes))
+    return {
+        "scheme": scheme,
+        "passed": True,
+        "folder": folder,
+        "ppl": res.loss,
+        "sensitivity": res,
+        "quantized_nodes": len(hints) - len(res.kept_nodes),
+        "size_mb": _mb(folder),
+    }
+
+
+def _attention_matmuls(run: _Run) -> dict[str, str]:
+    import onnx
+
+    out = {}
+    for graph in GRAPHS:
+        model = onnx.load(str(run.named[graph]), load_external_data=False)
+        weights = weight_matmuls(model)
+        for n in model.graph.node:
+            if n.op_type == "MatMul" and n.name not in weights:
+                out[n.name] = (
+                    "no constant weight (activation x activation: rotary/attention): kept float"
+                )
+    return out
+
+
+def _pick(run: _Run, candidates: list[dict]) -> dict:
+    """Measure the passing schemes' speed side by side with fp32 and take the fastest prefill."""
+    ok = [c for c in candidates if c["passed"]]
+    if not ok:
+        msgs = "; ".join(c["error"] for c in candidates)
+        raise AccuracyError(msgs)
+    cfg = run.config
+    tokens = min(cfg.speed_tokens, int(run.graphs.config.get("max_context", cfg.speed_tokens)))
+    with log_timed(log, f"timing prefill @{tokens} and decode for fp32 + {len(ok)} schemes"):
+        pre = scoring.prefill_ms(
+            run.graphs,
+            [run.src / C.PREFILL_ONNX, *(c["folder"] / C.PREFILL_ONNX for c in ok)],
+            tokens,
+            cfg.speed_repeats,
+        )
+        dec = scoring.decode_ms(
+            run.graphs,
+            [run.src / C.DECODE_ONNX, *(c["folder"] / C.DECODE_ONNX for c in ok)],
+            tokens,
+        )
+    for c, p, d in zip(ok, pre[1:], dec[1:], strict=True):
+        c.update(prefill_ms=p, decode_ms=d, prefill_speedup=pre[0] / p, decode_speedup=dec[0] / d)
+    best = max(ok, key=lambda c: c["prefill_speedup"])
+    best.update(prefill_ms_fp32=pre[0], decode_ms_fp32=dec[0], speed_tokens=tokens)
+    return best
+
+
+def _public(c: dict) -> dict:
+    keep = ("scheme", "passed", "error", "ppl", "prefill_speedup", "decode_speedup", "size_mb")
+    return {k: c[k] for k in keep if k in c}
+
+
+def calibrate_int8(
+    export_dir: Path | str,
+    out_dir: Path | str,
+    data: Path | str,
+    config: Int8Config | None = None,
+    cache_root: Path | str | None = None,
+    overwrite: bool = False,
+) -> Int8Report:
+    """Calibrate an fp32 export to INT8 within a perplexity budget and write it to `out_dir`.
+
+    Args:
+        export_dir: a semedge export (fp32).
+        out_dir: where the calibrated copy goes (must not exist unless `overwrite`).
+        data: UTF-8 text; its head calibrates, its tail is the held-out quality check.
+        config: settings; None -> Int8Config().
+        cache_root: calibration cache directory; None -> $SEMEDGE_CACHE/calibration.
+        overwrite: replace an existing `out_dir`.
+
+    Returns:
+        Int8Report of the chosen scheme (every measured scheme under `candidates`).
+
+    Raises:
+        InputError: bad settings or too little text.
+        ArtifactError: not a usable fp32 export, or `out_dir` exists.
+        AccuracyError: no scheme meets the budget (nothing is written).
+    """
+    config = config or Int8Config()
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"{out} already exists; choose another path or pass --overwrite")
+    manifest, graphs = open_export(export_dir)
+    text = read_text_file(data)
+    ids = graphs.tokenize(text)
+    eval_len = config.eval_context + config.eval_tokens
+    cal, held = split_tokens(ids, config.samples, config.seq_len, config.eval_windows, eval_len)
+    fp = data_fingerprint(
+        text, samples=config.samples, seq_len=config.seq_len, compress=config.compress,
+        compression=manifest.config.get("compression"),
+    )  # fmt: skip
+    cache = RangeCache(Path(cache_root) if cache_root else default_cache_root())
+    with tempfile.TemporaryDirectory(
+        prefix="semedge-int8-", dir=out.parent if out.parent.is_dir() else None
+    ) as tmp:
+        run = _Run(Path(export_dir), graphs, config, Path(tmp), cache, fp, cal, held)
+        with log_timed(log, "scoring fp32 on held-out text"):
+            base = scoring.score_graphs(
+                graphs, run.src / C.PREFILL_ONNX, run.src / C.DECODE_ONNX, held, config.eval_context
+            )
+        candidates = [_run_scheme(run, s, base.ppl) for s in config.schemes]
+        best = _pick(run, candidates)
+        report = _report(run, best, base, candidates, out)
+        _write(run, manifest, best, report, out, overwrite)
+    return report
+
+
+def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> Int8Report:
+    sens = best["sensitivity"]
+    q = run.score(best["folder"])
+    kept = dict(sens.kept_nodes)
+    kept.update(_attention_matmuls(run))
+    return Int8Report(
+        out_dir=str(out), target=run.config.target, scheme=best["scheme"],
+        method=run.config.method, budget_pct=run.config.max_ppl_increase,
+        ppl_fp32=base.ppl, ppl_int8=q.ppl, top1_agreement=scoring.agreement(base, q),
+        prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
+        decode_ms_fp32=best["decode_ms_fp32"], decode_ms_int8=best["decode_ms"],
+        speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run.src),
+        quantized_nodes=best["quantized_nodes"], kept_high_precision=sorted(kept),
+        kept_reasons=kept, candidates=[_public(c) for c in candidates],
+        sensitivity=sens.to_dict(), cache_hit=run.cache_hit,
+        calibration_batches=sum(r.calls for r in run.readers), scored_tokens=int(base.nll.size),
+    )  # fmt: skip
+
+
+def _graph_files(src: Path, graph: str) -> set[str]:
+    """A graph file and its external-data companions."""
+    onnx = require("onnx")
+    names = {graph}
+    model = onnx.load(str(src / graph), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                names.add(e.value)
+    return names
+
+
+def _write(
+    run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool
+) -> None:
+    ort = require("onnxruntime")
+    skip = set().union(*(_graph_files(run.src, g) for g in GRAPHS)) | {C.MANIFEST}
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        for rel in manifest.files:
+            if rel not in skip:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run.src / rel, tmp / rel)
+        for g in GRAPHS:
+            shutil.copy2(best["folder"] / g, tmp / g)
+        config = dict(manifest.config)
+        config["quantization"] = {
+            "dtype": "int8", "target": report.target, "scheme": report.scheme,
+            "method": report.method, "kept_high_precision": report.kept_high_precision,
+            "ppl_fp32": report.ppl_fp32, "ppl_int8": report.ppl_int8,
+            "top1_agreement": report.top1_agreement, "budget_pct": report.budget_pct,
+        }  # fmt: skip
+        created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
+        extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}
+        write_manifest(
+            tmp,
+            Manifest(format=C.FORMAT_CALIBRATED, graphs=manifest.graphs, config=config,
+                     created_by=created, extra=extra),
+        )  # fmt: skip

@@ -1,0 +1,206 @@
+"""The INT8 schemes, each a wrapper over onnxruntime.quantization with node exclusions.
+
+- "static"      : Q/DQ with calibrated activation ranges (uint8 asymmetric activations, int8
+                  symmetric weights) - ORT CPU fuses DQ -> MatMul -> Q into int8 GEMMs;
+- "static-sym"  : Q/DQ with int8 symmetric activations and weights (zero point 0), what TensorRT
+                  (which dropped implicit INT8 calibration) and the CUDA/TensorRT EPs consume;
+- "dynamic"     : int8 weights, activations quantized per call (MatMulInteger);
+- "weight-only" : 8-bit block-wise MatMulNBits with int8 compute (accuracy_level 4).
+
+Only MatMul/Gemm nodes whose weight is a constant initializer are candidates: activation x
+activation products (attention scores) stay in float.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from semedge.deps import require
+from semedge.errors import ArtifactError, InputError
+
+__all__ = ["SCHEMES", "QuantSettings", "weight_matmuls", "quantize_graph", "ensure_node_names"]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("static", "static-sym", "dynamic", "weight-only")
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How one graph is quantized."""
+
+    scheme: str = "static"
+    method: str = "minmax"  # activation range estimator for the static schemes
+    per_channel: bool = False  # per-output-channel weight scales
+    percentile: float = 99.999  # for method "percentile"
+    nbits_block: int = 32  # weight-only block size
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise InputError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+    @property
+    def symmetric(self) -> bool:
+        return self.scheme == "static-sym"
+
+    @property
+    def needs_ranges(self) -> bool:
+        return self.scheme in ("static", "static-sym")
+
+
+def weight_matmuls(model) -> dict[str, str]:
+    """MatMul/Gemm nodes with a constant weight: node name -> weight initializer name."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1:
+            if node.input[1] in inits or node.input[1] in consts:
+                out[node.name] = node.input[1]
+    return out
+
+
+def ensure_node_names(src: Path, scratch: Path) -> Path:
+    """`src`, or a copy in `scratch` whose nodes all have unique names (exclusions go by name)."""
+    model = _load(src, external=False)
+    names = [n.name for n in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return src
+    model = _load(src)
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    scratch.mkdir(parents=True, exist_ok=True)
+    require("onnx").save(model, str(scratch / src.name))
+    return scratch / src.name
+
+
+def _load(path: Path, external: bool = True):
+    onnx = require("onnx")
+    try:
+        return onnx.load(str(path), load_external_data=external)
+    except Exception as err:  # protobuf DecodeError and friends on a corrupt file
+        raise ArtifactError(f"{path} is not a readable ONNX model ({err}); re-export") from err
+
+
+def quantize_graph(
+    src: Path,
+    dst: Path,
+    settings: QuantSettings,
+    exclude: list[str] | None = None,
+    reader_factory: Callable[[], object] | None = None,
+    cache_path: Path | None = None,
+) -> list[str]:
+    """Quantize `src` into `dst` under `settings`, leaving `exclude`d nodes in float.
+
+    Args:
+        src: the fp32 ONNX graph.
+        dst: where to write the quantized graph (a single file, weights inline).
+        settings: the scheme and range method.
+        exclude: node names to keep in float.
+        reader_factory: builds the calibration data reader; called only on a cache miss.
+        cache_path: ONNX Runtime range-cache file; reused when it exists.
+
+    Returns:
+        The names of the nodes that were quantized.
+    """
+    model = _load(src)
+    weights = weight_matmuls(model)
+    exclude_set = set(exclude or [])
+    todo = [n for n in weights if n not in exclude_set]
+    if not todo:
+        raise InputError(f"{src.name}: every quantizable node is excluded")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_root():
+        if settings.scheme == "weight-only":
+            _weight_only(model, dst, todo, settings)
+        elif settings.scheme == "dynamic":
+            _dynamic(src, dst, todo)
+        else:
+            _static(src, dst, todo, settings, reader_factory, cache_path)
+    return todo
+
+
+@contextmanager
+def _quiet_root() -> Iterator[None]:
+    """onnxruntime.quantization warns through the root logger, whose first use would install a
+    stderr handler (logging.lastResort via basicConfig); park a NullHandler there meanwhile."""
+    root = logging.getLogger()
+    null = logging.NullHandler()
+    added = not root.handlers
+    if added:
+        root.addHandler(null)
+    try:
+        yield
+    finally:
+        if added:
+            root.removeHandler(null)
+
+
+def _dynamic(src: Path, dst: Path, todo: list[str]) -> None:
+    q = require("onnxruntime.quantization")
+    q.quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=todo,
+        weight_type=q.QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def _weight_only(model, dst: Path, todo: list[str], settings: QuantSettings) -> None:
+    keep = set(todo)  # nodes_to_include is not honoured by every ORT version: exclude the rest
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
+    nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
+    quantizer = nbits.MatMulNBitsQuantizer(
+        model,
+        bits=8,
+        block_size=settings.nbits_block,
+        is_symmetric=True,
+        accuracy_level=4,  # int8 compute: the fast path on AVX-512 VNNI / ARM dot-product CPUs
+        nodes_to_exclude=others,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _static(src, dst, todo, settings, reader_factory, cache_path) -> None:
+    q = require("onnxruntime.quantization")
+    sym = settings.symmetric
+    extra = {
+        "ActivationSymmetric": sym,
+        "WeightSymmetric": True,
+        "CalibTensorRangeSymmetric": sym,
+        "MatMulConstBOnly": True,
+    }
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    have_cache = cache_path is not None and cache_path.is_file()
+    reader = None if have_cache else (reader_factory() if reader_factory else None)
+    if reader is None and not have_cache:
+        raise InputError("static quantization needs calibration data (--data)")
+    q.quantize_static(
+        str(src),
+        str(dst),
+        calibration_data_reader=reader,
+        quant_format=q.QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=todo,
+        per_channel=settings.per_channel,
+        activation_type=q.QuantType.QInt8 if sym else q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8,
+        calibrate_method=getattr(q.CalibrationMethod, METHODS[settings.method]),
+        extra_options=extra,
+        calibration_cache_path=str(cache_path) if cache_path is not None else None,
+    )

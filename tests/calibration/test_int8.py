@@ -1,0 +1,95 @@
+"""INT8 calibration of the tiny Llama export: Q/DQ form, sensitivity, cache, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from semedge import constants as C
+from semedge.artifacts import load_manifest, sha256_file, verify_manifest
+from semedge.calibration.data import ExportGraphs
+from semedge.calibration.int8 import Int8Config, calibrate_int8
+from semedge.calibration.scoring import score_graphs
+
+from tests.calibration.conftest import INT8_FAST
+
+
+def _qdq_zero_points(path):
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node
+           if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]  # fmt: skip
+    return model, zps
+
+
+def test_tensorrt_target_writes_symmetric_qdq(tiny_export, cal_text, tmp_path):
+    out = tmp_path / "int8"
+    cfg = Int8Config(target="tensorrt", max_ppl_increase=50.0, **INT8_FAST)
+    report = calibrate_int8(tiny_export, out, cal_text, cfg, cache_root=tmp_path / "cache")
+    assert report.scheme == "static-sym" and report.quantized_nodes > 0
+    for graph in (C.PREFILL_ONNX, C.DECODE_ONNX):
+        model, zps = _qdq_zero_points(out / graph)
+        assert len(zps) >= 2 * 29  # activations and weights of every weight MatMul
+        assert all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric: zero point 0
+        src = onnx.load(str(tiny_export / graph), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [i.name for i in src.graph.input]
+        assert [o.name for o in model.graph.output] == [o.name for o in src.graph.output]
+    manifest = verify_manifest(out, load_manifest(out, expect_format=C.FORMAT_CALIBRATED))
+    quant = manifest.config["quantization"]
+    assert quant["scheme"] == "static-sym" and quant["target"] == "tensorrt"
+    assert manifest.config["num_layers"] == load_manifest(tiny_export).config["num_layers"]
+    assert set(load_manifest(tiny_export).files) == set(manifest.files)
+
+
+def test_sensitivity_keeps_planted_down_proj(planted_down_export, cal_text, tmp_path):
+    cfg = Int8Config(scheme="static", max_ppl_increase=5.0, **INT8_FAST)
+    report = calibrate_int8(planted_down_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
+    assert report.sensitivity["kept_groups"] == ["mlp.down_proj"]
+    assert report.sensitivity["loss_all_quantized"] > report.ppl_fp32 * 1.05
+    down = [n for n in report.kept_high_precision if "down_proj" in n]
+    assert len(down) == 4 and all("sensitive" in report.kept_reasons[n] for n in down)
+    assert report.passed
+    # the kept nodes really are float in the written graph: no DequantizeLinear feeds them
+    model = onnx.load(str(tmp_path / "o" / C.PREFILL_ONNX))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in down:
+            assert all(producers.get(i) != "DequantizeLinear" for i in node.input)
+
+
+def test_cache_skips_collection_on_rerun(tiny_export, cal_text, tmp_path):
+    cfg = Int8Config(scheme="static", max_ppl_increase=50.0, **INT8_FAST)
+    first = calibrate_int8(tiny_export, tmp_path / "a", cal_text, cfg, tmp_path / "cache")
+    second = calibrate_int8(tiny_export, tmp_path / "b", cal_text, cfg, tmp_path / "cache")
+    assert not first.cache_hit and first.calibration_batches > 0
+    assert second.cache_hit and second.calibration_batches == 0
+    assert sha256_file(tmp_path / "a" / C.PREFILL_ONNX) == sha256_file(
+        tmp_path / "b" / C.PREFILL_ONNX
+    )
+    other = cal_text.with_name("other.txt")  # different data: a new cache entry, collected again
+    other.write_text(cal_text.read_text()[1000:], encoding="utf-8")
+    third = calibrate_int8(tiny_export, tmp_path / "c", other, cfg, tmp_path / "cache")
+    assert not third.cache_hit and third.calibration_batches > 0
+
+
+def test_cpu_auto_measures_every_scheme(tiny_export, cal_text, tmp_path):
+    cfg = Int8Config(max_ppl_increase=50.0, **INT8_FAST)
+    report = calibrate_int8(tiny_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
+    got = {c["scheme"]: c for c in report.candidates}
+    assert set(got) == {"static", "dynamic", "weight-only"}
+    best = max(got.values(), key=lambda c: c["prefill_speedup"])
+    assert report.scheme == best["scheme"]
+    d = json.loads(json.dumps(report.to_dict()))
+    for key in ("ppl_fp32", "ppl_int8", "top1_agreement", "prefill_speedup", "decode_speedup",
+                "size_mb", "kept_high_precision"):  # fmt: skip
+        assert d[key] is not None, key
+    # the written graphs are what the report measured
+    graphs = ExportGraphs(tiny_export, load_manifest(tiny_export).config)
+    ids = graphs.tokenize(cal_text.read_text(encoding="utf-8"))
+    held = [ids[ids.size - 96 : ids.size - 48], ids[ids.size - 48 :]]
+    score = score_graphs(graphs, tmp_path / "o" / C.PREFILL_ONNX, tmp_path / "o" / C.DECODE_ONNX,
+                         held, 32)  # fmt: skip
+    assert score.ppl == pytest.approx(report.ppl_int8, rel=1e-6)
