@@ -53,3 +53,45 @@ def adapter(model_spec, data, ratio, strategy, steps, windows, context, target, 
     keys = ("out", "model_id", "strategy", "ratio", "steps", "final_primary_loss",
             "train_flops", "train_wall_s", "aux_calls")  # fmt: skip
     echo_table(["field", "value"], [[k, summary[k]] for k in keys])
+
+
+@command.command(name="compare")
+@click.option("--model", "model_spec", default="smollm2", show_default=True,
+              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Training text.")
+@click.option("--test-data", type=click.Path(path_type=Path), required=True, help="Held-out text.")
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True)
+@click.option("--ratio", type=float, default=None, help="Compression ratio R (default 2.4).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps per strategy (200).")
+@click.option("--windows", type=int, default=None, help="Training windows (64).")
+@click.option("--test-windows", type=int, default=8, show_default=True)
+@click.option("--context", type=int, default=None, help="Context tokens per window (512).")
+@click.option("--target", type=int, default=None, help="Continuation tokens per window (64).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compare(model_spec, data, test_data, strategies, ratio, steps, windows, test_windows,
+            context, target, as_json) -> None:  # fmt: skip
+    """Train one adapter per MT2ST strategy on the same budget; compare ppl, FLOPs, wall time."""
+    from semedge.cli.common import echo_json, echo_table, show_progress
+    from semedge.config import replace_set
+    from semedge.errors import InputError
+    from semedge.eval.windows import tokenize_text
+    from semedge.models import load_model
+    from semedge.textio import read_text_file
+    from semedge.training.adapter_train import AdapterTrainConfig
+    from semedge.training.compare import compare_strategies
+
+    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad or not names:
+        raise InputError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
+    config = replace_set(AdapterTrainConfig(), ratio=ratio, steps=steps, windows=windows,
+                         context=context, target=target)  # fmt: skip
+    train_text, test_text = read_text_file(data), read_text_file(test_data)
+    model, tok = load_model(model_spec)
+    result = compare_strategies(model, tok, tokenize_text(train_text, tok),
+                                tokenize_text(test_text, tok), config, names, test_windows,
+                                show_progress())  # fmt: skip
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        echo_table(*result.table())

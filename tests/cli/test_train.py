@@ -57,3 +57,23 @@ def test_train_rejects_data_too_short_for_one_window(cli, tiny_llama, tmp_path):
               *FAST, expect_rc=1)  # fmt: skip
     assert_one_line_error(res)
     assert "one window needs" in res.stderr and not (tmp_path / "ad").exists()
+
+
+def test_train_compare_reports_every_strategy(cli, tiny_llama, wikitext_valid, tmp_path):
+    data = _data(tmp_path, wikitext_valid)
+    res = cli("train", "compare", "--model", tiny_llama, "--data", data, "--test-data", data,
+              "--strategies", "switch,mtl", "--test-windows", "1", "--json", *FAST)  # fmt: skip
+    out = json.loads(res.stdout)
+    assert set(out["rows"]) == {"switch", "mtl"}
+    assert out["rows"]["switch"]["flops"] < out["rows"]["mtl"]["flops"]
+    assert out["rows"]["switch"]["flops_saved_vs_mtl"] > 0
+    assert out["full_ppl"] > 1 and out["truncate_ppl"] > 1
+
+
+def test_train_compare_rejects_unknown_strategy(cli, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("text", encoding="utf-8")
+    res = cli("train", "compare", "--data", data, "--test-data", data, "--strategies", "fast",
+              expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "unknown strategies ['fast']" in res.stderr

@@ -161,3 +161,13 @@ def test_compressor_applies_the_adapter(tiny_examples):
     multi = torch.as_tensor(plain.spans[:, 1] - plain.spans[:, 0] > 1)
     diff = (adapted.inputs_embeds[0] - plain.inputs_embeds[0]).abs().amax(dim=1)
     assert bool((diff[multi] > 0.4).all()) and bool((diff[~multi] == 0).all())
+
+
+@pytest.mark.parametrize("module", ["semedge.adapter_math", "semedge.mt2st"])
+def test_runtime_side_modules_import_without_torch(module):
+    import subprocess
+    import sys
+
+    probe = f"import sys; sys.modules['torch'] = None; import {module}; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
