@@ -18,24 +18,22 @@ from semedge.artifacts import Manifest, load_manifest, verify_manifest
 from semedge.config import CompressionConfig
 from semedge.constants import (
     ATTENTION_MASK,
-    DECODE_ONNX,
-    EMBED_ONNX,
     ENCODER_HIDDEN,
-    ENCODER_ONNX,
     FORMAT_ENGINE,
     FORMAT_EXPORT,
     INPUT_IDS,
     INPUTS_EMBEDS,
     PAST_KEY,
-    PREFILL_ONNX,
     TOKENIZER_JSON,
 )
 from semedge.deps import require
 from semedge.errors import ArtifactError, InputError
 from semedge.logs import log_timed
+from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import KVCache
 from semedge.runtime.sampling import GenerationConfig
+from semedge.runtime.span_adapter import load_span_adapter
 from semedge.runtime.trace import NULL_TIMER
 
 __all__ = ["Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
@@ -43,12 +41,6 @@ __all__ = ["Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
 log = logging.getLogger(__name__)
 
 REQUIRED_CONFIG = ("max_context", "num_layers", "num_kv_heads", "head_dim", "eos_token_id")
-GRAPHS = {
-    "embed": EMBED_ONNX,
-    "encoder": ENCODER_ONNX,
-    "prefill": PREFILL_ONNX,
-    "decode": DECODE_ONNX,
-}
 
 
 @dataclass
@@ -87,7 +79,7 @@ class Pipeline:
         self.compression = CompressionConfig.from_dict(comp) if comp else CompressionConfig()
         self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
-        self._adapter = _load_adapter(path, self.config.get("adapter"))
+        self._adapter = load_span_adapter(path, self.config.get("adapter"))
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
 
@@ -130,7 +122,7 @@ class Pipeline:
         if verify:
             with log_timed(log, f"verifying {path.name}", logging.DEBUG):
                 verify_manifest(path, manifest)
-        backends = _make_backends(path, manifest, provider, providers, threads, ort_profile)
+        backends = backends_for(path, manifest, provider, providers, threads, ort_profile)
         tok_path = path / TOKENIZER_JSON
         if not tok_path.is_file():
             raise ArtifactError(f"{tok_path} is missing; re-export the directory")
@@ -363,63 +355,3 @@ def _config(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed, stop=(stop,) if isinstance(stop, str) else tuple(stop), ratio=ratio, query=query,
     )  # fmt: skip
-
-
-def _make_backends(path, manifest, provider, providers, threads, ort_profile) -> dict[str, Any]:
-    """One backend per graph, on the requested provider (nothing is loaded yet)."""
-    if provider == "trt-engine":
-        from semedge.runtime.backends.trt import engine_backends
-
-        return engine_backends(path, manifest)
-    from semedge.runtime.backends.ort import OrtBackend, ort_providers
-
-    ort_names = ort_providers(provider) if isinstance(providers, str) or provider in (
-        "cpu", "cuda", "tensorrt") else _check_ort_names(providers)  # fmt: skip
-    out = {}
-    for key, fname in GRAPHS.items():
-        if not (path / fname).is_file():
-            if key == "encoder":  # an export without an encoder still runs uncompressed
-                continue
-            raise ArtifactError(f"{path / fname} is missing; re-export the directory")
-        spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
-        prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
-        out[key] = OrtBackend(path / fname, ort_names, spec, threads, prof)
-        out[key].provider_name = provider
-    return out
-
-
-def _check_ort_names(providers: Sequence[str]) -> list[str]:
-    from semedge.runtime.backends.ort import PROVIDERS, ort_providers
-
-    by_first = {v[0]: k for k, v in PROVIDERS.items()}
-    if providers[0] not in by_first:
-        ort_providers(str(providers[0]))  # raises InputError naming the choices
-    ort_providers(by_first[providers[0]])  # raises BackendUnavailable when not installed
-    return list(providers)
-
-
-def _load_adapter(path: Path, name: str | None) -> Any:
-    """The MT2ST span adapter named by the manifest as `(embeds, spans) -> embeds`, or None.
-
-    Applied to merged multi-token spans only (singletons stay exact), as the PyTorch path does.
-    """
-    if not name:
-        return None
-    from semedge import adapter_math
-
-    file = path / name
-    if not file.is_file():
-        raise ArtifactError(f"{file} (the export's adapter) is missing; re-export")
-    safetensors = require("safetensors.numpy")
-    try:
-        weights = safetensors.load_file(str(file))
-    except Exception as err:  # safetensors raises its own error types on a corrupt header
-        raise ArtifactError(f"cannot read adapter {file}: {err}; re-export") from err
-    missing = [k for k in adapter_math.TENSOR_NAMES if k not in weights]
-    if missing:
-        raise ArtifactError(f"{file} lacks tensors {missing}; retrain the adapter and re-export")
-
-    def apply(embeds: np.ndarray, spans: np.ndarray) -> np.ndarray:
-        return adapter_math.apply_span_adapter(weights, embeds, spans[:, 1] - spans[:, 0])
-
-    return apply

@@ -1,0 +1,39 @@
+"""The MT2ST span adapter an export may carry, applied at merge time in numpy (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from semedge.deps import require
+from semedge.errors import ArtifactError
+
+__all__ = ["load_span_adapter"]
+
+
+def load_span_adapter(path: Path, name: str | None) -> Any:
+    """The MT2ST span adapter named by the manifest as `(embeds, spans) -> embeds`, or None.
+
+    Applied to merged multi-token spans only (singletons stay exact), as the PyTorch path does.
+    """
+    if not name:
+        return None
+    from semedge import adapter_math
+
+    file = path / name
+    if not file.is_file():
+        raise ArtifactError(f"{file} (the export's adapter) is missing; re-export")
+    safetensors = require("safetensors.numpy")
+    try:
+        weights = safetensors.load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types on a corrupt header
+        raise ArtifactError(f"cannot read adapter {file}: {err}; re-export") from err
+    missing = [k for k in adapter_math.TENSOR_NAMES if k not in weights]
+    if missing:
+        raise ArtifactError(f"{file} lacks tensors {missing}; retrain the adapter and re-export")
+
+    def apply(embeds: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        return adapter_math.apply_span_adapter(weights, embeds, spans[:, 1] - spans[:, 0])
+
+    return apply
