@@ -170,12 +170,12 @@ def test_directory_without_manifest_is_an_artifact_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_plain_export(tiny_models, tmp_path_factory):
-    """A gated tiny-Llama export with plain ONNX attention: the graphs semedge builds for TensorRT."""
-    from semedge.export import ExportConfig, ParityConfig, export_onnx
+    """A tiny-Llama export with plain ONNX attention: the graphs semedge builds for TensorRT."""
+    from semedge.export import ExportConfig, export_onnx
 
     out = tmp_path_factory.mktemp("tiny-plain") / "export"
-    gate = ParityConfig(lengths=(7, 48), decode_steps=2, compressed=False)
-    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", parity=gate))
+    # the graphs do not depend on the gate; skip it here (test_onnx_export gates plain exports)
+    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", validate=False))
     return out
 
 
