@@ -168,14 +168,14 @@ def test_directory_without_manifest_is_an_artifact_error(tmp_path):
         check_onnx_dir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_plain_export(tiny_models, tmp_path_factory):
-    """A tiny-Llama export with plain ONNX attention: the graphs semedge builds for TensorRT."""
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny_plain_export(request, tiny_models, tmp_path_factory):
+    """Tiny exports with plain ONNX attention: the graphs semedge builds for TensorRT."""
     from semedge.export import ExportConfig, export_onnx
 
-    out = tmp_path_factory.mktemp("tiny-plain") / "export"
+    out = tmp_path_factory.mktemp(f"tiny-plain-{request.param}") / "export"
     # the graphs do not depend on the gate; skip it here (test_onnx_export gates plain exports)
-    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", validate=False))
+    export_onnx(tiny_models[request.param], out, ExportConfig(attention="plain", validate=False))
     return out
 
 
