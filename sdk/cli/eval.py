@@ -1,7 +1,127 @@
-"""`semedge eval` (not built yet: issue #2)."""
+"""`semedge eval`: continuation perplexity and passkey retrieval under SemToken compression."""
 
 from __future__ import annotations
 
-from semedge.cli import not_built
+import click
+from semedge.cli.common import echo_json, echo_table, show_progress
 
-command = not_built("eval", issue=2)
+__all__ = ["command"]
+
+
+@click.group(
+    name="eval", help="Measure quality: perplexity and passkey retrieval under compression."
+)
+def command() -> None:
+    pass
+
+
+def _config(ratio: float, encoder: str | None):
+    from semedge.config import CompressionConfig, replace_set
+
+    return replace_set(CompressionConfig(ratio=ratio), encoder=encoder)
+
+
+@command.command("ppl")
+@click.option(
+    "--data", "data", required=True, type=click.Path(path_type=str), help="UTF-8 text file."
+)
+@click.option(
+    "--context", "context", type=int, default=2048, show_default=True, help="T: context tokens."
+)
+@click.option(
+    "--target",
+    "target",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Tokens scored after the context.",
+)
+@click.option(
+    "--ratio",
+    "ratio",
+    type=float,
+    default=2.4,
+    show_default=True,
+    help="R: context tokens / positions.",
+)
+@click.option(
+    "-m",
+    "--model",
+    "model",
+    default="smollm2",
+    show_default=True,
+    help="'smollm2' or a HF model dir.",
+)
+@click.option(
+    "--encoder", type=click.Choice(["lm", "minilm"]), default=None, help="SemToken encoder."
+)
+@click.option(
+    "--windows", type=int, default=8, show_default=True, help="Windows spread over the file."
+)
+@click.option("--methods", default="full,semtoken,truncate,random,uniform", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random spans.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(path_type=str), default=None, help="Write a bar chart PNG.")
+def ppl(data, context, target, ratio, model, encoder, windows, methods, seed, as_json, plot):  # noqa: PLR0913
+    """Continuation perplexity of TARGET tokens after a CONTEXT window, per method."""
+    from semedge.eval import evaluate_perplexity, parse_methods, ppl_table, write_ppl_plot
+    from semedge.eval.windows import check_window_fits, tokenize_text
+    from semedge.models import load_model, model_id
+    from semedge.textio import read_text_file
+
+    config = _config(ratio, encoder)  # bad ratio fails before any heavy work
+    methods = parse_methods(methods)
+    check_window_fits(context, target, None)
+    text = read_text_file(data)
+    lm, tok = load_model(model)
+    report = evaluate_perplexity(
+        lm, tok, tokenize_text(text, tok), context, target, ratio, windows, methods, config,
+        model_name=model_id(model), seed=seed, progress=show_progress(),
+    )  # fmt: skip
+    if plot:
+        write_ppl_plot(report, plot)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        echo_table(*ppl_table(report))
+
+
+@command.command("passkey")
+@click.option(
+    "--context", "context", type=int, default=2048, show_default=True, help="Haystack tokens."
+)
+@click.option("--ratio", "ratio", type=float, default=2.4, show_default=True)
+@click.option("--samples", type=int, default=8, show_default=True)
+@click.option("-m", "--model", "model", default="smollm2", show_default=True)
+@click.option("--encoder", type=click.Choice(["lm", "minilm"]), default=None)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Filler text file (default: shipped WikiText-2 excerpt).",
+)
+@click.option("--methods", default="full,semtoken,truncate", show_default=True)
+@click.option("--no-query", is_flag=True, help="Do not give SemToken the question as its query.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def passkey(context, ratio, samples, model, encoder, data, methods, no_query, seed, as_json):  # noqa: PLR0913
+    """Find a 5-digit passkey hidden in real filler text, per method."""
+    from semedge.eval import evaluate_passkey, parse_methods, passkey_table
+    from semedge.eval.windows import check_window_fits
+    from semedge.models import load_model, model_id
+    from semedge.textio import read_text_file
+
+    config = _config(ratio, encoder)
+    methods = parse_methods(methods)
+    check_window_fits(context, 1, None)
+    filler = read_text_file(data) if data else None
+    lm, tok = load_model(model)
+    report = evaluate_passkey(
+        lm, tok, context, ratio, samples, filler, methods, config, query_aware=not no_query,
+        model_name=model_id(model), seed=seed, progress=show_progress(),
+    )  # fmt: skip
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        echo_table(*passkey_table(report))
