@@ -48,7 +48,7 @@ REDUCE_OPS = frozenset(
 DTYPE_ERRORS = {8: "string", 14: "complex64", 15: "complex128", 4: "uint16", 12: "uint32",
                 13: "uint64", 5: "int16"}  # fmt: skip
 INT64, DOUBLE, UINT8 = 7, 11, 2
-SMALL_CONST = 4096  # initializers up to this many elements are read as constants
+SMALL_CONST = 4096  # larger initializers: payload dropped for shape inference
 
 
 @dataclass(frozen=True)
@@ -139,20 +139,28 @@ class _Graph:
     """Lookups over one model: constants, producers; recursion into subgraphs."""
 
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
-        from onnx import numpy_helper
-
         self.model, self.name = model, name
-        self.consts: dict[str, Any] = {}
+        self.tensors: dict[str, Any] = {}  # constant name -> TensorProto, decoded on demand
         for g in _graphs(model.graph):
-            for init in g.initializer:  # small ones only: K, axes, zero points, shapes
-                if not _is_external(init) and _numel(init.dims) <= SMALL_CONST:
-                    self.consts[init.name] = numpy_helper.to_array(init)
+            self.tensors.update((init.name, init) for init in g.initializer)
             for node in g.node:
                 if node.op_type == "Constant" and node.output:
                     for attr in node.attribute:
                         if attr.name == "value":
-                            self.consts[node.output[0]] = numpy_helper.to_array(attr.t)
+                            self.tensors[node.output[0]] = attr.t
         self.producer = {o: n for g in _graphs(model.graph) for n in g.node for o in n.output}
+        self._values: dict[str, Any] = {}
+
+    def value(self, name: str) -> Any | None:
+        """The numpy value of a constant (None: computed, or weights in external data)."""
+        from onnx import numpy_helper
+
+        tensor = self.tensors.get(name)
+        if tensor is None or _is_external(tensor):
+            return None
+        if name not in self._values:
+            self._values[name] = numpy_helper.to_array(tensor)
+        return self._values[name]
 
     def nodes(self) -> Iterator[onnx.NodeProto]:
         for g in _graphs(self.model.graph):
@@ -161,7 +169,7 @@ class _Graph:
     def const(self, node: onnx.NodeProto, index: int) -> Any | None:
         if index >= len(node.input) or not node.input[index]:
             return None
-        return self.consts.get(node.input[index])
+        return self.value(node.input[index])
 
     def finding(self, node: onnx.NodeProto | None, severity: str, message: str) -> TrtFinding:
         if node is None:
@@ -256,8 +264,8 @@ def _check_control_flow(g: _Graph, node: onnx.NodeProto) -> Iterator[TrtFinding]
 
 
 def _check_qdq(g: _Graph, node: onnx.NodeProto) -> Iterator[TrtFinding]:
-    scale, zero = g.const(node, 1), g.const(node, 2)
-    if scale is None:
+    zero = g.const(node, 2)
+    if node.input[1] not in g.tensors:
         yield g.finding(node, ERROR, "quantization scale is not a constant; TensorRT needs one")
     if len(node.input) > 2 and node.input[2]:
         if zero is None:
@@ -402,7 +410,12 @@ def _check_dtypes(g: _Graph) -> Iterator[TrtFinding]:
 
 
 def _fits_int32(g: _Graph, name: str) -> bool:
-    value = g.consts.get(name)
+    tensor = g.tensors.get(name)
+    if tensor is None:  # computed: assume it holds indices or shapes
+        return True
+    if _numel(tensor.dims) > SMALL_CONST:  # large int64 weights are not index-like
+        return False
+    value = g.value(name)
     return value is None or value.size == 0 or (-(2**31) <= value.min() and value.max() < 2**31)
 
 

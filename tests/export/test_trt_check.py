@@ -86,6 +86,18 @@ def test_dequantize_zero_point(tmp_path, zero, want_error):
         assert errors[0].node == "/mlp/DQ" and "symmetric" in errors[0].message
 
 
+def test_large_per_channel_qdq_is_read_whole(tmp_path):
+    """Per-channel scales / zero points bigger than a vocab are still constants and checked."""
+    n = 50_000
+    zero = np.zeros(n, np.int8)
+    zero[-1] = 1
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="/lm_head/DQ", axis=0)
+    inits = [_const("s", np.full(n, 0.1, np.float32)), _const("z", zero)]
+    model = make_model([node], [_vi("q", TensorProto.INT8, [n])], [_vi("y", F, [n])], inits)
+    [err] = [f for f in _check(tmp_path, model) if f.severity == "error"]
+    assert "symmetric" in err.message
+
+
 def test_int64_tensors_are_one_warning_with_a_count(tmp_path):
     node = helper.make_node("Add", ["a", "b"], ["c"], name="/pos/Add")
     model = make_model([node], [_vi("a", I64, [2]), _vi("b", I64, [2])], [_vi("c", I64, [2])])
