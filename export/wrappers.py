@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from semedge.errors import InputError
 from semedge.export.attention import attend, attention_bias
 from torch import nn
@@ -75,6 +76,19 @@ def model_dims(model) -> ModelDims:
     )  # fmt: skip
 
 
+def _pack_layer(layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Concatenated q/k/v and gate/up weights: fewer, wider GEMMs (MLAS is faster on wide N)."""
+    a, mlp = layer.self_attn, layer.mlp
+    projs = (a.q_proj, a.k_proj, a.v_proj)
+    w_qkv = torch.cat([p.weight for p in projs]).detach()  # ((N + 2 KV) H, D)
+    biases = [p.bias for p in projs]
+    b_qkv = None if biases[0] is None else torch.cat(biases).detach()
+    for p in (mlp.gate_proj, mlp.up_proj):
+        if p.bias is not None:
+            raise InputError("gated MLPs with biases are not supported for export")
+    return w_qkv, b_qkv, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -91,6 +105,7 @@ class DecoderCore(nn.Module):
         self.gpt2 = self.dims.model_type == "gpt2"
         self.base = model.transformer if self.gpt2 else model.model
         self.layers = self.base.h if self.gpt2 else self.base.layers
+        self.packed = [] if self.gpt2 else [_pack_layer(layer) for layer in self.layers]
         self.eval()  # the exporter restores the wrapper's mode on the LM: keep dropout off
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -113,7 +128,7 @@ class DecoderCore(nn.Module):
         for i in range(self.dims.num_layers if n_layers is None else n_layers):
             past = pasts[i] if pasts is not None else (None, None)
             layer = self._gpt2_layer if self.gpt2 else self._llama_layer
-            x, kv = layer(self.layers[i], x, rope, bias, past)
+            x, kv = layer(i, x, rope, bias, past)
             presents.append(kv)
         return x, presents
 
@@ -121,23 +136,31 @@ class DecoderCore(nn.Module):
         d = self.dims
         return attend(q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention)
 
-    def _llama_layer(self, layer, x, rope, bias, past):
+    def _llama_layer(self, i, x, rope, bias, past):
+        layer, (w_qkv, b_qkv, w_gate_up) = self.layers[i], self.packed[i]
         d, a = self.dims, layer.self_attn
         h = layer.input_layernorm(x)
         B, T = h.shape[0], h.shape[1]
-        q = a.q_proj(h).reshape(B, T, d.num_heads, d.head_dim)  # (B, T, N, H)
-        k = a.k_proj(h).reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
+        # one GEMM for q, k, v: (B, T, D) -> (B, T, (N + 2 KV) H), then split
+        q, k, v = F.linear(h, w_qkv, b_qkv).split(
+            [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim],
+            dim=-1,
+        )
+        q = q.reshape(B, T, d.num_heads, d.head_dim)  # (B, T, N, H)
+        k = k.reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
         cos, sin = rope[0].unsqueeze(2), rope[1].unsqueeze(2)  # (B, T, 1, H)
         q = q * cos + _rotate_half(q) * sin  # RoPE (Su et al. 2021), rotate-half layout
         k = k * cos + _rotate_half(k) * sin
         q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
-        out, pk, pv = self._attend(q, k, a.v_proj(h), past, bias, a.scaling)
+        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling)
         x = x + a.o_proj(out)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        # gated MLP with one GEMM for gate and up: down(act(gate(h)) * up(h))
+        gate, up = F.linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
+        x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return x, (pk, pv)
 
-    def _gpt2_layer(self, block, x, rope, bias, past):
-        d = self.dims
+    def _gpt2_layer(self, i, x, rope, bias, past):
+        d, block = self.dims, self.layers[i]
         q, k, v = block.attn.c_attn(block.ln_1(x)).split(d.hidden_size, dim=2)
         out, pk, pv = self._attend(q, k, v, past, bias, d.head_dim**-0.5)
         x = x + block.attn.c_proj(out)
