@@ -162,6 +162,7 @@ class OrtBackend:
                     f"{self.path.name} {kind} {sorted(have)} do not match the manifest's "
                     f"{sorted(want)}; re-export the directory"
                 )
+            _check_dtypes(self.path.name, self.spec.get(kind), have)
         self.session = sess
         return self
 
@@ -254,6 +255,25 @@ class OrtBackend:
         path = self.session.end_profiling()
         self.profile_prefix = None
         return path
+
+
+def _check_dtypes(graph: str, entries: Any, have: dict[str, tuple[Any, list]]) -> None:
+    """Manifest dtypes ({name: {"dtype": "int64"}}) must equal the graph's."""
+    if not isinstance(entries, dict):
+        return
+    for name, meta in entries.items():
+        want = meta.get("dtype") if isinstance(meta, dict) else None
+        if not want or name not in have or have[name][0] is object:
+            continue
+        try:
+            declared = np.dtype(want)
+        except TypeError:  # a spelling numpy does not know ("fp16"): nothing to compare
+            continue
+        if declared != np.dtype(have[name][0]):
+            raise ArtifactError(
+                f"{graph} tensor {name!r} is {np.dtype(have[name][0]).name} but the manifest "
+                f"says {want}; re-export the directory"
+            )
 
 
 def _names(entries: Any) -> list[str]:

@@ -25,6 +25,9 @@ def test_backend_rejects_manifest_mismatch_and_corrupt_file(toy_export, tmp_path
     spec = {"inputs": {"input_ids": {}, "attention_mask": {}}, "outputs": ["inputs_embeds"]}
     with pytest.raises(ArtifactError, match="do not match the manifest"):
         OrtBackend(toy_export / "embed.onnx", spec=spec).load()
+    spec = {"inputs": {"input_ids": {"dtype": "int32"}}}
+    with pytest.raises(ArtifactError, match="'input_ids' is int64 but the manifest says int32"):
+        OrtBackend(toy_export / "embed.onnx", spec=spec).load()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(ArtifactError, match="cannot load"):
