@@ -35,6 +35,9 @@ __all__ = [
     "train_adapter",
     "adapter_tasks",
     "evaluate_examples",
+    "train_adapter_to_dir",
+    "tokenize_text",
+    "window_starts",
 ]
 
 
@@ -69,6 +72,25 @@ class AdapterTrainConfig:
         for name in ("context", "target", "windows", "width", "topk"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def tokenize_text(text: str, tokenizer) -> np.ndarray:
+    """Token ids of `text` (no special tokens added), int64."""
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+def window_starts(n_tokens: int, length: int, count: int) -> list[int]:
+    """`count` window offsets spread evenly over the stream (the first at 0, the last at the end).
+
+    Raises:
+        InputError: the stream is shorter than one window.
+    """
+    if n_tokens < length:
+        raise InputError(
+            f"the data has {n_tokens} tokens but one window needs {length} (context + target); "
+            "use a longer file or a smaller --context/--target"
+        )
+    return sorted({int(s) for s in np.linspace(0, n_tokens - length, num=count).round()})
 
 
 @dataclass
@@ -130,7 +152,6 @@ def prepare_examples(
         InputError: the data is shorter than one window.
     """
     from semedge.compressor import SemTokenCompressor
-    from semedge.eval.windows import window_starts
 
     tqdm = require("tqdm").tqdm
     T, S = config.context, config.target
@@ -296,7 +317,6 @@ def train_adapter_to_dir(
     from pathlib import Path
 
     from semedge.errors import ArtifactError
-    from semedge.eval.windows import tokenize_text
     from semedge.models import load_model, model_id
     from semedge.textio import read_text_file
     from semedge.training.adapter import model_fingerprint, save_adapter

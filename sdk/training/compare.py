@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from semedge.deps import require
 from semedge.training.adapter_train import (
     AdapterTrainConfig,
     evaluate_examples,
     prepare_examples,
     train_adapter,
+    window_starts,
 )
 from semedge.training.flops import cost_savings
 from semedge.training.schedules import STRATEGIES
@@ -56,20 +58,19 @@ class StrategyComparison:
 
 def truncation_ppl(model, tokenizer, token_ids: np.ndarray, config: AdapterTrainConfig,
                    count: int) -> float:  # fmt: skip
-    """Continuation ppl keeping only the last T/R context tokens (same windows as the others)."""
-    from semedge.config import CompressionConfig
-    from semedge.eval.perplexity import continuation_nll
-    from semedge.eval.prompts import PromptBuilder
-    from semedge.eval.windows import window_starts
-
+    """Continuation ppl keeping only the last round(T/R) context tokens (same windows)."""
+    torch = require("torch")
     T, S = config.context, config.target
-    builder = PromptBuilder(model, tokenizer, CompressionConfig(ratio=config.ratio))
+    keep = max(1, round(T / config.ratio))
+    nll = 0.0
     starts = window_starts(len(token_ids), T + S, count)
-    nll = sum(
-        continuation_nll(model, builder.build("truncate", token_ids[s : s + T], config.ratio),
-                         token_ids[s + T : s + T + S])
-        for s in starts
-    )  # fmt: skip
+    for s in starts:
+        seq = torch.as_tensor(token_ids[s + T - keep : s + T + S])[None]  # (1, keep + S)
+        with torch.inference_mode():
+            out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False,
+                        logits_to_keep=S + 1)  # fmt: skip
+        logits = out.logits[0, :-1].float()  # position keep-1 predicts target 0
+        nll += float(torch.nn.functional.cross_entropy(logits, seq[0, keep:], reduction="sum"))
     return math.exp(nll / (S * len(starts)))
 
 

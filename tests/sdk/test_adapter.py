@@ -118,9 +118,12 @@ def test_default_adapter_ships_for_smollm2():
 
 @pytest.fixture(scope="module")
 def tiny_examples(tiny_models, wikitext_valid):
-    from semedge.eval.windows import tokenize_text
     from semedge.models import load_model
-    from semedge.training.adapter_train import AdapterTrainConfig, prepare_examples
+    from semedge.training.adapter_train import (
+        AdapterTrainConfig,
+        prepare_examples,
+        tokenize_text,
+    )
 
     model, tok = load_model(tiny_models["llama"])
     ids = tokenize_text(wikitext_valid.read_text(encoding="utf-8")[:20000], tok)
