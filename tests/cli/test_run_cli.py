@@ -82,3 +82,15 @@ def test_run_non_utf8_prompt(cli, export, tmp_path):
     bad = tmp_path / "p.txt"
     bad.write_bytes(b"\xff\xfe bad")
     assert_one_line_error(cli("run", export, "--prompt-file", bad, expect_rc=1))
+
+
+def test_run_trt_engine_on_an_onnx_export(cli, export, prompt):
+    res = cli("run", export, "-f", prompt, "--provider", "trt-engine", expect_rc=1)
+    assert_one_line_error(res)
+    assert "needs an engine directory" in res.stderr and "--provider tensorrt" in res.stderr
+
+
+def test_run_bad_ratio(cli, export, prompt):
+    res = cli("run", export, "-f", prompt, "--ratio", "0.5", expect_rc=1)
+    assert_one_line_error(res)
+    assert "ratio must be >= 1.0" in res.stderr
