@@ -335,6 +335,6 @@ def check_parity(
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128), pad))
     if config.compressed and max_context >= 256:
-        n = min(max_context - config.decode_steps - 1, 512)
+        n = min(max_context - config.decode_steps - 1, max(256, min(grid[-1], 512)))
         report.cases.append(_compressed_case(ctx, tokenizer, n, compression))
     return report

@@ -1,0 +1,66 @@
+"""The parity gate as a library: grids, reports, and a gate that can fail."""
+
+from __future__ import annotations
+
+import pytest
+from semedge.errors import InputError
+from semedge.export import ExportConfig, ParityConfig, export_onnx
+from semedge.export.parity import FAST_LENGTHS, check_parity
+from semedge.models import load_model
+
+
+def test_grid_is_capped_by_max_context():
+    assert ParityConfig().grid(8192) == sorted(FAST_LENGTHS)
+    assert ParityConfig(decode_steps=4).grid(64)[-1] == 60  # room for the decode steps
+    assert max(ParityConfig.slow().grid(2048)) == 2044
+
+
+def test_bad_parity_config_is_an_input_error():
+    with pytest.raises(InputError, match="parity lengths must be >= 2"):
+        ParityConfig(lengths=(1, 16))
+    with pytest.raises(InputError, match="decode_steps"):
+        ParityConfig(decode_steps=0)
+
+
+def test_check_parity_reports_every_case(tiny_export, tiny_llama):
+    model, tok = load_model(tiny_llama)
+    cfg = ParityConfig(lengths=(9, 40), decode_steps=3)
+    report = check_parity(model, tok, tiny_export, max_context=2048, atol=1e-4, config=cfg)
+    assert report.passed and bool(report)
+    names = [(c.case, c.tokens) for c in report.cases]
+    assert ("text", 9) in names and ("text", 40) in names
+    assert {"embed", "encoder", "batch", "compressed"} <= {c.case for c in report.cases}
+    d = report.to_dict()
+    assert d["passed"] is True and len(d["cases"]) == len(report.cases)
+    assert len(report.rows()[0]) == len(report.HEADERS)
+    # the same export measured against a budget it cannot meet: the report says so
+    strict = check_parity(model, tok, tiny_export, 2048, atol=1e-12, config=cfg)
+    assert not strict.passed and strict.worst().max_abs > 1e-12
+
+
+def test_gate_compares_against_the_model_not_the_wrappers(tiny_export, tiny_models):
+    """A different model (other seed, same shapes) must fail against this export."""
+    from semedge.models import make_tiny_model
+
+    other = make_tiny_model("llama", tiny_models["llama"].parent / "llama-seed1", seed=1)
+    model, tok = load_model(other)
+    cfg = ParityConfig(lengths=(9,), decode_steps=1, batch=False, compressed=False)
+    report = check_parity(model, tok, tiny_export, 2048, atol=1e-3, config=cfg)
+    assert not report.passed
+    assert min(c.top1 for c in report.cases if c.case == "text") < 1.0
+
+
+@pytest.mark.slow
+def test_smollm2_passes_the_long_grid(tmp_path):
+    report = export_onnx("smollm2", tmp_path / "smollm2", ExportConfig(parity=ParityConfig.slow()))
+    assert report.passed
+    lengths = {c.tokens for c in report.parity.cases if c.case == "text"}
+    assert max(lengths) >= 4000
+    assert all(c.top1 == 1.0 for c in report.parity.cases)
+
+
+@pytest.mark.slow
+def test_smollm2_fp16_export_passes_its_budget(tmp_path):
+    cfg = ExportConfig(dtype="fp16", parity=ParityConfig(lengths=(16, 512)))
+    report = export_onnx("smollm2", tmp_path / "smollm2-fp16", cfg)
+    assert report.passed
