@@ -170,7 +170,7 @@ class _Run:
 
     def build(self, scheme: str, exclude: list[str]) -> Path:
         """Quantize both graphs (memoized per scheme + exclusion set); return their folder."""
-        out = self.scratch / f"{scheme}-{abs(hash(tuple(sorted(exclude)))):x}"
+        out = self.scratch / f"{scheme}@{abs(hash(tuple(sorted(exclude)))):x}"
         if out.is_dir():
             return out
         s = self.settings(scheme)
@@ -227,6 +227,9 @@ def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
         except AccuracyError as err:
             return {"scheme": scheme, "passed": False, "error": str(err)}
     folder = run.build(scheme, sorted(res.kept_nodes))
+    for other in run.scratch.glob(f"{scheme}@*"):  # candidates of the search: GBs on a real model
+        if other != folder:
+            shutil.rmtree(other, ignore_errors=True)
     return {
         "scheme": scheme,
         "passed": True,
