@@ -234,12 +234,12 @@ def _check_model(model, cfg: ExportConfig) -> tuple[Any, int, int]:
     return dims, max_ctx, k
 
 
-def _gate(model, tok, tmp: Path, cfg: ExportConfig, max_ctx: int, out_dir: Path):
+def _gate(model, tok, tmp: Path, cfg: ExportConfig, max_ctx: int, out_dir: Path, adapter):
     from semedge.export.parity import check_parity
 
     atol = cfg.atol or default_atol(cfg.dtype)
     with log_timed(log, "parity gate (PyTorch vs ONNX Runtime CPU)"):
-        report = check_parity(model, tok, tmp, max_ctx, atol, cfg.parity, cfg.compression)
+        report = check_parity(model, tok, tmp, max_ctx, atol, cfg.parity, cfg.compression, adapter)
     if not report.passed:
         w = report.worst()
         raise AccuracyError(
@@ -286,10 +286,11 @@ def export_onnx(
     with staged_dir(out_dir, overwrite=cfg.overwrite) as tmp:  # fails fast if not writable
         model, tok = load_model(model_spec)
         dims, max_ctx, k = _check_model(model, cfg)
+        adapter = None
         if cfg.adapter:
             from semedge.training.adapter import load_adapter
 
-            load_adapter(cfg.adapter, model)  # InputError if trained for another model
+            adapter = load_adapter(cfg.adapter, model)  # InputError if trained for another model
         specs = _write_graphs(tmp, model, cfg, k)
         _write_side_files(tmp, str(model_spec), tok, cfg)
         mcfg = _manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k)
@@ -301,6 +302,6 @@ def export_onnx(
         write_manifest(tmp, manifest)
         for hook in _POST_WRITE_HOOKS:
             hook(tmp)
-        report = _gate(model, tok, tmp, cfg, max_ctx, out_dir) if cfg.validate else None
+        report = _gate(model, tok, tmp, cfg, max_ctx, out_dir, adapter) if cfg.validate else None
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     return ExportReport(str(out_dir), mcfg["model"], mcfg, files, report, time.perf_counter() - t0)

@@ -260,13 +260,14 @@ def _batch_case(ctx: _Ctx, tokenizer, n: int, pad_id: int) -> ParityCase:
     return _run_case(ctx, "batch", _embed(ctx.model, ids), positions, mask, [n, short])
 
 
-def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression) -> ParityCase:
+def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> ParityCase:
     """A SemToken-compressed prompt: merged span embeddings at their first token's position."""
     torch = require("torch")
     from semedge.compressor.compressor import SemTokenCompressor
 
     text = tokenizer.decode(_text_ids(tokenizer, n).tolist())
-    prompt = SemTokenCompressor(ctx.model, tokenizer, compression).compress(text)
+    compressor = SemTokenCompressor(ctx.model, tokenizer, compression, adapter=adapter)
+    prompt = compressor.compress(text)
     embeds = prompt.inputs_embeds.float().detach()
     positions = prompt.position_ids.long().reshape(1, -1)
     mask = torch.ones_like(positions)
@@ -301,6 +302,7 @@ def check_parity(
     atol: float,
     config: ParityConfig | None = None,
     compression: Any = None,
+    adapter: Any = None,
 ) -> ParityReport:
     """Compare the fp32 PyTorch model with the export in `out_dir` on ONNX Runtime (CPU EP).
 
@@ -311,6 +313,7 @@ def check_parity(
         atol: the budget on max |Δ| of logits, KV and hidden states.
         config: which cases to run; None -> ParityConfig().
         compression: the CompressionConfig for the compressed case (and encoder layers).
+        adapter: the span adapter (semedge.training.adapter) merged spans go through, or None.
 
     Returns:
         A ParityReport; the caller decides whether a miss raises (export_onnx does).
@@ -336,5 +339,5 @@ def check_parity(
         report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128), pad))
     if config.compressed and max_context >= 256:
         n = min(max_context - config.decode_steps - 1, max(256, min(grid[-1], 512)))
-        report.cases.append(_compressed_case(ctx, tokenizer, n, compression))
+        report.cases.append(_compressed_case(ctx, tokenizer, n, compression, adapter))
     return report

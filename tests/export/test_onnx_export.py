@@ -118,3 +118,34 @@ def test_bad_options_fail_before_any_work(tiny_llama, tmp_path):
     with pytest.raises(InputError, match="max-context 4096 exceeds"):
         export_onnx(tiny_llama, tmp_path / "o", ExportConfig(max_context=4096))
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_adapter_is_shipped_without_auxiliary_heads(tiny_llama, tmp_path):
+    from safetensors.numpy import load_file
+    from semedge.models import load_model, model_id
+    from semedge.training.adapter import SpanAdapter, model_fingerprint, save_adapter
+
+    model, _ = load_model(tiny_llama)
+    adapter_dir = tmp_path / "adapter"
+    save_adapter(adapter_dir, SpanAdapter(64, width=8, buckets=4),
+                 {"model_id": model_id(tiny_llama), "fingerprint": model_fingerprint(model)})  # fmt: skip
+    fast = ParityConfig(lengths=(7,), decode_steps=1, batch=False)
+    out = tmp_path / "o"
+    export_onnx(tiny_llama, out, ExportConfig(adapter=str(adapter_dir), parity=fast))
+    m = verify_manifest(out)
+    assert m.config["adapter"] == C.ADAPTER_WEIGHTS and C.ADAPTER_WEIGHTS in m.files
+    assert not any("recon" in k for k in load_file(str(out / C.ADAPTER_WEIGHTS)))
+    assert json.loads((out / C.SEMEDGE_CONFIG).read_text())["adapter"]["file"] == C.ADAPTER_WEIGHTS
+
+
+def test_adapter_for_another_model_is_refused(tiny_llama, tiny_gpt2, tmp_path):
+    from semedge.models import load_model, model_id
+    from semedge.training.adapter import SpanAdapter, model_fingerprint, save_adapter
+
+    model, _ = load_model(tiny_gpt2)
+    adapter_dir = tmp_path / "adapter"
+    save_adapter(adapter_dir, SpanAdapter(64, width=8, buckets=4),
+                 {"model_id": model_id(tiny_gpt2), "fingerprint": model_fingerprint(model)})  # fmt: skip
+    with pytest.raises(InputError, match="trained for model"):
+        export_onnx(tiny_llama, tmp_path / "o", ExportConfig(adapter=str(adapter_dir)))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
