@@ -106,6 +106,8 @@ class DecoderCore(nn.Module):
         self.base = model.transformer if self.gpt2 else model.model
         self.layers = self.base.h if self.gpt2 else self.base.layers
         self.packed = [] if self.gpt2 else [_pack_layer(layer) for layer in self.layers]
+        weight = model.lm_head.weight
+        self.zero_bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
         self.eval()  # the exporter restores the wrapper's mode on the LM: keep dropout off
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,14 @@ class DecoderCore(nn.Module):
         if last_only:
             hidden = hidden[:, -1:, :]  # the head on one position: V*D FLOPs instead of T*V*D
         norm = self.base.ln_f if self.gpt2 else self.base.norm
-        return self.lm.lm_head(norm(hidden))
+        h = norm(hidden)
+        B, T = h.shape[0], h.shape[1]
+        head = self.lm.lm_head
+        bias = head.bias if head.bias is not None else self.zero_bias
+        # 2-D input + bias traces to Gemm(transB=1) on the weight itself (no transposed copy),
+        # so with tied embeddings decode.onnx holds the table once: (B*T, D) @ (V, D)^T
+        logits = F.linear(h.reshape(-1, h.shape[-1]), head.weight, bias)
+        return logits.reshape(B, T, -1)
 
 
 def _flat(presents) -> tuple[torch.Tensor, ...]:
