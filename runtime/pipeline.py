@@ -19,6 +19,7 @@ from semedge.config import CompressionConfig
 from semedge.constants import (
     ATTENTION_MASK,
     ENCODER_HIDDEN,
+    FORMAT_CALIBRATED,
     FORMAT_ENGINE,
     FORMAT_EXPORT,
     INPUT_IDS,
@@ -96,7 +97,8 @@ class Pipeline:
         """Check and load an export directory.
 
         Args:
-            path: a `semedge export onnx` directory (or a TensorRT engine directory).
+            path: a `semedge export onnx` directory, a `semedge calibrate` output (INT8/FP16
+                graphs, calibrated SemToken threshold) or a TensorRT engine directory.
             providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers) or
                 "trt-engine" (native TensorRT engines); a list is tried as ONNX Runtime names.
             verify: check every file's SHA-256 against the manifest (on by default).
@@ -113,7 +115,9 @@ class Pipeline:
         """
         path = Path(path)
         provider = providers if isinstance(providers, str) else (list(providers) or ["cpu"])[0]
-        manifest = load_manifest(path, expect_format=(FORMAT_EXPORT, FORMAT_ENGINE))
+        manifest = load_manifest(
+            path, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED, FORMAT_ENGINE)
+        )
         missing = [k for k in REQUIRED_CONFIG if k not in manifest.config]
         if missing:
             raise ArtifactError(

@@ -94,3 +94,16 @@ def test_run_bad_ratio(cli, export, prompt):
     res = cli("run", export, "-f", prompt, "--ratio", "0.5", expect_rc=1)
     assert_one_line_error(res)
     assert "ratio must be >= 1.0" in res.stderr
+
+
+@pytest.mark.parametrize("verb", ["run", "profile", "doctor"])
+def test_help_works_without_torch(verb):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        f"from semedge.cli import main; sys.argv = ['semedge', {verb!r}, '--help']; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
