@@ -1,7 +1,7 @@
 """semedge's ONNX export on ONNX Runtime (CPU) versus PyTorch eager, side by side in one run.
 
     python benchmarks/export_vs_torch.py EXPORT_DIR [-m smollm2] [--lengths 512,1024,2048,4096]
-        [--decode-tokens 32] [--repeats 3] [--threads N] [--json]
+        [--decode-tokens 32] [--repeats 3] [--threads N] [--optimum] [--json]
 
 Prefill: best of `repeats` wall times per length, the two backends interleaved (so a noisy
 neighbour hurts both alike); ratio = torch seconds / semedge seconds (> 1: the export is faster).
@@ -133,64 +133,64 @@ def decode_tokens_per_s(runner, ids: np.ndarray, steps: int) -> tuple[float, lis
     return steps / (time.perf_counter() - t0), tokens
 
 
+def optimum_runner(model_spec: str, threads: int):
+    """The Optimum export of the same model (benchmarks/optimum_baseline.py, cached)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import optimum_baseline
+
+    model_dir = None if model_spec == "smollm2" else Path(model_spec)
+    return optimum_baseline.optimum_runner(model_dir, threads)
+
+
 def run(args: argparse.Namespace) -> dict:
     import os
 
     threads = args.threads or os.cpu_count() or 1
     runners = [torch_runner(args.model, threads), semedge_runner(Path(args.export_dir), threads)]
-    if getattr(args, "optimum", False):  # third column: benchmarks/optimum_baseline.py
-        from optimum_baseline import optimum_runner  # benchmarks/ is sys.path[0] for this script
-
-        runners.append(optimum_runner(threads=threads))
-    tok = runners[0].tokenizer
+    if args.optimum:
+        runners.append(optimum_runner(args.model, threads))
+    tok, ours = runners[0].tokenizer, runners[1]
+    others = [r for r in runners if r is not ours]
     rows = []
     for n in args.lengths:
         ids = text_ids(tok, n)
         secs = prefill_seconds(runners, ids, args.repeats)
-        logit_diff = float(np.abs(runners[0].prefill(ids)[0] - runners[1].prefill(ids)[0]).max())
-        rows.append({"tokens": n, **{f"{k}_s": v for k, v in secs.items()},
-                     "ratio": secs["torch"] / secs["semedge"], "max_abs_dlogits": logit_diff})  # fmt: skip
-        if "optimum" in secs:  # ratio = Optimum time / semedge time; logits semedge vs Optimum
-            opt_diff = np.abs(runners[2].prefill(ids)[0] - runners[1].prefill(ids)[0]).max()
-            rows[-1].update(ratio_optimum=secs["optimum"] / secs["semedge"],
-                            max_abs_dlogits_optimum=float(opt_diff))  # fmt: skip
+        row = {"tokens": n, **{f"{k}_s": v for k, v in secs.items()}}
+        ref = ours.prefill(ids)[0]
+        for r in others:  # ratio > 1: semedge is faster; logits compared at the last position
+            row[f"vs_{r.name}"] = secs[r.name] / secs["semedge"]
+            row[f"max_abs_dlogits_{r.name}"] = float(np.abs(r.prefill(ids)[0] - ref).max())
+        rows.append(row)
     ids = text_ids(tok, 512)
-    tps = {}
+    decode = {"prompt_tokens": 512, "steps": args.decode_tokens}
+    tokens = {}
     for r in runners:
         decode_tokens_per_s(r, ids, 4)  # warm-up
-        tps[r.name], toks = decode_tokens_per_s(r, ids, args.decode_tokens)
-        tps[r.name + "_tokens"] = toks
-    opt_tokens, sem_tokens = tps.pop("optimum_tokens", None), tps["semedge_tokens"]
-    same = tps.pop("torch_tokens") == tps.pop("semedge_tokens")
-    decode = {"prompt_tokens": 512, "steps": args.decode_tokens, "torch_tok_s": tps["torch"],
-              "semedge_tok_s": tps["semedge"], "ratio": tps["semedge"] / tps["torch"],
-              "same_greedy_tokens": same}  # fmt: skip
-    if opt_tokens is not None:
-        decode.update(optimum_tok_s=tps["optimum"], ratio_optimum=tps["semedge"] / tps["optimum"],
-                      same_greedy_tokens_optimum=opt_tokens == sem_tokens)  # fmt: skip
-    return {"threads": threads, "prefill": rows, "decode": decode}
+        decode[f"{r.name}_tok_s"], tokens[r.name] = decode_tokens_per_s(r, ids, args.decode_tokens)
+    for r in others:
+        decode[f"vs_{r.name}"] = decode["semedge_tok_s"] / decode[f"{r.name}_tok_s"]
+        decode[f"same_greedy_tokens_{r.name}"] = tokens[r.name] == tokens["semedge"]
+    return {"threads": threads, "backends": [r.name for r in runners], "prefill": rows,
+            "decode": decode}  # fmt: skip
 
 
 def print_table(res: dict) -> None:
-    print(f"prefill (threads={res['threads']}; ratio = torch time / semedge ORT time)")
-    print(f"{'tokens':>7} {'torch s':>9} {'semedge s':>10} {'ratio':>6} {'max|dlogits|':>13}")
+    names = res["backends"]
+    others = [n for n in names if n != "semedge"]
+    print(f"threads={res['threads']}; speed-up = other backend's time / semedge ORT time")
+    head = ["tokens", *(f"{n} s" for n in names), *(f"vs {n}" for n in others)]
+    head += [f"max|dlogits| {n}" for n in others]
+    print(" | ".join(head))
     for r in res["prefill"]:
-        print(f"{r['tokens']:>7} {r['torch_s']:>9.3f} {r['semedge_s']:>10.3f} "
-              f"{r['ratio']:>5.2f}x {r['max_abs_dlogits']:>13.2e}")  # fmt: skip
-    if "ratio_optimum" in res["prefill"][0]:
-        print("vs Optimum (ratio = Optimum ORT time / semedge ORT time)")
-        for r in res["prefill"]:
-            print(f"{r['tokens']:>7} optimum {r['optimum_s']:>9.3f}s  {r['ratio_optimum']:>5.2f}x "
-                  f"max|dlogits| vs Optimum {r['max_abs_dlogits_optimum']:.2e}")  # fmt: skip
+        cells = [str(r["tokens"]), *(f"{r[n + '_s']:.3f}" for n in names)]
+        cells += [f"{r['vs_' + n]:.2f}x" for n in others]
+        cells += [f"{r['max_abs_dlogits_' + n]:.1e}" for n in others]
+        print(" | ".join(cells))
     d = res["decode"]
-    print(
-        f"decode after {d['prompt_tokens']} tokens, {d['steps']} steps: torch "
-        f"{d['torch_tok_s']:.1f} tok/s, semedge {d['semedge_tok_s']:.1f} tok/s, "
-        f"ratio {d['ratio']:.2f}x, same greedy tokens: {d['same_greedy_tokens']}"
-    )
-    if "optimum_tok_s" in d:
-        print(f"decode vs Optimum: optimum {d['optimum_tok_s']:.1f} tok/s, semedge/optimum "
-              f"{d['ratio_optimum']:.2f}x, same greedy tokens: {d['same_greedy_tokens_optimum']}")  # fmt: skip
+    print(f"decode after {d['prompt_tokens']} tokens, {d['steps']} steps (tok/s): "
+          + ", ".join(f"{n} {d[n + '_tok_s']:.1f}" for n in names) + "; "
+          + ", ".join(f"vs {n} {d['vs_' + n]:.2f}x (same tokens: "
+                      f"{d['same_greedy_tokens_' + n]})" for n in others))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
