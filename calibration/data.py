@@ -28,6 +28,7 @@ __all__ = [
     "split_tokens",
     "prefill_feeds",
     "decode_feeds",
+    "past_from_presents",
     "data_fingerprint",
     "ort_session",
 ]
@@ -175,6 +176,15 @@ def prefill_feeds(graphs: ExportGraphs, windows: list[np.ndarray], compress: boo
     return feeds
 
 
+def past_from_presents(results: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
+    """A graph's present.{i}.key/value outputs as the next decode's past_key_values feeds."""
+    return {
+        name.format(i=i): results[src.format(i=i)]
+        for i in range(layers)
+        for name, src in ((C.PAST_KEY, C.PRESENT_KEY), (C.PAST_VALUE, C.PRESENT_VALUE))
+    }
+
+
 def decode_feeds(graphs: ExportGraphs, feeds: list[dict], steps: int = 2) -> list[dict]:
     """Feeds for decode.onnx: past keys/values from the fp32 prefill, then `steps` tokens each."""
     prefill = graphs.session(C.PREFILL_ONNX)
@@ -186,11 +196,7 @@ def decode_feeds(graphs: ExportGraphs, feeds: list[dict], steps: int = 2) -> lis
         ids = feed["_next_ids"]
         ort_feed = {k: v for k, v in feed.items() if not k.startswith("_")}
         results = dict(zip(out_names, prefill.run(None, ort_feed), strict=True))
-        past = {
-            name.format(i=i): results[src.format(i=i)]
-            for i in range(layers)
-            for name, src in ((C.PAST_KEY, C.PRESENT_KEY), (C.PAST_VALUE, C.PRESENT_VALUE))
-        }
+        past = past_from_presents(results, layers)
         n, pos = ort_feed[C.INPUTS_EMBEDS].shape[1], int(ids.size)
         dec_out = [o.name for o in decode.get_outputs()]
         res: dict[str, np.ndarray] = {}
@@ -204,11 +210,7 @@ def decode_feeds(graphs: ExportGraphs, feeds: list[dict], steps: int = 2) -> lis
             }
             out.append(f)
             res = dict(zip(dec_out, decode.run(None, f), strict=True))
-            past = {
-                name.format(i=i): res[src.format(i=i)]
-                for i in range(layers)
-                for name, src in ((C.PAST_KEY, C.PRESENT_KEY), (C.PAST_VALUE, C.PRESENT_VALUE))
-            }
+            past = past_from_presents(res, layers)
     return out
 
 

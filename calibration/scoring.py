@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from semedge import constants as C
-from semedge.calibration.data import ExportGraphs, ort_session
+from semedge.calibration.data import ExportGraphs, ort_session, past_from_presents
 
 __all__ = ["HeldOutScore", "score_graphs", "agreement", "prefill_ms", "decode_ms"]
 
@@ -30,14 +30,6 @@ class HeldOutScore:
     @property
     def ppl(self) -> float:
         return float(np.exp(self.nll.mean()))
-
-
-def _kv(results: dict, layers: int) -> dict[str, np.ndarray]:
-    return {
-        name.format(i=i): results[src.format(i=i)]
-        for i in range(layers)
-        for name, src in ((C.PAST_KEY, C.PRESENT_KEY), (C.PAST_VALUE, C.PRESENT_VALUE))
-    }
 
 
 def _nll(z: np.ndarray, target: int) -> float:
@@ -82,7 +74,7 @@ def score_graphs(
                 C.INPUT_IDS: ids[j : j + 1][None],
                 C.POSITION_IDS: np.array([[j]], np.int64),
                 C.ATTENTION_MASK: np.ones((1, j + 1), np.int64),
-                **_kv(res, layers),
+                **past_from_presents(res, layers),
             }
             res = dict(zip(dec_out, dec.run(None, feed), strict=True))
             rows.append(res[C.LOGITS][0, -1])
