@@ -73,3 +73,19 @@ def test_greedy_tokens_equal_pytorch_smollm2():
             res, got = _runtime_tokens(pipe, TEXT, ratio if ratio > 1 else None)
             assert res.compressed_tokens == prompt.compressed_tokens
             assert got == want
+
+
+def test_threads_on_real_export(tiny_export):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [TEXT[i * 500 : i * 500 + 700] for i in range(4)]
+    with Pipeline.from_pretrained(tiny_export) as pipe:
+        want = [pipe.generate(p, max_new_tokens=6, ratio=2.4).tokens for p in prompts]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(
+                pool.map(
+                    lambda i: pipe.generate(prompts[i % 4], max_new_tokens=6, ratio=2.4).tokens,
+                    range(32),
+                )
+            )
+    assert got == [want[i % 4] for i in range(32)]
