@@ -213,7 +213,7 @@ class OrtBackend:
             arr = np.empty(n, dtype=dtype)
             return arr.ctypes.data, arr, arr
         ort = require("onnxruntime")
-        value = ort.OrtValue.ortvalue_from_shape_and_type([n], dtype, "cuda", 0)
+        value = ort.OrtValue.ortvalue_from_shape_and_type([n], np.dtype(dtype).type, "cuda", 0)
         return value.data_ptr(), None, value
 
     def run_bound(
@@ -243,7 +243,7 @@ class OrtBackend:
             io.bind_output(name, "cpu")
         for name, buf in bound.items():
             bind = io.bind_input if name in self.inputs else io.bind_output
-            bind(name, buf.device, 0, buf.dtype, list(buf.shape), buf.ptr)
+            bind(name, buf.device, 0, np.dtype(buf.dtype).type, list(buf.shape), buf.ptr)
         self.session.run_with_iobinding(io)
         values = io.get_outputs()
         return {name: values[i].numpy() for i, name in enumerate(fetch)}

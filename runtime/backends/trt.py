@@ -22,7 +22,6 @@ from semedge.errors import ArtifactError, BackendUnavailable, InputError
 __all__ = ["TrtBackend", "engine_backends"]
 
 log = logging.getLogger(__name__)
-_H2D, _D2H = 1, 2  # cudaMemcpyKind values (HostToDevice, DeviceToHost)
 
 
 def _cudart() -> Any:
@@ -155,6 +154,8 @@ class TrtBackend:
                 f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
             )
         st, cudart = self._thread_state(), self._cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         ctx, stream = st.context, st.stream
         for name, arr in feeds.items():
             arr = np.ascontiguousarray(arr)
@@ -163,9 +164,7 @@ class TrtBackend:
                     f"{self.path.name} input {name!r} must be {self.inputs[name][0]}, got {arr.dtype}"
                 )
             ptr = self._scratch(st, name, arr.nbytes)
-            _check(
-                cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, _H2D, stream), "copy in"
-            )
+            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, stream), "copy in")
             ctx.set_input_shape(name, arr.shape)
             ctx.set_tensor_address(name, ptr)
         for name, buf in bound.items():
@@ -182,7 +181,7 @@ class TrtBackend:
         for name, arr in host.items():
             ptr = st.scratch[name].ptr
             _check(
-                cudart.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, _D2H, stream), "copy out"
+                cudart.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, d2h, stream), "copy out"
             )
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return host
