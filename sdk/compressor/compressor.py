@@ -189,9 +189,10 @@ class SemTokenCompressor:
             q = encode_lm_windows(enc, q_ids, cfg.encoder_window)
         else:
             q = enc.pieces(query)[0]
-        # centre the query like the context (normalize_features), then mean-pool it
-        centre = np.median(hidden, axis=0)
-        qv = (q - centre).mean(axis=0)
+        # centre the query like the context, unit rows (a sink token's huge state must not
+        # dominate), then mean-pool
+        q = q - np.median(hidden, axis=0)
+        qv = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).mean(axis=0)
         feats = normalize_features(hidden)
         return hidden, feats @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
 

@@ -216,12 +216,13 @@ def test_check_spans_rejects_gaps():
         check_spans(np.array([[0, 2]]), 5)
 
 
-def test_spans_module_is_torch_free():
+@pytest.mark.parametrize("module", ["semedge.compressor.spans", "semedge.compressor.windows"])
+def test_span_modules_are_torch_free(module):
     import subprocess
     import sys
 
     probe = (
-        "import sys, semedge.compressor.spans; heavy = {'torch', 'transformers'};"
+        f"import sys, {module}; heavy = {{'torch', 'transformers'}};"
         " sys.exit(sorted(heavy & set(sys.modules)) or 0)"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
