@@ -167,6 +167,18 @@ def _point(pipe, prompt, ratio, warmup, runs, decode_tokens, timer, peak) -> dic
     }  # fmt: skip
 
 
+def check_sweep(lengths, ratios, warmup: int, runs: int, decode_tokens: int) -> None:
+    """Raise InputError for an empty or invalid sweep (before any model is loaded)."""
+    if not lengths or not ratios or runs < 1 or warmup < 0 or decode_tokens < 1:
+        raise InputError(
+            "profile needs --lengths, --ratios, --runs >= 1, --warmup >= 0, --decode-tokens >= 1"
+        )
+    if any(r < 1.0 for r in ratios) or any(n < 8 for n in lengths):
+        raise InputError(
+            f"ratios must be >= 1 and lengths >= 8, got {list(ratios)} / {list(lengths)}"
+        )
+
+
 def profile_export(
     pipe: Pipeline,
     lengths: Sequence[int] = (512, 1024, 2048, 4096),
@@ -194,12 +206,7 @@ def profile_export(
     Raises:
         InputError: empty or invalid lengths/ratios/runs.
     """
-    if not lengths or not ratios or runs < 1 or warmup < 0 or decode_tokens < 1:
-        raise InputError("profile needs lengths, ratios, --runs >= 1, --warmup >= 0")
-    if any(r < 1.0 for r in ratios) or any(n < 8 for n in lengths):
-        raise InputError(
-            f"ratios must be >= 1 and lengths >= 8, got {list(ratios)} / {list(lengths)}"
-        )
+    check_sweep(lengths, ratios, warmup, runs, decode_tokens)
     from tqdm import tqdm
 
     timer = timer or StageTimer()

@@ -48,10 +48,11 @@ def command(ctx, export_dir, lengths, ratios, provider, warmup, runs, decode_tok
     from semedge.deps import require
     from semedge.errors import InputError
     from semedge.runtime import Pipeline
-    from semedge.runtime.profiling import plot_profile, profile_export
+    from semedge.runtime.profiling import check_sweep, plot_profile, profile_export
     from semedge.runtime.trace import StageTimer, chrome_trace, load_ort_profile, write_trace
 
     lens, rats = _numbers(lengths, int, "--lengths"), _numbers(ratios, float, "--ratios")
+    check_sweep(lens, rats, warmup, runs, decode_tokens)
     if ort_profile and not trace:
         raise InputError("--ort-profile merges into the Chrome trace; also pass --trace TRACE.json")
     if plot:
