@@ -72,7 +72,7 @@ def test_prefill_then_decode_runs_with_gaps_in_positions(tiny_export):
         assert np.isfinite(out[0]).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])  # llama: the tiny_export fixture
 def test_tiny_family_passes_the_gate(tiny_models, tmp_path, family):
     out = tmp_path / family
     report = export_onnx(tiny_models[family], out, ExportConfig(parity=FAST))
