@@ -27,7 +27,8 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--ratio", type=float, default=None, help="Positions in / out (default 2.4).")
 @click.option("--target-tokens", type=int, default=None, help="Positions wanted (overrides ratio).")
-@click.option("--encoder", type=click.Choice(["lm", "minilm"]), default=None)
+@click.option("--encoder", type=click.Choice(["lm", "minilm"]), default=None,
+              help="Span encoder: the LM's first layers (lm, default) or MiniLM.")  # fmt: skip
 @click.option("--query", default=None, help="Query-aware: tokens similar to it stay fine.")
 @click.option("--protect", multiple=True, help="A string whose tokens never merge (repeatable).")
 @click.option("--model", "model_spec", default="smollm2", show_default=True,

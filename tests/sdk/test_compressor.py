@@ -26,6 +26,11 @@ def loaded(tiny_models):
     return {fam: load_model(path) for fam, path in tiny_models.items()}
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    return MiniLMEncoder()
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_ratio_one_reproduces_the_uncompressed_logits(loaded, article, family):
     model, tok = loaded[family]
@@ -159,9 +164,8 @@ def test_long_text_beyond_the_model_context_compresses(loaded, article):
     assert abs(prompt.stats["ratio"] - 3.0) <= 0.06
 
 
-def test_minilm_encoder_aligns_long_text_to_lm_tokens(loaded, article):
+def test_minilm_encoder_aligns_long_text_to_lm_tokens(loaded, article, minilm):
     model, tok = loaded["llama"]
-    minilm = MiniLMEncoder()
     long = article[:2200]  # > 256 MiniLM pieces: several windows
     vecs, offsets = minilm.pieces(long)
     assert len(vecs) > minilm.max_length and vecs.shape[1] == 384
@@ -169,8 +173,9 @@ def test_minilm_encoder_aligns_long_text_to_lm_tokens(loaded, article):
     enc = tok(long, return_offsets_mapping=True)
     states = minilm.token_states(long, np.asarray(enc["offset_mapping"]))
     assert states.shape == (len(enc["input_ids"]), 384) and np.isfinite(states).all()
-    cfg = CompressionConfig(encoder="minilm", recency_window=16)
-    prompt = SemTokenCompressor(model, tok, cfg).compress(long, ratio=2.4)
+    comp = SemTokenCompressor(model, tok, CompressionConfig(encoder="minilm", recency_window=16))
+    comp._encoders[("minilm", 0)] = minilm  # reuse the loaded encoder
+    prompt = comp.compress(long, ratio=2.4)
     assert abs(prompt.stats["ratio"] - 2.4) <= 0.02 * 2.4 and prompt.stats["encoder"] == "minilm"
 
 
@@ -183,10 +188,11 @@ def test_align_to_tokens_means_overlapping_pieces():
 
 
 @pytest.mark.parametrize("encoder", ["lm", "minilm"])
-def test_query_aware_mode_keeps_query_tokens_finer(loaded, article, encoder):
+def test_query_aware_mode_keeps_query_tokens_finer(loaded, article, minilm, encoder):
     model, tok = loaded["llama"]
     cfg = CompressionConfig(encoder=encoder, recency_window=16, protect_digits=False)
     comp = SemTokenCompressor(model, tok, cfg)
+    comp._encoders[("minilm", 0)] = minilm
     query = "television series"
     plain = comp.compress(article[:2500], ratio=3.0)
     aware = comp.compress(article[:2500], ratio=3.0, query=query)
