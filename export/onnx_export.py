@@ -108,11 +108,16 @@ def _trace(module, args: tuple, spec: GraphSpec, path: Path, opset: int) -> None
     scratch.mkdir()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
-        torch.onnx.export(
-            module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
-            input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
+                input_names=spec.input_names, output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
+            )  # fmt: skip
+        except torch.onnx.errors.OnnxExporterError as err:  # an op this opset cannot express
+            msg = str(err).splitlines()[0]
+            raise InputError(f"cannot export {path.name} at opset {opset}: {msg}; "
+                             "try the default --opset 17") from err  # fmt: skip
     model = onnx.load(str(scratch / path.name))  # loads external data if torch wrote any
     save_graph(stamp_io(model, spec), path)
     for p in sorted(scratch.iterdir()):
@@ -120,7 +125,7 @@ def _trace(module, args: tuple, spec: GraphSpec, path: Path, opset: int) -> None
     scratch.rmdir()
 
 
-def _example_inputs(core, specs: dict[str, GraphSpec], dtype) -> dict[str, tuple]:
+def _example_inputs(core, dtype) -> dict[str, tuple]:
     """Trace inputs with B=2, T=5, P=4: no dim equals 1, so nothing is specialised."""
     torch = require("torch")
     d = core.dims
@@ -190,7 +195,7 @@ def _write_graphs(tmp: Path, model, cfg: ExportConfig, k: int) -> dict[str, Grap
         "prefill": W.PrefillGraph(core, last_only=not cfg.full_logits),
         "decode": W.DecodeGraph(core),
     }
-    inputs = _example_inputs(core, specs, dtype)
+    inputs = _example_inputs(core, dtype)
     for name, module in modules.items():
         with log_timed(log, f"tracing {specs[name].file}"):
             _trace(module, inputs[name], specs[name], tmp / specs[name].file, cfg.opset)
@@ -198,7 +203,7 @@ def _write_graphs(tmp: Path, model, cfg: ExportConfig, k: int) -> dict[str, Grap
     return specs
 
 
-def _write_side_files(tmp: Path, spec: str, tokenizer, cfg: ExportConfig) -> dict[str, Any] | None:
+def _write_side_files(tmp: Path, tokenizer, cfg: ExportConfig) -> dict[str, Any] | None:
     """Tokenizer files, the adapter (primary path only) and semedge_config.json."""
     import shutil
 
@@ -263,7 +268,8 @@ def export_onnx(
         model_spec: "smollm2" or a local Hugging Face causal-LM directory (Llama, Qwen2, GPT-2).
         out_dir: the export directory to create (written atomically).
         config: export options; None -> ExportConfig().
-        progress: unused (kept for a uniform library signature); steps are logged.
+        progress: accepted for a uniform library signature; export steps are logged instead
+            (no loop here is long enough for a bar).
 
     Returns:
         An ExportReport (files, manifest config, parity report or None).
@@ -292,7 +298,7 @@ def export_onnx(
 
             adapter = load_adapter(cfg.adapter, model)  # InputError if trained for another model
         specs = _write_graphs(tmp, model, cfg, k)
-        _write_side_files(tmp, str(model_spec), tok, cfg)
+        _write_side_files(tmp, tok, cfg)
         mcfg = _manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k)
         manifest = Manifest(
             format=C.FORMAT_EXPORT, graphs={n: s.to_dict() for n, s in specs.items()},
