@@ -285,7 +285,10 @@ def _pick(run: _Run, candidates: list[dict]) -> dict:
 
 def _public(c: dict) -> dict:
     keep = ("scheme", "passed", "error", "ppl", "prefill_speedup", "decode_speedup", "size_mb")
-    return {k: c[k] for k in keep if k in c}
+    out = {k: c[k] for k in keep if k in c}
+    if "sensitivity" in c:
+        out["kept_groups"] = list(c["sensitivity"].kept)
+    return out
 
 
 def calibrate_int8(

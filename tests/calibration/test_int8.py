@@ -81,6 +81,7 @@ def test_cpu_auto_measures_every_scheme(tiny_export, cal_text, tmp_path):
     report = calibrate_int8(tiny_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
     got = {c["scheme"]: c for c in report.candidates}
     assert set(got) == {"static", "dynamic", "weight-only"}
+    assert all(isinstance(c["kept_groups"], list) for c in got.values() if c["passed"])
     best = max(got.values(), key=lambda c: c["prefill_speedup"])
     assert report.scheme == best["scheme"]
     d = json.loads(json.dumps(report.to_dict()))
