@@ -31,6 +31,8 @@ _LAZY = {
     "save_adapter": "semedge.training.adapter",
     "AdapterTrainConfig": "semedge.training.adapter_train",
     "train_adapter": "semedge.training.adapter_train",
+    "train_adapter_to_dir": "semedge.training.adapter_train",
+    "compare_strategies": "semedge.training.compare",
 }
 
 __all__ = list(_LAZY)
