@@ -66,6 +66,55 @@ class Fp16Config:
             raise InputError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
 
 
+def _norm_nodes(model) -> list[str]:
+    """Every node of an unfused norm: its scope says "norm", or it adds eps to a mean square.
+
+    Blocking only Pow/ReduceMean/Sqrt is not enough: SmolLM2's residual stream reaches ~2.4e4
+    (fp16 holds it), so mean(x**2) ~ 1e6, and the `+ eps` Add after it would run in fp16 and
+    overflow to inf, zeroing the normalised hidden state from layer 3 on.
+    """
+    means = {o for n in model.graph.node if n.op_type == "ReduceMean" for o in n.output}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name and ("norm" in n.name.lower() or (n.op_type == "Add" and means & set(n.input)))
+    ]
+
+
+def _drop_round_trips(model) -> int:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs the converter puts between two fp32-kept nodes.
+
+    convert_float_to_float16 casts every kept node's output to fp16 and back to fp32 for the next
+    kept node, so mean(x**2) ~ 6.6e5 (SmolLM2 layer 3) still overflows to inf between Pow and
+    ReduceMean. Consumers of such a pair read the fp32 value directly instead.
+    """
+    to16 = {
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Cast" and n.attribute[0].i == 10 and n.name.endswith("_cast_to_fp16_node")
+    }
+    alias, dead = {}, set()
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.attribute[0].i == 1 and n.input[0] in to16:
+            alias[n.output[0]] = to16[n.input[0]]
+            dead.add(n.name)
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    keep = [n for n in model.graph.node if n.name not in dead]
+    used = {i for n in keep for i in n.input} | {o.name for o in model.graph.output}
+    keep = [
+        n
+        for n in keep
+        if not (n.op_type == "Cast" and n.output[0] in to16 and n.output[0] not in used)
+    ]
+    removed = len(model.graph.node) - len(keep)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return removed
+
+
 def fp16_from_fp32(
     src: Path, dst: Path, keep_ops: tuple[str, ...] = KEEP_FP32_OPS
 ) -> dict[str, int]:
@@ -78,8 +127,10 @@ def fp16_from_fp32(
         raise ArtifactError(f"{src} is not a readable ONNX model ({err}); re-export") from err
     block = sorted(set(f16.DEFAULT_OP_BLOCK_LIST) | set(keep_ops))
     out = f16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=block, disable_shape_infer=False
-    )
+        model, keep_io_types=True, op_block_list=block, node_block_list=_norm_nodes(model),
+        disable_shape_infer=False,
+    )  # fmt: skip
+    _drop_round_trips(out)
     onnx.save(out, str(dst))
     kept: dict[str, int] = {}
     for n in out.graph.node:
