@@ -176,6 +176,7 @@ def evaluate_passkey(
     model_name: str = "model",
     seed: int = 0,
     progress: bool = False,
+    adapter=None,
 ) -> PasskeyReport:
     """Passkey exact-match accuracy per method over `samples` haystacks of `context` tokens.
 
@@ -192,7 +193,7 @@ def evaluate_passkey(
         raise InputError(f"samples must be >= 1, got {samples}")
     check_window_fits(context, _MAX_NEW_TOKENS, _max_positions(model))
     config = config or CompressionConfig()
-    builder = PromptBuilder(model, tokenizer, config, seed=seed)
+    builder = PromptBuilder(model, tokenizer, config, seed=seed, adapter=adapter)
     filler_ids = tokenize_text(filler if filler is not None else default_filler(), tokenizer)
     rng = np.random.default_rng(seed)
     rows = []

@@ -104,6 +104,7 @@ def evaluate_perplexity(
     model_name: str = "model",
     seed: int = 0,
     progress: bool = False,
+    adapter=None,
 ) -> PerplexityReport:
     """Continuation perplexity of each method over `windows` evenly spread windows.
 
@@ -114,6 +115,7 @@ def evaluate_perplexity(
         ratio: R, context tokens / positions for the compressed methods.
         methods: subset of METHODS.
         config: SemToken settings (its ratio is overridden by `ratio`).
+        adapter: a span adapter (`semedge.training.load_adapter`) the semtoken method applies.
 
     Returns:
         PerplexityReport.
@@ -127,7 +129,7 @@ def evaluate_perplexity(
     config = CompressionConfig(**{**_fields(config), "ratio": ratio, "target_tokens": None})
     check_window_fits(context, target, _max_positions(model))
     starts = window_starts(len(token_ids), context + target, windows)
-    builder = PromptBuilder(model, tokenizer, config, seed=seed)
+    builder = PromptBuilder(model, tokenizer, config, seed=seed, adapter=adapter)
     nll = {m: 0.0 for m in methods}
     used = {m: [] for m in methods}
     for s in tqdm(starts, desc="eval ppl", unit="window", disable=not progress):

@@ -53,12 +53,15 @@ class ContextPrompt:
 class PromptBuilder:
     """Builds a `ContextPrompt` from context token ids for any method (not thread-safe)."""
 
-    def __init__(self, model, tokenizer, config: CompressionConfig | None = None, seed: int = 0):
+    def __init__(
+        self, model, tokenizer, config: CompressionConfig | None = None, seed: int = 0, adapter=None
+    ):
         from semedge.compressor import SemTokenCompressor
 
         self.model, self.tokenizer = model, tokenizer
         self.config = config or CompressionConfig()
-        self.compressor = SemTokenCompressor(model, tokenizer, self.config)
+        # adapter: a SemToken span adapter (semedge.training.load_adapter) for the semtoken method
+        self.compressor = SemTokenCompressor(model, tokenizer, self.config, adapter=adapter)
         self.seed = seed
 
     def build(
