@@ -94,7 +94,42 @@ def load_cache(path, layers):
     return rows
 
 
+_ORIG_COS = S._neighbour_cos
+_BREAKS: list[np.ndarray | None] = [None]
+
+
+def _cos_with_breaks(x, max_span):
+    """_neighbour_cos, but a span may not reach past a boundary token (research-only rule)."""
+    cos = _ORIG_COS(x, max_span)
+    brk = _BREAKS[0]
+    if brk is None:
+        return cos
+    cb = np.concatenate([[0], np.cumsum(brk)])  # breaks before index
+    T = x.shape[0]
+    for d in range(1, cos.shape[1] + 1):
+        i = np.arange(T - d)
+        crossed = cb[i + d + 1] - cb[i + 1] > 0  # a break at any of i+1 .. i+d
+        cos[: T - d, d - 1][crossed] = -np.inf
+    return cos
+
+
+S._neighbour_cos = _cos_with_breaks
+
+
+def boundary_mask(texts, kind):
+    """(T,) True where a token starts a new clause/sentence: spans never reach across it."""
+    ends = (".", "!", "?", ";", ":", ",") if kind == "punct" else (".", "!", "?")
+    prev = [""] + list(texts[:-1])
+    return np.array(
+        [
+            p.rstrip().endswith(ends) or "\n" in p or "\n" in t
+            for p, t in zip(prev, texts, strict=True)
+        ]
+    )
+
+
 def variant_spans(row, cfg, v, tok, ratio):
+    _BREAKS[0] = boundary_mask(row["texts"], v["boundary"]) if v.get("boundary") else None
     special = np.isin(row["ctx"], tok.all_special_ids)
     prot = S.protected_mask(row["texts"], special, cfg)
     extra = v.get("protect")

@@ -100,6 +100,16 @@ class CompressionConfig:
         return d
 
     @classmethod
+    def frozen_lm(cls, **overrides: Any) -> CompressionConfig:
+        """Preset measured best for an untrained (frozen) LM at T=2048, R=2.4 (docs/eval.md).
+
+        Each merged span is its first token's embedding (a frozen LM reads a mean of embeddings as
+        noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
+        the rest of the budget. The plain defaults (mean merge) are what MT2ST adapters train on.
+        """
+        return cls(**{"span_repr": "first", "recency_window": 448, "max_span": 16, **overrides})
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
         """Inverse of to_dict; unknown keys go to `extra` so newer configs still load."""
         names = {f.name for f in dataclasses.fields(cls)}

@@ -15,10 +15,38 @@ def command() -> None:
     pass
 
 
-def _config(ratio: float, encoder: str | None):
+_ADAPTER_HELP = "SemToken span adapter for the semtoken method: DEFAULT (shipped) or a directory."
+
+
+def _adapter(spec: str | None, lm):
+    if spec is None:
+        return None
+    from semedge.training.adapter import load_adapter
+
+    return load_adapter(spec, lm)
+
+
+def _config(ratio: float, encoder: str | None, knobs: dict):
     from semedge.config import CompressionConfig, replace_set
 
-    return replace_set(CompressionConfig(ratio=ratio), encoder=encoder)
+    return replace_set(CompressionConfig(ratio=ratio), encoder=encoder, **knobs)
+
+
+def _knobs(f):
+    """SemToken knobs shared by both commands (None = the CompressionConfig default)."""
+    opts = [
+        click.option("--span-repr", type=click.Choice(["mean", "norm_mean", "first", "last"])),
+        click.option("--recency-window", type=int, help="Last N context tokens kept unmerged."),
+        click.option("--max-span", type=int, help="Longest merged span."),
+        click.option("--encoder-layers", type=int, help="k: LM layers the lm encoder runs."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _pop_knobs(kw: dict) -> dict:
+    return {k: kw.pop(k) for k in ("span_repr", "recency_window", "max_span", "encoder_layers")}
 
 
 @command.command("ppl")
@@ -62,21 +90,25 @@ def _config(ratio: float, encoder: str | None):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random spans.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(path_type=str), default=None, help="Write a bar chart PNG.")
-def ppl(data, context, target, ratio, model, encoder, windows, methods, seed, as_json, plot):  # noqa: PLR0913
+@click.option("--adapter", "adapter_spec", default=None, help=_ADAPTER_HELP)
+@_knobs
+def ppl(data, context, target, ratio, model, encoder, windows, methods, seed, as_json, plot,
+        adapter_spec, **kw):  # noqa: PLR0913  # fmt: skip
     """Continuation perplexity of TARGET tokens after a CONTEXT window, per method."""
     from semedge.eval import evaluate_perplexity, parse_methods, ppl_table, write_ppl_plot
     from semedge.eval.windows import check_window_fits, tokenize_text
     from semedge.models import load_model, model_id
     from semedge.textio import read_text_file
 
-    config = _config(ratio, encoder)  # bad ratio fails before any heavy work
+    config = _config(ratio, encoder, _pop_knobs(kw))  # bad ratio fails before any heavy work
     methods = parse_methods(methods)
     check_window_fits(context, target, None)
     text = read_text_file(data)
     lm, tok = load_model(model)
+    adapter = _adapter(adapter_spec, lm)  # refuses an adapter of another model before any work
     report = evaluate_perplexity(
         lm, tok, tokenize_text(text, tok), context, target, ratio, windows, methods, config,
-        model_name=model_id(model), seed=seed, progress=show_progress(),
+        model_name=model_id(model), seed=seed, progress=show_progress(), adapter=adapter,
     )  # fmt: skip
     if plot:
         write_ppl_plot(report, plot)
@@ -105,21 +137,25 @@ def ppl(data, context, target, ratio, model, encoder, windows, methods, seed, as
 @click.option("--no-query", is_flag=True, help="Do not give SemToken the question as its query.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def passkey(context, ratio, samples, model, encoder, data, methods, no_query, seed, as_json):  # noqa: PLR0913
+@click.option("--adapter", "adapter_spec", default=None, help=_ADAPTER_HELP)
+@_knobs
+def passkey(context, ratio, samples, model, encoder, data, methods, no_query, seed, as_json,
+            adapter_spec, **kw):  # noqa: PLR0913  # fmt: skip
     """Find a 5-digit passkey hidden in real filler text, per method."""
     from semedge.eval import evaluate_passkey, parse_methods, passkey_table
     from semedge.eval.windows import check_window_fits
     from semedge.models import load_model, model_id
     from semedge.textio import read_text_file
 
-    config = _config(ratio, encoder)
+    config = _config(ratio, encoder, _pop_knobs(kw))
     methods = parse_methods(methods)
     check_window_fits(context, 1, None)
     filler = read_text_file(data) if data else None
     lm, tok = load_model(model)
+    adapter = _adapter(adapter_spec, lm)
     report = evaluate_passkey(
         lm, tok, context, ratio, samples, filler, methods, config, query_aware=not no_query,
-        model_name=model_id(model), seed=seed, progress=show_progress(),
+        model_name=model_id(model), seed=seed, progress=show_progress(), adapter=adapter,
     )  # fmt: skip
     if as_json:
         echo_json(report.to_dict())
