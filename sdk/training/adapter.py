@@ -175,11 +175,16 @@ def check_adapter_model(meta: dict[str, Any], model: Any, where: Path | str) -> 
     width = int(model.get_input_embeddings().weight.shape[1])
     name = getattr(model.config, "_name_or_path", "") or "this model"
     trained_for = meta.get("model_id", "?")
-    if int(meta.get("hidden_size", -1)) != width or meta.get("fingerprint") != model_fingerprint(
-        model
-    ):
-        raise InputError(
-            f"adapter {where} was trained for model {trained_for!r} (hidden size "
-            f"{meta.get('hidden_size')}), not for {Path(str(name)).name!r} (hidden size {width}); "
-            "train one for this model with `semedge train adapter` or drop --adapter"
-        )
+    ours = model_fingerprint(model)
+    if int(meta.get("hidden_size", -1)) == width and meta.get("fingerprint") == ours:
+        return
+    why = (
+        f"hidden size {meta.get('hidden_size')} vs {width}"
+        if int(meta.get("hidden_size", -1)) != width
+        else f"embedding fingerprint {meta.get('fingerprint')} vs {ours}"
+    )
+    raise InputError(
+        f"adapter {where} was trained for model {trained_for!r}, not for "
+        f"{Path(str(name)).name!r} ({why}); train one for this model with "
+        "`semedge train adapter` or drop --adapter"
+    )
