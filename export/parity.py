@@ -190,10 +190,7 @@ class _Ctx:
 def _run_case(ctx: _Ctx, name: str, embeds, positions, mask, next_pos) -> ParityCase:
     """Prefill, then `steps` greedy decode steps (tokens from torch, KV chained per backend)."""
     torch = require("torch")
-    from semedge.export.graphs import past_names
-
-    n_layers = len(ctx.sessions["decode"].get_inputs()) - 3
-    n_layers //= 2
+    n_layers = (len(ctx.sessions["decode"].get_inputs()) - 3) // 2  # inputs: ids, pos, mask, KV
     diff = _Diff()
     with torch.no_grad():
         ref = ctx.model(
@@ -213,6 +210,15 @@ def _run_case(ctx: _Ctx, name: str, embeds, positions, mask, next_pos) -> Parity
     diff.kv(_torch_kv(cache, n_layers), kv, mask.numpy())
     token = torch.from_numpy(ref_logits[:, -1].argmax(-1))[:, None]
     pos = torch.as_tensor(next_pos, dtype=torch.long).reshape(-1, 1)
+    _decode(ctx, diff, token, pos, mask, cache, kv, n_layers)
+    return diff.case(name, int(embeds.shape[1]), ctx.atol)
+
+
+def _decode(ctx: _Ctx, diff: _Diff, token, pos, mask, cache, kv, n_layers: int) -> None:
+    """Greedy decode steps: the same token into both backends, each keeping its own KV."""
+    torch = require("torch")
+    from semedge.export.graphs import past_names
+
     for _ in range(ctx.steps):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         with torch.no_grad():
@@ -231,7 +237,6 @@ def _run_case(ctx: _Ctx, name: str, embeds, positions, mask, next_pos) -> Parity
         cache, kv = ref.past_key_values, got[1:]
         diff.kv(_torch_kv(cache, n_layers), kv, mask.numpy())
         token, pos = torch.from_numpy(step_logits[:, -1].argmax(-1))[:, None], pos + 1
-    return diff.case(name, int(embeds.shape[1]), ctx.atol)
 
 
 def _embed(model, ids: np.ndarray):
