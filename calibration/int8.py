@@ -36,6 +36,7 @@ from semedge.calibration.schemes import (
     QuantSettings,
     ensure_node_names,
     quantize_graph,
+    weight_hints,
     weight_matmuls,
 )
 from semedge.calibration.sensitivity import GRANULARITIES, group_nodes, search_exclusions
@@ -212,10 +213,9 @@ def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
     import onnx
 
     model = onnx.load(str(run.named[C.PREFILL_ONNX]), load_external_data=False)
-    names = weight_matmuls(model)
     dec = onnx.load(str(run.named[C.DECODE_ONNX]), load_external_data=False)
-    dec_names = weight_matmuls(dec)
-    hints = {**names, **dec_names}  # prefill and decode may share node names: one group entry
+    # prefill and decode may share node names: one group entry serves both graphs
+    hints = {**weight_hints(model), **weight_hints(dec)}
     groups = group_nodes(list(hints), run.config.granularity, hints)
 
     def evaluate(exclude: list[str]) -> float:

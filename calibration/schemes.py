@@ -22,7 +22,14 @@ from pathlib import Path
 from semedge.deps import require
 from semedge.errors import ArtifactError, InputError
 
-__all__ = ["SCHEMES", "QuantSettings", "weight_matmuls", "quantize_graph", "ensure_node_names"]
+__all__ = [
+    "SCHEMES",
+    "QuantSettings",
+    "weight_matmuls",
+    "weight_hints",
+    "quantize_graph",
+    "ensure_node_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,20 @@ def ensure_node_names(src: Path, scratch: Path) -> Path:
     scratch.mkdir(parents=True, exist_ok=True)
     require("onnx").save(model, str(scratch / src.name))
     return scratch / src.name
+
+
+def weight_hints(model) -> dict[str, str]:
+    """Node name -> "<weight name> [KxN]" for each weight MatMul/Gemm (grouping hints)."""
+    onnx = require("onnx")
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            shapes[n.output[0]] = tuple(onnx.numpy_helper.to_array(n.attribute[0].t).shape)
+    out = {}
+    for node, weight in weight_matmuls(model).items():
+        dims = shapes.get(weight, ())
+        out[node] = f"{weight} [{'x'.join(map(str, dims))}]" if len(dims) == 2 else weight
+    return out
 
 
 def _load(path: Path, external: bool = True):

@@ -89,6 +89,12 @@ def _role(name: str, hint: str) -> str | None:
     parts = [p for p in name.split("/") if p]
     if len(parts) >= 2:  # TorchScript scope path: module names, "_N" = the N-th repeat
         return ".".join(re.sub(r"_\d+$", "", p) for p in parts[:-1])
+    if "embed_tokens" in hint:  # a tied LM head reads the embedding table
+        return "lm_head"
+    shape = re.search(r"\[(\d+x\d+)\]", hint)  # unscoped (e.g. packed qkv / gate_up) GEMMs:
+    if shape:  # one group per weight shape, which repeats once per layer
+        op = re.sub(r"_\d+$", "", parts[-1] if parts else name)
+        return f"{op}[{shape.group(1)}]"
     return None
 
 

@@ -92,14 +92,22 @@ def plant_outliers(export_dir: Path, out_dir: Path, match: str = "") -> Path:
     shutil.copytree(export_dir, out_dir)
     for graph in ("prefill.onnx", "decode.onnx"):
         model = onnx.load(str(out_dir / graph))
-        inits = {i.name: i for i in model.graph.initializer}
+        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        weights.update(
+            {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+             if n.op_type == "Constant" and n.attribute[0].name == "value"}
+        )  # fmt: skip
         nodes = []
         for k, node in enumerate(model.graph.node):
-            w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-            if w is not None and match in node.name:
-                arr = numpy_helper.to_array(w).copy()
-                arr[0] = 0.0
-                out = np.zeros(arr.shape[0], np.float32)
+            w = weights.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") else None
+            if w is not None and w.ndim == 2 and match in node.name:
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                arr = w.astype(np.float32).copy()
+                if trans_b:  # Gemm(A, B^T): B is (N, K)
+                    arr[:, 0] = 0.0
+                else:
+                    arr[0] = 0.0
+                out = np.zeros(arr.shape[1] if trans_b else arr.shape[0], np.float32)
                 out[0] = 400.0
                 model.graph.initializer.extend(
                     [numpy_helper.from_array(arr, f"planted_w{k}"),

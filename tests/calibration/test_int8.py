@@ -12,8 +12,8 @@ from semedge import constants as C
 from semedge.artifacts import load_manifest, sha256_file, verify_manifest
 from semedge.calibration.data import ExportGraphs
 from semedge.calibration.int8 import Int8Config, calibrate_int8
+from semedge.calibration.schemes import weight_matmuls
 from semedge.calibration.scoring import score_graphs
-from semedge.errors import ArtifactError
 
 from tests.calibration.conftest import INT8_FAST
 
@@ -33,7 +33,8 @@ def test_tensorrt_target_writes_symmetric_qdq(tiny_export, cal_text, tmp_path):
     assert report.scheme == "static-sym" and report.quantized_nodes > 0
     for graph in (C.PREFILL_ONNX, C.DECODE_ONNX):
         model, zps = _qdq_zero_points(out / graph)
-        assert len(zps) >= 2 * 29  # activations and weights of every weight MatMul
+        n_weights = len(weight_matmuls(onnx.load(str(tiny_export / graph))))
+        assert n_weights >= 5 and len(zps) >= 2 * n_weights  # activation + weight of each
         assert all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric: zero point 0
         src = onnx.load(str(tiny_export / graph), load_external_data=False)
         assert [i.name for i in model.graph.input] == [i.name for i in src.graph.input]
@@ -48,7 +49,8 @@ def test_tensorrt_target_writes_symmetric_qdq(tiny_export, cal_text, tmp_path):
 def test_sensitivity_keeps_planted_down_proj(planted_down_export, cal_text, tmp_path):
     cfg = Int8Config(scheme="static", max_ppl_increase=5.0, **INT8_FAST)
     report = calibrate_int8(planted_down_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
-    assert report.sensitivity["kept_groups"] == ["mlp.down_proj"]
+    (kept,) = report.sensitivity["kept_groups"]  # exactly the planted group
+    assert kept.endswith("down_proj")
     assert report.sensitivity["loss_all_quantized"] > report.ppl_fp32 * 1.05
     down = [n for n in report.kept_high_precision if "down_proj" in n]
     assert len(down) == 4 and all("sensitive" in report.kept_reasons[n] for n in down)
@@ -97,11 +99,6 @@ def test_cpu_auto_measures_every_scheme(tiny_export, cal_text, tmp_path):
     assert score.ppl == pytest.approx(report.ppl_int8, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    raises=ArtifactError,
-    reason="runtime/pipeline.py loads only semedge-export/-engine manifests so far",
-    strict=False,
-)
 def test_runtime_runs_the_calibrated_dir(tiny_export, cal_text, tmp_path):
     from semedge.runtime import Pipeline
 

@@ -81,3 +81,20 @@ def test_feed_reader_counts_and_strips_private_keys():
     reader = FeedReader([{"x": np.zeros(1), "_ids": np.ones(1)}])
     assert list(reader.get_next()) == ["x"]
     assert reader.get_next() is None and reader.calls == 2
+
+
+def test_groups_for_packed_unscoped_gemms_use_weight_shape():
+    packed = {
+        "/MatMul": "/Constant_1_output_0 [64x128]",  # packed q/k/v, layer 0
+        "/MatMul_1": "/Constant_9_output_0 [64x256]",  # packed gate/up, layer 0
+        "/MatMul_2": "/Constant_20_output_0 [64x128]",  # packed q/k/v, layer 1
+        "/o_proj/MatMul": "onnx::MatMul_7 [64x64]",
+        "/o_proj_1/MatMul": "onnx::MatMul_8 [64x64]",
+        "/Gemm": "core.lm.model.embed_tokens.weight [384x64]",  # tied LM head
+    }
+    assert group_nodes(list(packed), "auto", packed) == {
+        "MatMul[64x128]": ["/MatMul", "/MatMul_2"],
+        "MatMul[64x256]": ["/MatMul_1"],
+        "o_proj": ["/o_proj/MatMul", "/o_proj_1/MatMul"],
+        "lm_head": ["/Gemm"],
+    }
