@@ -25,6 +25,13 @@ def test_train_adapter_writes_a_loadable_adapter(cli, tiny_llama, wikitext_valid
     assert meta["strategy"] == "switch" and meta["steps"] == 2 and meta["ratio"] == 2.4
     assert summary["aux_calls"] == {"distill": 1, "recon": 1}  # switched off at step 1 of 2
     assert (out / "adapter.safetensors").is_file()
+    # eval reads it: the semtoken row changes, the full row does not
+    ppl = ["eval", "ppl", "--model", tiny_llama, "--data", data, "--context", "256", "--target",
+           "8", "--windows", "1", "--methods", "full,semtoken", "--json"]  # fmt: skip
+    plain = json.loads(cli(*ppl).stdout)["results"]
+    adapted = json.loads(cli(*ppl, "--adapter", out).stdout)["results"]
+    assert adapted["full"]["ppl"] == plain["full"]["ppl"]
+    assert adapted["semtoken"]["ppl"] != plain["semtoken"]["ppl"]
     # the directory exists now: a second run refuses to overwrite it
     res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--out", out, *FAST,
               expect_rc=1)  # fmt: skip
@@ -77,3 +84,19 @@ def test_train_compare_rejects_unknown_strategy(cli, tmp_path):
               expect_rc=1)  # fmt: skip
     assert_one_line_error(res)
     assert "unknown strategies ['fast']" in res.stderr
+
+
+def test_eval_refuses_an_adapter_for_another_model(cli, tiny_llama, wikitext_valid, tmp_path):
+    data = _data(tmp_path, wikitext_valid)
+    res = cli("eval", "ppl", "--model", tiny_llama, "--data", data, "--context", "256",
+              "--target", "8", "--windows", "1", "--adapter", "DEFAULT", expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "trained for model 'smollm2'" in res.stderr
+
+
+def test_eval_rejects_a_directory_that_is_no_adapter(cli, tiny_llama, wikitext_valid, tmp_path):
+    data = _data(tmp_path, wikitext_valid)
+    res = cli("eval", "ppl", "--model", tiny_llama, "--data", data, "--context", "256",
+              "--target", "8", "--windows", "1", "--adapter", tmp_path, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "not a semedge adapter directory" in res.stderr
