@@ -174,3 +174,22 @@ def test_runtime_side_modules_import_without_torch(module):
     probe = f"import sys; sys.modules['torch'] = None; import {module}; print('ok')"
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@pytest.mark.slow
+def test_default_adapter_beats_frozen_compression_on_smollm2(wikitext_test):
+    from semedge.models import load_model
+    from semedge.training.adapter_train import (
+        AdapterTrainConfig,
+        evaluate_examples,
+        prepare_examples,
+        tokenize_text,
+    )
+
+    model, tok = load_model("smollm2")
+    ids = tokenize_text(wikitext_test.read_text(encoding="utf-8")[:200_000], tok)
+    cfg = AdapterTrainConfig(context=384, target=32)
+    examples = prepare_examples(model, tok, ids, cfg, count=3)
+    frozen = evaluate_examples(model, examples, None)["ppl"]
+    adapted = evaluate_examples(model, examples, load_adapter("DEFAULT", model))["ppl"]
+    assert adapted < 0.8 * frozen
