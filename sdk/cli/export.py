@@ -40,7 +40,9 @@ def _lengths(text: str | None) -> tuple[int, ...] | None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), help="Weights/activations (fp32).")
 @click.option("--opset", type=int, help="ONNX opset, 14..20 (17).")
 @click.option("--max-context", type=int, help="Declared context in tokens (the model's limit).")
-@click.option("--atol", type=float, help="Parity budget on |dlogits| and |dKV| (fp32 1e-3).")
+@click.option(
+    "--atol", type=float, help="Parity budget on |dlogits| and |dKV| (fp32 1e-3, fp16 0.25)."
+)
 @click.option("--full-logits", is_flag=True, default=None, help="Prefill returns (B,T,V) logits.")
 @click.option(
     "--attention",
