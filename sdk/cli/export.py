@@ -90,14 +90,14 @@ def _show(parity, as_json, echo_json, echo_table) -> None:
 
 def _add_trt_commands() -> None:
     """TensorRT / Triton subcommands live in semedge.export.cli_trt (click only at import):
-    its `add_commands(group)` if defined, else every click command the module defines."""
+    its `add_commands(group)` if defined, else its `COMMANDS` list, else every click command."""
     if importlib.util.find_spec("semedge.export.cli_trt") is None:
         return
     module = importlib.import_module("semedge.export.cli_trt")
     if hasattr(module, "add_commands"):
         module.add_commands(command)
         return
-    for obj in vars(module).values():
+    for obj in getattr(module, "COMMANDS", None) or vars(module).values():
         if isinstance(obj, click.Command) and obj.name not in command.commands:
             command.add_command(obj)
 
