@@ -74,11 +74,21 @@ def weight_matmuls(model) -> dict[str, str]:
     return out
 
 
+def _constant_weights(model) -> list:
+    """Constant nodes that feed a MatMul/Gemm weight (ORT's quantizers skip those)."""
+    feeds = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")}
+    return [
+        n for n in model.graph.node
+        if n.op_type == "Constant" and n.output[0] in feeds and n.attribute[0].name == "value"
+    ]  # fmt: skip
+
+
 def ensure_node_names(src: Path, scratch: Path) -> Path:
-    """`src`, or a copy in `scratch` whose nodes all have unique names (exclusions go by name)."""
+    """`src`, or a copy in `scratch` ready to quantize: unique node names (exclusions go by
+    name) and Constant-node GEMM weights (packed q/k/v, gate/up) moved to initializers."""
     model = _load(src, external=False)
     names = [n.name for n in model.graph.node]
-    if all(names) and len(set(names)) == len(names):
+    if all(names) and len(set(names)) == len(names) and not _constant_weights(model):
         return src
     model = _load(src)
     seen: set[str] = set()
@@ -86,6 +96,16 @@ def ensure_node_names(src: Path, scratch: Path) -> Path:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
+    consts = _constant_weights(model)
+    for node in consts:
+        tensor = require("onnx").TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+    dead = {id(n) for n in consts}
+    keep = [n for n in model.graph.node if id(n) not in dead]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
     scratch.mkdir(parents=True, exist_ok=True)
     require("onnx").save(model, str(scratch / src.name))
     return scratch / src.name
