@@ -40,6 +40,13 @@ def test_int8_json_report(cli, tiny_export, cal_text, tmp_path):
     assert d["scheme"] == "dynamic" and isinstance(d["kept_high_precision"], list)
     assert 0.0 <= d["top1_agreement"] <= 1.0 and d["ppl_int8"] > 0
     assert (out / "manifest.json").is_file()
+    # every MatMul with a constant weight (packed q/k/v and gate/up included) became int8;
+    # the tied LM head is a Gemm, which ORT's dynamic quantizer leaves float
+    import onnx
+    from semedge.calibration.schemes import weight_matmuls
+
+    left = [n for n in weight_matmuls(onnx.load(str(out / "prefill.onnx"))) if "Gemm" not in n]
+    assert not left, left
 
 
 @pytest.mark.parametrize(
