@@ -26,7 +26,7 @@ from semedge.artifacts import (
     verify_manifest,
     write_manifest,
 )
-from semedge.constants import FORMAT_ENGINE, FORMAT_EXPORT, MANIFEST
+from semedge.constants import FORMAT_CALIBRATED, FORMAT_ENGINE, FORMAT_EXPORT, MANIFEST
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
 from semedge.export.profiles import (
@@ -75,7 +75,8 @@ class EngineBuildConfig:
 
 
 def _export_manifest(onnx_dir: Path) -> dict[str, Any]:
-    manifest = load_manifest(onnx_dir, expect_format=FORMAT_EXPORT)
+    # a calibrated directory (INT8 Q/DQ for --target tensorrt) builds like a plain export
+    manifest = load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
     for graph, file in ENGINE_GRAPHS.items():
         if file not in manifest.files:
             raise ArtifactError(f"{onnx_dir} has no {file} ({graph}); re-export the directory")
@@ -389,7 +390,7 @@ def _engine_manifest(onnx_dir, manifest, engines, trt, gpu, config, workspace) -
             "tensorrt": trt_info,
             "engines": engines,
             "source": {
-                "format": FORMAT_EXPORT,
+                "format": manifest.get("format", FORMAT_EXPORT),
                 "manifest_sha256": sha256_file(onnx_dir / MANIFEST),
             },
             "build": {"context": str(ctx) if ctx else None, "batch": str(batch) if batch else None},

@@ -215,3 +215,16 @@ def test_parse_failure_names_the_node(fake, export_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(_Behaviour, "parse_fail", True)
     with pytest.raises(ArtifactError, match="'/model/fancy/FancyOp' \\(FancyOp\\)"):
         build_engines(export_dir, tmp_path / "eng")
+
+
+def test_calibrated_directory_builds_and_records_its_source_format(fake, export_dir, tmp_path):
+    """`calibrate int8 --target tensorrt` output (format semedge-calibrated) is a build input."""
+    from semedge.artifacts import load_manifest, write_manifest
+
+    manifest = load_manifest(export_dir)
+    manifest.format = "semedge-calibrated"
+    write_manifest(export_dir, manifest)
+    out = build_engines(export_dir, tmp_path / "eng", EngineBuildConfig(context="2:16:64"))
+    built = json.loads((out / "manifest.json").read_text())
+    assert built["format"] == "semedge-engine"
+    assert built["source"]["format"] == "semedge-calibrated"
