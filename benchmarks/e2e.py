@@ -62,7 +62,7 @@ def run_once(pipe, prompt: str, ratio: float | None, new_tokens: int) -> dict:
 
 def _median(rows: list[dict]) -> dict:
     out = dict(rows[0])
-    for k, v in rows[0].items():
+    for k in rows[0]:
         if k.endswith("_ms"):
             out[k] = statistics.median(r[k] for r in rows)
     return out
