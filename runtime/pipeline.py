@@ -240,17 +240,13 @@ class Pipeline:
         return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
 
     def _query_sim(self, hidden: np.ndarray, query: str) -> np.ndarray:
-        """(T,) cosine of each prompt token's state to the query, as the PyTorch compressor: the
-        query's states centred on the prompt's median, scaled to unit rows, mean-pooled."""
-        from semedge.compressor.spans import normalize_features
+        """(T,) cosine of each prompt token's state to the query (spans.query_similarity)."""
+        from semedge.compressor import spans as sp
 
         q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
         if len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")
-        q = self.encode(q_ids) - np.median(hidden, axis=0)  # centred like the context
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)  # unit rows
-        qv = q.mean(axis=0)
-        return normalize_features(hidden) @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
+        return sp.query_similarity(hidden, self.encode(q_ids))
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
         """The cache must hold T' + new positions (max_context) and the position ids run to

@@ -19,8 +19,8 @@ from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_wind
 from semedge.compressor.spans import (
     check_spans,
     find_spans,
-    normalize_features,
     protected_mask,
+    query_similarity,
     span_positions,
 )
 from semedge.config import CompressionConfig
@@ -189,12 +189,7 @@ class SemTokenCompressor:
             q = encode_lm_windows(enc, q_ids, cfg.encoder_window)
         else:
             q = enc.pieces(query)[0]
-        # centre the query like the context, unit rows (a sink token's huge state must not
-        # dominate), then mean-pool
-        q = q - np.median(hidden, axis=0)
-        qv = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).mean(axis=0)
-        feats = normalize_features(hidden)
-        return hidden, feats @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
+        return hidden, query_similarity(hidden, q)
 
     def compress(
         self,

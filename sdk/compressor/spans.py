@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "protected_mask",
     "normalize_features",
+    "query_similarity",
     "semantic_density",
     "threshold_offsets",
     "greedy_spans",
@@ -118,6 +119,19 @@ def normalize_features(hidden: np.ndarray) -> np.ndarray:
         x = x - np.median(x, axis=0, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
+
+
+def query_similarity(hidden: np.ndarray, query_states: np.ndarray) -> np.ndarray:
+    """(T,) cosine of each prompt token to the query, for query-aware merging.
+
+    The query's encoder states are centred on the prompt's median (like the prompt's own
+    features), scaled to unit rows (so one sink token's huge state cannot dominate), then
+    mean-pooled. Shared by the PyTorch compressor and the runtime. (T, E), (Q, E) -> (T,).
+    """
+    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    qv = q.mean(axis=0)
+    return normalize_features(hidden) @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
 
 
 def semantic_density(features: np.ndarray, window: int) -> np.ndarray:
