@@ -5,8 +5,7 @@ Public names load lazily (PEP 562): importing the package pulls in neither onnx 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from semedge._lazy import lazy_exports
 
 _LAZY = {
     "Int8Config": "semedge.calibration.int8",
@@ -23,11 +22,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'semedge.calibration' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -5,8 +5,7 @@ Light on import: public names load lazily (PEP 562); torch and onnx load only wh
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from semedge._lazy import lazy_exports
 
 # public name -> module that defines it
 _LAZY = {
@@ -22,11 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'semedge.export' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,8 +6,7 @@ Importing `semedge` is cheap and torch-free: public names load lazily (PEP 562),
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from semedge._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,11 +27,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'semedge' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, extra=("__version__",))

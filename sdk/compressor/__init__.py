@@ -6,8 +6,7 @@ the PyTorch names below load lazily (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from semedge._lazy import lazy_exports
 
 _LAZY = {
     "SemTokenCompressor": "semedge.compressor.compressor",
@@ -24,11 +23,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'semedge.compressor' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

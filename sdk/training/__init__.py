@@ -4,8 +4,7 @@ SemToken adapter. Light: names load lazily (PEP 562); torch is imported only whe
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from semedge._lazy import lazy_exports
 
 _LAZY = {
     "Schedule": "semedge.training.schedules",
@@ -38,11 +37,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'semedge.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
