@@ -63,6 +63,7 @@ def _smollm2_dir() -> Path:
     transformers = require("transformers")
     require("gguf")
     gguf = smollm2_gguf_path()
+    transformers.utils.logging.set_verbosity_error()  # the GGUF tokenizer's "legacy" notice is noise
     with log_timed(log, f"converting {gguf.name} to safetensors in {target}"):
         tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # SmolLM2's own tokenizer adds no BOS; the GGUF conversion would prepend <|im_start|>.
