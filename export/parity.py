@@ -33,6 +33,9 @@ __all__ = [
 FAST_LENGTHS = (7, 100, 512)  # the default grid (plus max_context when it is <= 512)
 SLOW_LENGTHS = (7, 100, 512, 1024, 2048, 4096)  # pytest -m slow / --parity-lengths
 _ATOL = {"fp32": 1e-3, "fp16": 0.25}  # measured on SmolLM2: see docs/export.md
+# KV tensors pass when max |Δ| <= atol + rtol·max|ref| (per layer tensor): SmolLM2's keys reach
+# the hundreds, where one fp16 ulp is already 0.25, and fp16 rounding grows with that range.
+_KV_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2}
 
 # A fixed English passage, tiled to the lengths the gate needs (no downloads at run time).
 TEXT = (
@@ -129,8 +132,9 @@ class ParityReport:
 class _Diff:
     """Running worst-case of logits / KV differences over a prefill and its decode steps."""
 
-    def __init__(self) -> None:
-        self.max_abs = self.kv_max = 0.0
+    def __init__(self, kv_rtol: float = 0.0) -> None:
+        self.kv_rtol = kv_rtol
+        self.max_abs = self.kv_max = self.kv_excess = 0.0
         self.sums = self.count = 0.0
         self.agree = self.positions = 0
 
@@ -145,13 +149,17 @@ class _Diff:
 
     def kv(self, ref: list[np.ndarray], got: list[np.ndarray], slots: np.ndarray) -> None:
         for r, g in zip(ref, got, strict=True):  # (B, KV, S, H); compare real slots only
-            d = np.abs(r.astype(np.float64) - g.astype(np.float64)) * slots[:, None, :, None]
-            self.kv_max = max(self.kv_max, float(np.nan_to_num(d, nan=np.inf).max()))
+            r = r.astype(np.float64)
+            d = np.abs(r - g.astype(np.float64)) * slots[:, None, :, None]
+            d = np.nan_to_num(d, nan=np.inf)
+            self.kv_max = max(self.kv_max, float(d.max()))
+            scale = float(np.abs(r).max())  # per tensor: fp16 error grows with the layer's range
+            self.kv_excess = max(self.kv_excess, float(d.max()) - self.kv_rtol * scale)
 
     def case(self, name: str, tokens: int, atol: float) -> ParityCase:
         mean = self.sums / max(self.count, 1)
         top1 = self.agree / max(self.positions, 1)
-        ok = self.max_abs <= atol and self.kv_max <= atol
+        ok = self.max_abs <= atol and self.kv_excess <= atol
         return ParityCase(name, tokens, self.max_abs, mean, top1, self.kv_max, ok)
 
 
@@ -191,7 +199,7 @@ def _run_case(ctx: _Ctx, name: str, embeds, positions, mask, next_pos) -> Parity
     """Prefill, then `steps` greedy decode steps (tokens from torch, KV chained per backend)."""
     torch = require("torch")
     n_layers = (len(ctx.sessions["decode"].get_inputs()) - 3) // 2  # inputs: ids, pos, mask, KV
-    diff = _Diff()
+    diff = _Diff(_KV_RTOL[np.dtype(ctx.float_np)])
     with torch.no_grad():
         ref = ctx.model(
             inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True
