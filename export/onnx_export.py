@@ -223,6 +223,24 @@ def _write_side_files(tmp: Path, tokenizer, cfg: ExportConfig) -> dict[str, Any]
     return adapter_meta
 
 
+def _with_adapter_settings(cfg: ExportConfig) -> ExportConfig:
+    """Resolve --adapter DEFAULT to its directory; an export left at the default compression
+    settings takes the ones the adapter was trained with (recorded in its adapter.json)."""
+    if not cfg.adapter:
+        return cfg
+    import dataclasses
+
+    from semedge.adapter_math import adapter_compression, read_adapter_dir, resolve_adapter_dir
+
+    directory = resolve_adapter_dir(cfg.adapter)
+    _, meta = read_adapter_dir(directory)  # ArtifactError if it is not an adapter
+    trained = adapter_compression(meta)
+    keep = cfg.compression != CompressionConfig() or trained is None
+    return dataclasses.replace(
+        cfg, adapter=str(directory), compression=cfg.compression if keep else trained
+    )
+
+
 def _check_model(model, cfg: ExportConfig) -> tuple[Any, int, int]:
     from semedge.export.wrappers import model_dims
 
@@ -282,7 +300,7 @@ def export_onnx(
     """
     from semedge.models import load_model
 
-    cfg = config or ExportConfig()
+    cfg = _with_adapter_settings(config or ExportConfig())
     out_dir = Path(out_dir)
     for mod in ("torch", "transformers", "onnx", "onnxruntime"):
         require(mod)

@@ -24,6 +24,8 @@ __all__ = [
     "TENSOR_NAMES",
     "apply_span_adapter",
     "read_adapter_dir",
+    "resolve_adapter_dir",
+    "adapter_compression",
     "length_features",
 ]
 
@@ -82,6 +84,31 @@ def apply_span_adapter(
     return out.astype(np.asarray(merged).dtype, copy=False)
 
 
+def resolve_adapter_dir(spec: str | Path) -> Path:
+    """An adapter spec as a directory: DEFAULT (any case) is the one shipped in the package."""
+    if str(spec).upper() == "DEFAULT":
+        return Path(__file__).resolve().parent / "assets" / "adapters" / "default"
+    return Path(spec)
+
+
+def adapter_compression(meta: dict[str, Any], ratio: float | None = None) -> Any:
+    """The CompressionConfig an adapter was trained with (adapter.json), or None if unrecorded.
+
+    Args:
+        meta: the adapter.json dict.
+        ratio: replaces the recorded ratio when given.
+    """
+    from semedge.config import CompressionConfig
+
+    recorded = meta.get("compression")
+    if not isinstance(recorded, dict):
+        return None
+    data = {**recorded, "target_tokens": None}
+    if ratio is not None:
+        data["ratio"] = ratio
+    return CompressionConfig.from_dict(data)
+
+
 def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read an adapter directory (adapter.safetensors + adapter.json) with safetensors.numpy.
 
@@ -94,7 +121,7 @@ def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict
     from safetensors.numpy import load_file
     from semedge.constants import ADAPTER_WEIGHTS
 
-    directory = Path(directory)
+    directory = resolve_adapter_dir(directory)
     meta_path, weights_path = directory / ADAPTER_JSON, directory / ADAPTER_WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
         raise ArtifactError(

@@ -49,6 +49,7 @@ class CompressionConfig:
     encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
     max_span: int = 8  # longest run of tokens merged into one position
     recency_window: int = 64  # the last N tokens are never merged
+    recency_fraction: float | None = None  # recency window = this share of the output positions
     protect_digits: bool = True  # tokens containing a digit never merge
     protect_special: bool = True  # special tokens never merge
     protected_strings: tuple[str, ...] = ()  # user strings whose tokens never merge
@@ -78,6 +79,11 @@ class CompressionConfig:
             raise InputError(f"max_span must be >= 1, got {self.max_span}")
         if self.recency_window < 0:
             raise InputError(f"recency_window must be >= 0, got {self.recency_window}")
+        if self.recency_fraction is not None and not 0.0 <= self.recency_fraction < 1.0:
+            raise InputError(
+                f"recency_fraction must be in [0, 1) (a share of the output positions), "
+                f"got {self.recency_fraction}"
+            )
         if self.encoder_layers < 0:
             raise InputError(f"encoder_layers must be >= 0, got {self.encoder_layers}")
         if self.sink_tokens < 0:
@@ -93,6 +99,17 @@ class CompressionConfig:
         if not 0.0 <= self.query_keep <= 1.0:
             raise InputError(f"query_keep must be in [0, 1], got {self.query_keep}")
 
+    def recency_tokens(self, n_tokens: int) -> int:
+        """Tokens at the end of an `n_tokens` prompt kept verbatim (never merged).
+
+        `recency_window` tokens, or with `recency_fraction` set that share of the output
+        positions (n_tokens / ratio, or target_tokens), so the window scales with the prompt.
+        """
+        if self.recency_fraction is None:
+            return min(self.recency_window, n_tokens)
+        budget = self.target_tokens if self.target_tokens is not None else n_tokens / self.ratio
+        return min(n_tokens, int(round(self.recency_fraction * budget)))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what exports and calibration store)."""
         d = dataclasses.asdict(self)
@@ -105,9 +122,23 @@ class CompressionConfig:
 
         Each merged span is its first token's embedding (a frozen LM reads a mean of embeddings as
         noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
-        the rest of the budget. The plain defaults (mean merge) are what MT2ST adapters train on.
+        the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
         return cls(**{"span_repr": "first", "recency_window": 448, "max_span": 16, **overrides})
+
+    @classmethod
+    def adapter_default(cls, **overrides: Any) -> CompressionConfig:
+        """Preset the shipped MT2ST span adapter is trained and evaluated with (docs/mt2st.md).
+
+        96 % of the position budget keeps the most recent tokens verbatim; everything older is
+        merged by SemToken into spans of up to 64 tokens (about 20 positions at T=2048, R=2.4),
+        which the adapter turns into vectors the frozen LM reads well. No attention sinks;
+        digits and query matches may merge (the far context is spans only, so protecting them
+        there would not fit the budget).
+        """
+        preset = {"recency_fraction": 0.96, "sink_tokens": 0, "max_span": 64,
+                  "protect_digits": False, "span_repr": "mean", "query_keep": 0.0}  # fmt: skip
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:

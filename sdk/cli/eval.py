@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from semedge.cli.common import echo_json, echo_table, show_progress
+from semedge.config import CompressionConfig
 
 __all__ = ["command"]
 
@@ -14,6 +15,12 @@ __all__ = ["command"]
 def command() -> None:
     pass
 
+
+PRESETS = {  # --preset name -> CompressionConfig constructor
+    "default": CompressionConfig,
+    "frozen-lm": CompressionConfig.frozen_lm,
+    "adapter": CompressionConfig.adapter_default,
+}
 
 _ADAPTER_HELP = "SemToken span adapter for the semtoken method: DEFAULT (shipped) or a directory."
 
@@ -26,15 +33,36 @@ def _adapter(spec: str | None, lm):
     return load_adapter(spec, lm)
 
 
-def _config(ratio: float, encoder: str | None, knobs: dict):
-    from semedge.config import CompressionConfig, replace_set
+def _config(ratio: float, encoder: str | None, knobs: dict, adapter=None):
+    """CompressionConfig: --preset, else the adapter's training settings if it recorded them,
+    else the defaults; then the options the user gave (--recency-window replaces a fraction)."""
+    import dataclasses
 
-    return replace_set(CompressionConfig(ratio=ratio), encoder=encoder, **knobs)
+    from semedge.config import replace_set
+
+    knobs = dict(knobs)  # called twice (before and after loading the adapter): do not consume it
+    preset = knobs.pop("preset", None)
+    trained = getattr(adapter, "compression", None)
+    if preset is not None:
+        base = PRESETS[preset](ratio=ratio)
+    elif trained is not None:
+        base = replace_set(trained, ratio=ratio)
+    else:
+        base = CompressionConfig(ratio=ratio)
+    if knobs.get("recency_window") is not None:
+        base = dataclasses.replace(base, recency_fraction=None)
+    return replace_set(base, encoder=encoder, **knobs)
 
 
 def _knobs(f):
     """SemToken knobs shared by both commands (None = the CompressionConfig default)."""
     opts = [
+        click.option(
+            "--preset",
+            type=click.Choice(sorted(PRESETS)),
+            help="Start from CompressionConfig.frozen_lm() / .adapter_default() "
+            "(default: the adapter's own settings, else the defaults).",
+        ),
         click.option("--span-repr", type=click.Choice(["mean", "norm_mean", "first", "last"])),
         click.option("--recency-window", type=int, help="Last N context tokens kept unmerged."),
         click.option("--max-span", type=int, help="Longest merged span."),
@@ -46,7 +74,8 @@ def _knobs(f):
 
 
 def _pop_knobs(kw: dict) -> dict:
-    return {k: kw.pop(k) for k in ("span_repr", "recency_window", "max_span", "encoder_layers")}
+    names = ("preset", "span_repr", "recency_window", "max_span", "encoder_layers")
+    return {k: kw.pop(k) for k in names}
 
 
 @command.command("ppl")
@@ -100,12 +129,14 @@ def ppl(data, context, target, ratio, model, encoder, windows, methods, seed, as
     from semedge.models import load_model, model_id
     from semedge.textio import read_text_file
 
-    config = _config(ratio, encoder, _pop_knobs(kw))  # bad ratio fails before any heavy work
+    knobs = _pop_knobs(kw)
+    config = _config(ratio, encoder, knobs)  # bad ratio fails before any heavy work
     methods = parse_methods(methods)
     check_window_fits(context, target, None)
     text = read_text_file(data)
     lm, tok = load_model(model)
     adapter = _adapter(adapter_spec, lm)  # refuses an adapter of another model before any work
+    config = _config(ratio, encoder, knobs, adapter)
     report = evaluate_perplexity(
         lm, tok, tokenize_text(text, tok), context, target, ratio, windows, methods, config,
         model_name=model_id(model), seed=seed, progress=show_progress(), adapter=adapter,
@@ -147,12 +178,14 @@ def passkey(context, ratio, samples, model, encoder, data, methods, no_query, se
     from semedge.models import load_model, model_id
     from semedge.textio import read_text_file
 
-    config = _config(ratio, encoder, _pop_knobs(kw))
+    knobs = _pop_knobs(kw)
+    config = _config(ratio, encoder, knobs)
     methods = parse_methods(methods)
     check_window_fits(context, 1, None)
     filler = read_text_file(data) if data else None
     lm, tok = load_model(model)
     adapter = _adapter(adapter_spec, lm)
+    config = _config(ratio, encoder, knobs, adapter)
     report = evaluate_passkey(
         lm, tok, context, ratio, samples, filler, methods, config, query_aware=not no_query,
         model_name=model_id(model), seed=seed, progress=show_progress(), adapter=adapter,

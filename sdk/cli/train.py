@@ -23,11 +23,14 @@ def command() -> None:
 @click.option("--ratio", type=float, default=None, help="Compression ratio R (default 2.4).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="MT2ST auxiliary schedule (default diminish; mtl/stl are baselines).")  # fmt: skip
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default 200).")
-@click.option("--windows", type=int, default=None, help="Training windows (default 64).")
-@click.option("--context", type=int, default=None, help="Context tokens per window (512).")
-@click.option("--target", type=int, default=None, help="Continuation tokens per window (64).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 80).")
+@click.option("--windows", type=int, default=None, help="Training windows (default 24).")
+@click.option("--context", type=int, default=None, help="Context tokens per window (2048).")
+@click.option("--target", type=int, default=None, help="Continuation tokens per window (128).")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate (3e-3).")
+@click.option("--recency-fraction", type=float, default=None,
+              help="Share of the positions kept as verbatim recent tokens (0.96).")  # fmt: skip
+@click.option("--max-span", type=int, default=None, help="Longest merged span (64).")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="Save resumable checkpoints here.")  # fmt: skip
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
@@ -36,15 +39,22 @@ def command() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def adapter(model_spec, data, ratio, strategy, steps, windows, context, target, lr,
-            checkpoint_dir, checkpoint_every, resume, out, overwrite, as_json) -> None:  # fmt: skip
-    """Train a SemToken span adapter for MODEL with MT2ST (the LM stays frozen)."""
+            recency_fraction, max_span, checkpoint_dir, checkpoint_every, resume, out, overwrite,
+            as_json) -> None:  # fmt: skip
+    """Train a SemToken span adapter for MODEL with MT2ST (the LM stays frozen).
+
+    Windows are compressed with CompressionConfig.adapter_default() (the recent tokens verbatim,
+    the far context merged into long spans); adapter.json records it, and eval/export use it.
+    """
     from semedge.cli.common import echo_json, echo_table, show_progress
-    from semedge.config import replace_set
+    from semedge.config import CompressionConfig, replace_set
     from semedge.training.adapter_train import AdapterTrainConfig, train_adapter_to_dir
 
+    compression = replace_set(CompressionConfig.adapter_default(),
+                              recency_fraction=recency_fraction, max_span=max_span)  # fmt: skip
     config = replace_set(AdapterTrainConfig(), ratio=ratio, strategy=strategy, steps=steps,
                          windows=windows, context=context, target=target, lr=lr,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, compression=compression)  # fmt: skip
     summary = train_adapter_to_dir(model_spec, data, out, config, checkpoint_dir, resume,
                                    overwrite, show_progress())  # fmt: skip
     if as_json:
@@ -62,11 +72,11 @@ def adapter(model_spec, data, ratio, strategy, steps, windows, context, target, 
 @click.option("--test-data", type=click.Path(path_type=Path), required=True, help="Held-out text.")
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True)
 @click.option("--ratio", type=float, default=None, help="Compression ratio R (default 2.4).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps per strategy (200).")
-@click.option("--windows", type=int, default=None, help="Training windows (64).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps per strategy (80).")
+@click.option("--windows", type=int, default=None, help="Training windows (24).")
 @click.option("--test-windows", type=int, default=8, show_default=True)
-@click.option("--context", type=int, default=None, help="Context tokens per window (512).")
-@click.option("--target", type=int, default=None, help="Continuation tokens per window (64).")
+@click.option("--context", type=int, default=None, help="Context tokens per window (2048).")
+@click.option("--target", type=int, default=None, help="Continuation tokens per window (128).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def compare(model_spec, data, test_data, strategies, ratio, steps, windows, test_windows,
             context, target, as_json) -> None:  # fmt: skip

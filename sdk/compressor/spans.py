@@ -71,7 +71,7 @@ def protected_mask(
 
     Protected: special tokens (config.protect_special), tokens containing a digit
     (config.protect_digits), tokens overlapping any occurrence of config.protected_strings,
-    the first config.sink_tokens tokens (attention sinks) and the last config.recency_window.
+    the first config.sink_tokens tokens (attention sinks) and the last config.recency_tokens(T).
 
     Args:
         token_texts: each token's text (decoded piece), T entries.
@@ -101,8 +101,9 @@ def protected_mask(
             raise InputError(f"offsets has {offsets.shape[0]} rows for {T} tokens")
         mask |= _string_hits(text, config.protected_strings, offsets)
     mask[: config.sink_tokens] = True
-    if config.recency_window:
-        mask[max(0, T - config.recency_window) :] = True
+    recent = config.recency_tokens(T)
+    if recent:
+        mask[T - recent :] = True
     return mask
 
 
@@ -267,7 +268,7 @@ def _too_short(T: int, n_min: int, n_protected: int, config: CompressionConfig) 
     best = T / max(n_min, 1)
     return InputError(
         f"text has {T} tokens, too short for {asked}: {n_protected} are protected "
-        f"(recency_window {config.recency_window}, sink_tokens {config.sink_tokens}, digits, "
+        f"(recency window {config.recency_tokens(T)}, sink_tokens {config.sink_tokens}, digits, "
         f"special, protected strings) so the best ratio is {best:.2f}; give a longer text, "
         f"a lower ratio or a smaller recency_window"
     )

@@ -17,7 +17,9 @@ from semedge.adapter_math import (
     ADAPTER_JSON,
     ADAPTER_SCHEMA,
     RMS_EPS,
+    adapter_compression,
     read_adapter_dir,
+    resolve_adapter_dir,
 )
 from semedge.artifacts import staged_dir
 from semedge.constants import ADAPTER_WEIGHTS
@@ -56,6 +58,7 @@ class SpanAdapter(AuxiliaryHeads, nn.Module):
     """
 
     AUXILIARY_MODULES = ("recon_head",)
+    compression = None  # the CompressionConfig it was trained with, set by load_adapter
 
     def __init__(self, hidden_size: int, width: int = 64, buckets: int = 16) -> None:
         super().__init__()
@@ -109,7 +112,7 @@ def model_fingerprint(model: Any) -> str:
 
 def default_adapter_dir() -> Path:
     """The adapter shipped in the package (trained for SmolLM2)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "adapters" / "default"
+    return resolve_adapter_dir(DEFAULT)
 
 
 def save_adapter(
@@ -149,7 +152,9 @@ def load_adapter(spec: str | Path | None, model: Any) -> SpanAdapter | None:
         model: the LM the adapter will feed (a transformers model or LoadedModel).
 
     Returns:
-        The SpanAdapter in eval mode, or None when spec is None.
+        The SpanAdapter in eval mode (its `compression` attribute is the CompressionConfig it
+        was trained with, or None for adapters that did not record one), or None when spec is
+        None.
 
     Raises:
         InputError: the adapter was trained for another model.
@@ -158,11 +163,12 @@ def load_adapter(spec: str | Path | None, model: Any) -> SpanAdapter | None:
     if spec is None:
         return None
     model = getattr(model, "model", model)
-    directory = default_adapter_dir() if str(spec).upper() == DEFAULT else Path(spec)
+    directory = resolve_adapter_dir(spec)
     weights, meta = read_adapter_dir(directory)
     check_adapter_model(meta, model, directory)
     adapter = SpanAdapter(int(meta["hidden_size"]), int(meta["width"]), int(meta["buckets"]))
     adapter.load_tensors(weights)
+    adapter.compression = adapter_compression(meta)  # what it was trained with (None: unknown)
     return adapter.eval().requires_grad_(False)
 
 

@@ -47,18 +47,20 @@ class AdapterTrainConfig:
 
     ratio: float = 2.4  # R: context tokens / positions
     strategy: str = "diminish"  # diminish | switch | mtl | stl
-    steps: int = 200  # optimizer steps (one window each)
-    context: int = 512  # T: context tokens per training window
-    target: int = 64  # S: continuation tokens scored after it
-    windows: int = 64  # distinct training windows (cycled)
+    steps: int = 80  # optimizer steps (one window each)
+    context: int = 2048  # T: context tokens per training window
+    target: int = 128  # S: continuation tokens scored after it
+    windows: int = 24  # distinct training windows (cycled)
     lr: float = 3e-3
-    width: int = 64  # H: adapter MLP width
+    width: int = 128  # H: adapter MLP width
     topk: int = 32  # teacher logits kept per position for distillation
     gamma_kd: float = 1.0  # γ0 of the distillation task
     gamma_recon: float = 0.2  # γ0 of the span-reconstruction task
     recon_spans: int = 32  # merged spans per window the reconstruction task reads
     seed: int = 0
     checkpoint_every: int = 0
+    # how windows are compressed; recorded in adapter.json and used wherever the adapter is
+    compression: CompressionConfig = field(default_factory=CompressionConfig.adapter_default)
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -156,9 +158,9 @@ def prepare_examples(
     tqdm = require("tqdm").tqdm
     T, S = config.context, config.target
     starts = window_starts(len(token_ids), T + S, count or config.windows)
-    compression = CompressionConfig(
-        **{**(compression or CompressionConfig()).to_dict(), "ratio": config.ratio,
-           "target_tokens": None, "protected_strings": ()}
+    compression = CompressionConfig.from_dict(
+        {**(compression or config.compression).to_dict(), "ratio": config.ratio,
+         "target_tokens": None, "protected_strings": ()}
     )  # fmt: skip
     compressor = SemTokenCompressor(model, tokenizer, compression)
     out = []
@@ -334,6 +336,7 @@ def train_adapter_to_dir(
         "ratio": config.ratio, "strategy": config.strategy, "steps": config.steps,
         "context": config.context, "target": config.target, "windows": len(examples),
         "train_data": Path(data).name, "lr": config.lr,
+        "compression": {**config.compression.to_dict(), "ratio": config.ratio},
         "train_flops": result.cost.flops, "train_wall_s": round(result.cost.wall_s, 2),
         "aux_calls": result.aux_calls, "final_primary_loss": result.final_primary,
     }  # fmt: skip

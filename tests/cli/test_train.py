@@ -29,9 +29,23 @@ def test_train_adapter_writes_a_loadable_adapter(cli, tiny_llama, wikitext_valid
     ppl = ["eval", "ppl", "--model", tiny_llama, "--data", data, "--context", "256", "--target",
            "8", "--windows", "1", "--methods", "full,semtoken", "--json"]  # fmt: skip
     plain = json.loads(cli(*ppl).stdout)["results"]
-    adapted = json.loads(cli(*ppl, "--adapter", out).stdout)["results"]
+    adapted_report = json.loads(cli(*ppl, "--adapter", out).stdout)
+    adapted = adapted_report["results"]
     assert adapted["full"]["ppl"] == plain["full"]["ppl"]
     assert adapted["semtoken"]["ppl"] != plain["semtoken"]["ppl"]
+    # the adapter records the compression it was trained with, and eval compresses the same way
+    assert meta["compression"]["recency_fraction"] == 0.96 and meta["compression"]["ratio"] == 2.4
+    assert adapted_report["config"]["recency_fraction"] == 0.96
+    assert adapted_report["config"]["max_span"] == meta["compression"]["max_span"] == 64
+    assert json.loads(cli(*ppl).stdout)["config"]["recency_fraction"] is None
+    # an explicit --recency-window wins over the adapter's recency fraction
+    own = json.loads(cli(*ppl, "--adapter", out, "--recency-window", "32").stdout)["config"]
+    assert own["recency_fraction"] is None and own["recency_window"] == 32
+    # --preset picks the settings explicitly, with or without an adapter
+    preset = json.loads(cli(*ppl, "--preset", "adapter").stdout)["config"]
+    assert preset["recency_fraction"] == 0.96 and preset["sink_tokens"] == 0
+    plain_cfg = json.loads(cli(*ppl, "--adapter", out, "--preset", "default").stdout)["config"]
+    assert plain_cfg["recency_fraction"] is None and plain_cfg["max_span"] == 8
     # the directory exists now: a second run refuses to overwrite it
     res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--out", out, *FAST,
               expect_rc=1)  # fmt: skip

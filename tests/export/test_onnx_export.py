@@ -9,6 +9,7 @@ import onnx
 import pytest
 from semedge import constants as C
 from semedge.artifacts import load_manifest, verify_manifest
+from semedge.config import CompressionConfig
 from semedge.errors import ArtifactError, InputError
 from semedge.export import ExportConfig, ParityConfig, export_onnx
 from semedge.export.graphs import past_names, present_names
@@ -136,6 +137,30 @@ def test_adapter_is_shipped_without_auxiliary_heads(tiny_llama, tmp_path):
     assert m.config["adapter"] == C.ADAPTER_WEIGHTS and C.ADAPTER_WEIGHTS in m.files
     assert not any("recon" in k for k in load_file(str(out / C.ADAPTER_WEIGHTS)))
     assert json.loads((out / C.SEMEDGE_CONFIG).read_text())["adapter"]["file"] == C.ADAPTER_WEIGHTS
+    assert m.config["compression"] == CompressionConfig().to_dict()  # it recorded no settings
+
+
+def test_export_takes_the_compression_the_adapter_was_trained_with(tiny_llama, tmp_path):
+    from semedge.models import load_model, model_id
+    from semedge.runtime import Pipeline
+    from semedge.training.adapter import SpanAdapter, model_fingerprint, save_adapter
+
+    model, _ = load_model(tiny_llama)
+    trained = CompressionConfig.adapter_default(ratio=2.4)
+    adapter_dir = tmp_path / "adapter"
+    save_adapter(adapter_dir, SpanAdapter(64, width=8, buckets=4),
+                 {"model_id": model_id(tiny_llama), "fingerprint": model_fingerprint(model),
+                  "compression": trained.to_dict()})  # fmt: skip
+    fast = ParityConfig(lengths=(7,), decode_steps=1, batch=False)
+    out = tmp_path / "o"
+    export_onnx(tiny_llama, out, ExportConfig(adapter=str(adapter_dir), parity=fast))
+    assert verify_manifest(out).config["compression"] == trained.to_dict()
+    assert Pipeline.from_pretrained(out).compression == trained
+    # settings the user chose explicitly are kept
+    own = CompressionConfig(max_span=12)
+    export_onnx(tiny_llama, tmp_path / "p",
+                ExportConfig(adapter=str(adapter_dir), parity=fast, compression=own))  # fmt: skip
+    assert verify_manifest(tmp_path / "p").config["compression"] == own.to_dict()
 
 
 def test_adapter_for_another_model_is_refused(tiny_llama, tiny_gpt2, tmp_path):

@@ -34,3 +34,25 @@ def test_adapter_changes_merged_spans_only(toy_export, tmp_path):
     assert multi.any()
     np.testing.assert_array_equal(plain.embeds[~multi], adapted.embeds[~multi])
     assert not np.allclose(plain.embeds[multi], adapted.embeds[multi])
+
+
+def test_runtime_follows_the_adapter_layout_recorded_in_the_export(toy_export, tmp_path):
+    from semedge.config import CompressionConfig
+
+    export = tmp_path / "adapter-layout"
+    shutil.copytree(toy_export, export)
+    layout = CompressionConfig.adapter_default(ratio=2.4)
+    manifest = load_manifest(export)
+    manifest.config["compression"] = layout.to_dict()
+    write_manifest(export, manifest)
+    pipe = Pipeline.from_pretrained(export)
+    assert pipe.compression == layout
+    text = sample_text()[:1000]
+    got = pipe.prepare(text, ratio=2.4)
+    T = len(got.ids)
+    lengths = got.spans[:, 1] - got.spans[:, 0]
+    recent = layout.recency_tokens(T)
+    assert (lengths[-recent:] == 1).all() and got.spans[-recent, 0] == T - recent
+    assert lengths[:-recent].min() > 1 and lengths.max() <= 64  # the far part is spans only
+    default = Pipeline.from_pretrained(toy_export).prepare(text, ratio=2.4)
+    assert len(default.spans) != len(got.spans) or not np.array_equal(default.spans, got.spans)

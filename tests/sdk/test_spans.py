@@ -227,3 +227,33 @@ def test_span_modules_are_torch_free(module):
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_recency_fraction_scales_the_window_with_the_budget():
+    cfg = CompressionConfig.adapter_default(ratio=2.4)
+    assert cfg.recency_tokens(2048) == round(0.96 * 2048 / 2.4) == 819
+    assert cfg.recency_tokens(4096) == round(0.96 * 4096 / 2.4) == 1638
+    assert (
+        CompressionConfig(target_tokens=100, ratio=None, recency_fraction=0.5).recency_tokens(1000)
+        == 50
+    )
+    assert CompressionConfig(recency_window=64).recency_tokens(40) == 40  # never past the prompt
+    mask = protected_mask(["w"] * 2048, np.zeros(2048, bool), cfg)
+    assert mask[-819:].all() and not mask[: 2048 - 819].any()  # no sinks, digits may merge
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="recency_fraction must be in"):
+            CompressionConfig(recency_fraction=bad)
+
+
+def test_adapter_preset_merges_only_the_far_context():
+    rng = np.random.default_rng(6)
+    hidden = rng.normal(size=(1024, 16)).cumsum(axis=0)
+    cfg = CompressionConfig.adapter_default(ratio=2.4)
+    prot = protected_mask(["w"] * 1024, np.zeros(1024, bool), cfg)
+    spans, _ = find_spans(hidden, prot, cfg)
+    lengths = spans[:, 1] - spans[:, 0]
+    recent = cfg.recency_tokens(1024)
+    assert (lengths[-recent:] == 1).all() and spans[-recent, 0] == 1024 - recent
+    far = lengths[:-recent]
+    assert far.max() <= 64 and far.sum() == 1024 - recent and len(far) < 0.1 * len(spans)
+    assert abs(1024 / len(spans) - 2.4) <= 0.02 * 2.4
