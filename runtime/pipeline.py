@@ -174,6 +174,41 @@ class Pipeline:
         """Text of generated ids, special tokens skipped."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def with_adapter(self, spec: str | Path) -> Pipeline:
+        """This export with an MT2ST span adapter and the compression layout it was trained with.
+
+        Args:
+            spec: DEFAULT (the adapter shipped for SmolLM2) or a `semedge train adapter` directory.
+
+        Returns:
+            A Pipeline sharing this one's sessions; merged spans go through the adapter.
+
+        Raises:
+            InputError: the adapter was trained for another model.
+            ArtifactError: `spec` is not a readable adapter.
+        """
+        import copy
+
+        from semedge import adapter_math
+
+        directory = adapter_math.resolve_adapter_dir(spec)
+        weights, meta = adapter_math.read_adapter_dir(directory)
+        width = int(self.config["hidden_size"])
+        same_weights = meta.get("fingerprint") == adapter_math.embedding_fingerprint(
+            self.embed(np.arange(16, dtype=np.int64))
+        ) or (self.config.get("dtype") != "fp32" and meta.get("model_id") == self.config["model"])
+        if int(meta.get("hidden_size", -1)) != width or not same_weights:
+            raise InputError(
+                f"adapter {directory} was trained for model {meta.get('model_id')!r}, not for this "
+                f"export of {self.config['model']!r}; train one with `semedge train adapter`"
+            )
+        pipe = copy.copy(self)
+        pipe._adapter = lambda embeds, spans: adapter_math.apply_span_adapter(
+            weights, embeds, spans[:, 1] - spans[:, 0]
+        )
+        pipe.compression = adapter_math.adapter_compression(meta) or self.compression
+        return pipe
+
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """(T,) ids -> (T, D) input embeddings (embed.onnx)."""
         out = self.backends["embed"].run({INPUT_IDS: ids.reshape(1, -1).astype(np.int64)})

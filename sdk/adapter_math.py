@@ -26,6 +26,7 @@ __all__ = [
     "read_adapter_dir",
     "resolve_adapter_dir",
     "adapter_compression",
+    "embedding_fingerprint",
     "length_features",
 ]
 
@@ -82,6 +83,17 @@ def apply_span_adapter(
     y = x * (1.0 + f @ gain)[:, None] + h @ w2.T + b2  # (n, D)
     out = np.where((lengths > 1)[:, None], y, x)
     return out.astype(np.asarray(merged).dtype, copy=False)
+
+
+def embedding_fingerprint(rows: np.ndarray) -> str:
+    """A short hash of an LM's first (up to 16) embedding rows: tells models of equal width apart.
+
+    The same value from the PyTorch model (training) and from an fp32 export's embed graph.
+    """
+    import hashlib
+
+    rows = np.asarray(rows, dtype=np.float32)[:16]
+    return hashlib.sha256(rows.round(5).tobytes()).hexdigest()[:16]
 
 
 def resolve_adapter_dir(spec: str | Path) -> Path:

@@ -6,7 +6,6 @@ uncompressed text exactly as before. `semedge.adapter_math` applies the same wei
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ from semedge.adapter_math import (
     ADAPTER_SCHEMA,
     RMS_EPS,
     adapter_compression,
+    embedding_fingerprint,
     read_adapter_dir,
     resolve_adapter_dir,
 )
@@ -106,8 +106,7 @@ class SpanAdapter(AuxiliaryHeads, nn.Module):
 def model_fingerprint(model: Any) -> str:
     """A short hash of the LM's first embedding rows: tells models of equal width apart."""
     emb = model.get_input_embeddings().weight
-    rows = emb[: min(16, emb.shape[0])].detach().float().cpu().numpy()
-    return hashlib.sha256(rows.round(5).tobytes()).hexdigest()[:16]
+    return embedding_fingerprint(emb[: min(16, emb.shape[0])].detach().float().cpu().numpy())
 
 
 def default_adapter_dir() -> Path:

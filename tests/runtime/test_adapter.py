@@ -56,3 +56,39 @@ def test_runtime_follows_the_adapter_layout_recorded_in_the_export(toy_export, t
     assert lengths[:-recent].min() > 1 and lengths.max() <= 64  # the far part is spans only
     default = Pipeline.from_pretrained(toy_export).prepare(text, ratio=2.4)
     assert len(default.spans) != len(got.spans) or not np.array_equal(default.spans, got.spans)
+
+
+def test_with_adapter_matches_the_pytorch_compressor(tiny_export, tiny_models, tmp_path):
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from semedge.compressor import SemTokenCompressor
+    from semedge.config import CompressionConfig
+    from semedge.errors import InputError
+    from semedge.models import load_model
+    from semedge.training.adapter import SpanAdapter, load_adapter, model_fingerprint, save_adapter
+
+    model, tok = load_model(tiny_models["llama"])
+    layout = CompressionConfig.adapter_default(ratio=2.4)
+    torch.manual_seed(0)
+    ad = SpanAdapter(64, 8)
+    with torch.no_grad():
+        ad.w2.weight.normal_(0.0, 0.5)
+        ad.w2.bias.fill_(0.1)
+    meta = {"model_id": "llama", "compression": layout.to_dict()}
+    save_adapter(tmp_path / "ad", ad, {**meta, "fingerprint": model_fingerprint(model)})
+    pipe = Pipeline.from_pretrained(tiny_export).with_adapter(tmp_path / "ad")
+    assert pipe.compression == layout
+    text = sample_text()[:1500]
+    got = pipe.prepare(text, ratio=2.4)
+    want = SemTokenCompressor(model, tok, layout, adapter=load_adapter(tmp_path / "ad", model))
+    ref = want.compress(text=text, ratio=2.4)
+    np.testing.assert_array_equal(got.spans, np.asarray(ref.spans))
+    np.testing.assert_allclose(got.embeds, ref.inputs_embeds[0].float().numpy(), atol=1e-4)
+    assert (got.spans[:, 1] - got.spans[:, 0]).max() > 8  # the far context really merged
+    # the export itself is untouched, and an adapter of another model is refused
+    assert Pipeline.from_pretrained(tiny_export).compression != layout
+    qwen, _ = load_model(tiny_models["qwen2"])
+    save_adapter(tmp_path / "other", ad, {**meta, "fingerprint": model_fingerprint(qwen)})
+    with pytest.raises(InputError, match="trained for model"):
+        Pipeline.from_pretrained(tiny_export).with_adapter(tmp_path / "other")
