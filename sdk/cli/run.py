@@ -38,9 +38,11 @@ PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "trt-engine")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
+@click.option("--adapter", default=None,
+              help="MT2ST span adapter (DEFAULT or a directory) and its compression layout.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, temperature, top_k,
-            top_p, seed, stop, stream, as_json) -> None:  # fmt: skip
+            top_p, seed, stop, stream, adapter, as_json) -> None:  # fmt: skip
     """Generate from EXPORT_DIR (made by `semedge export onnx`) for the prompt in --prompt-file."""
     from semedge.errors import InputError
     from semedge.runtime import Pipeline
@@ -51,7 +53,8 @@ def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, tem
     text = read_text_file(prompt_file)
     opts = dict(max_new_tokens=max_new_tokens, ratio=ratio, query=query, stop=stop,
                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # fmt: skip
-    with Pipeline.from_pretrained(export_dir, providers=provider) as pipe:
+    with Pipeline.from_pretrained(export_dir, providers=provider) as loaded:
+        pipe = loaded.with_adapter(adapter) if adapter else loaded
         if stream:
             for piece in pipe.stream(text, **opts):
                 sys.stdout.write(piece)

@@ -107,3 +107,12 @@ def test_help_works_without_torch(verb):
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
+
+
+def test_run_refuses_an_adapter_of_another_model(cli, export, prompt, tmp_path):
+    res = cli("run", export, "-f", prompt, "--ratio", "2.4", "--adapter", "DEFAULT", expect_rc=1)
+    assert_one_line_error(res)
+    assert "trained for model 'smollm2'" in res.stderr
+    res = cli("run", export, "-f", prompt, "--adapter", tmp_path / "nope", expect_rc=1)
+    assert_one_line_error(res)
+    assert "is not a semedge adapter directory" in res.stderr
