@@ -34,7 +34,7 @@ from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import KVCache
 from semedge.runtime.sampling import GenerationConfig
-from semedge.runtime.span_adapter import load_span_adapter
+from semedge.runtime.span_adapter import load_span_adapter, span_adapter_fn
 from semedge.runtime.trace import NULL_TIMER
 
 __all__ = ["Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
@@ -193,19 +193,14 @@ class Pipeline:
 
         directory = adapter_math.resolve_adapter_dir(spec)
         weights, meta = adapter_math.read_adapter_dir(directory)
-        width = int(self.config["hidden_size"])
-        same_weights = meta.get("fingerprint") == adapter_math.embedding_fingerprint(
-            self.embed(np.arange(16, dtype=np.int64))
-        ) or (self.config.get("dtype") != "fp32" and meta.get("model_id") == self.config["model"])
-        if int(meta.get("hidden_size", -1)) != width or not same_weights:
-            raise InputError(
-                f"adapter {directory} was trained for model {meta.get('model_id')!r}, not for this "
-                f"export of {self.config['model']!r}; train one with `semedge train adapter`"
-            )
-        pipe = copy.copy(self)
-        pipe._adapter = lambda embeds, spans: adapter_math.apply_span_adapter(
-            weights, embeds, spans[:, 1] - spans[:, 0]
+        exact = self.config.get("dtype") == "fp32"  # fp16 embeddings cannot match the fingerprint
+        rows = self.embed(np.arange(16, dtype=np.int64)) if exact else None
+        fingerprint = adapter_math.embedding_fingerprint(rows) if exact else None
+        adapter_math.check_adapter_for(
+            meta, directory, int(self.config["hidden_size"]), fingerprint, self.config["model"]
         )
+        pipe = copy.copy(self)
+        pipe._adapter = span_adapter_fn(weights)
         pipe.compression = adapter_math.adapter_compression(meta) or self.compression
         return pipe
 

@@ -9,7 +9,17 @@ import numpy as np
 from semedge.deps import require
 from semedge.errors import ArtifactError
 
-__all__ = ["load_span_adapter"]
+__all__ = ["load_span_adapter", "span_adapter_fn"]
+
+
+def span_adapter_fn(weights: dict[str, np.ndarray]) -> Any:
+    """`(embeds, spans) -> embeds` applying adapter `weights` to merged multi-token spans."""
+    from semedge import adapter_math
+
+    def apply(embeds: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        return adapter_math.apply_span_adapter(weights, embeds, spans[:, 1] - spans[:, 0])
+
+    return apply
 
 
 def load_span_adapter(path: Path, name: str | None) -> Any:
@@ -32,8 +42,4 @@ def load_span_adapter(path: Path, name: str | None) -> Any:
     missing = [k for k in adapter_math.TENSOR_NAMES if k not in weights]
     if missing:
         raise ArtifactError(f"{file} lacks tensors {missing}; retrain the adapter and re-export")
-
-    def apply(embeds: np.ndarray, spans: np.ndarray) -> np.ndarray:
-        return adapter_math.apply_span_adapter(weights, embeds, spans[:, 1] - spans[:, 0])
-
-    return apply
+    return span_adapter_fn(weights)

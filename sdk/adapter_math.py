@@ -27,6 +27,7 @@ __all__ = [
     "resolve_adapter_dir",
     "adapter_compression",
     "embedding_fingerprint",
+    "check_adapter_for",
     "length_features",
 ]
 
@@ -94,6 +95,37 @@ def embedding_fingerprint(rows: np.ndarray) -> str:
 
     rows = np.asarray(rows, dtype=np.float32)[:16]
     return hashlib.sha256(rows.round(5).tobytes()).hexdigest()[:16]
+
+
+def check_adapter_for(
+    meta: dict[str, Any], where: Path | str, width: int, fingerprint: str | None, name: str
+) -> None:
+    """Refuse an adapter trained for another model: another width, or other embedding weights.
+
+    Args:
+        meta: the adapter.json dict.
+        where: the adapter directory (for the message).
+        width: the model's hidden size.
+        fingerprint: `embedding_fingerprint` of the model's embedding rows, or None where they
+            cannot be compared exactly (an fp16 export): then the recorded model id must be `name`.
+        name: the model's name (for the message, and the comparison above).
+
+    Raises:
+        InputError: the adapter does not belong to the model.
+    """
+    recorded = int(meta.get("hidden_size", -1))
+    if recorded != width:
+        why = f"hidden size {recorded} vs {width}"
+    elif fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        why = f"embedding fingerprint {meta.get('fingerprint')} vs {fingerprint}"
+    elif fingerprint is None and meta.get("model_id") != name:
+        why = f"model id {meta.get('model_id')!r} vs {name!r}"
+    else:
+        return
+    raise InputError(
+        f"adapter {where} was trained for model {meta.get('model_id', '?')!r}, not for "
+        f"{name!r} ({why}); train one for this model with `semedge train adapter` or drop --adapter"
+    )
 
 
 def resolve_adapter_dir(spec: str | Path) -> Path:

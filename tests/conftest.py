@@ -112,6 +112,13 @@ def cli():
     return run
 
 
+def run_python(code: str, block: tuple[str, ...] = (), cwd: Path | None = None):
+    """Run `code` in a fresh interpreter with the `block`ed modules made unimportable."""
+    prelude = "".join(f"sys.modules[{m!r}] = None; " for m in block)
+    probe = f"import sys; {prelude}\n{code}"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd)
+
+
 def assert_one_line_error(res: CliResult) -> None:
     """A user error: exit 1, exactly one stderr line, no traceback."""
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.conftest import run_python
 
 TORCH_FREE = [
     "semedge",
@@ -21,15 +20,13 @@ TORCH_FREE = [
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_imports_without_heavy_deps(module):
-    probe = (
-        f"import sys, {module}; heavy = {{'torch', 'transformers', 'onnx', 'semedge.export',"
+    proc = run_python(
+        f"import {module}; heavy = {{'torch', 'transformers', 'onnx', 'semedge.export',"
         " 'semedge.calibration'}; sys.exit(sorted(heavy & set(sys.modules)) or 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_runtime_imports_with_torch_blocked():
-    probe = "import sys; sys.modules['torch'] = None; import semedge.runtime; print('ok')"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    proc = run_python("import semedge.runtime; print('ok')", block=("torch",))
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr

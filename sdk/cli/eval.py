@@ -40,8 +40,8 @@ def _config(ratio: float, encoder: str | None, knobs: dict, adapter=None):
 
     from semedge.config import replace_set
 
-    knobs = dict(knobs)  # called twice (before and after loading the adapter): do not consume it
-    preset = knobs.pop("preset", None)
+    preset = knobs.get("preset")
+    knobs = {k: v for k, v in knobs.items() if k != "preset"}
     trained = getattr(adapter, "compression", None)
     if preset is not None:
         base = PRESETS[preset](ratio=ratio)

@@ -17,6 +17,7 @@ from semedge.adapter_math import (
     ADAPTER_SCHEMA,
     RMS_EPS,
     adapter_compression,
+    check_adapter_for,
     embedding_fingerprint,
     read_adapter_dir,
     resolve_adapter_dir,
@@ -24,7 +25,6 @@ from semedge.adapter_math import (
 from semedge.artifacts import staged_dir
 from semedge.constants import ADAPTER_WEIGHTS
 from semedge.deps import require
-from semedge.errors import InputError
 from semedge.training.heads import AuxiliaryHeads
 
 torch = require("torch")
@@ -177,19 +177,6 @@ def check_adapter_model(meta: dict[str, Any], model: Any, where: Path | str) -> 
     Raises:
         InputError: the adapter does not belong to `model`.
     """
-    width = int(model.get_input_embeddings().weight.shape[1])
     name = getattr(model.config, "_name_or_path", "") or "this model"
-    trained_for = meta.get("model_id", "?")
-    ours = model_fingerprint(model)
-    if int(meta.get("hidden_size", -1)) == width and meta.get("fingerprint") == ours:
-        return
-    why = (
-        f"hidden size {meta.get('hidden_size')} vs {width}"
-        if int(meta.get("hidden_size", -1)) != width
-        else f"embedding fingerprint {meta.get('fingerprint')} vs {ours}"
-    )
-    raise InputError(
-        f"adapter {where} was trained for model {trained_for!r}, not for "
-        f"{Path(str(name)).name!r} ({why}); train one for this model with "
-        "`semedge train adapter` or drop --adapter"
-    )
+    width = int(model.get_input_embeddings().weight.shape[1])
+    check_adapter_for(meta, where, width, model_fingerprint(model), Path(str(name)).name)

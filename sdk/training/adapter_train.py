@@ -9,6 +9,7 @@ and backward through the frozen LM (only the adapter's ~80k parameters train).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -158,9 +159,9 @@ def prepare_examples(
     tqdm = require("tqdm").tqdm
     T, S = config.context, config.target
     starts = window_starts(len(token_ids), T + S, count or config.windows)
-    compression = CompressionConfig.from_dict(
-        {**(compression or config.compression).to_dict(), "ratio": config.ratio,
-         "target_tokens": None, "protected_strings": ()}
+    compression = dataclasses.replace(
+        compression or config.compression, ratio=config.ratio, target_tokens=None,
+        protected_strings=(),
     )  # fmt: skip
     compressor = SemTokenCompressor(model, tokenizer, compression)
     out = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, run_python
 from tests.runtime.toy_export import build_toy_export, sample_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,14 +98,8 @@ def test_run_bad_ratio(cli, export, prompt):
 
 @pytest.mark.parametrize("verb", ["run", "profile", "doctor"])
 def test_help_works_without_torch(verb):
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        f"from semedge.cli import main; sys.argv = ['semedge', {verb!r}, '--help']; main()"
-    )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    code = f"from semedge.cli import main; sys.argv = ['semedge', {verb!r}, '--help']; main()"
+    proc = run_python(code, block=("torch", "transformers"))
     assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
 
 

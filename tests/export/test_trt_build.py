@@ -188,12 +188,7 @@ def test_profiles_match_a_real_semedge_export(tiny_export):
 )
 def test_light_modules_import_without_heavy_deps(module):
     """The runtime's engine check and the profile math load with torch/onnx/tensorrt blocked."""
-    import subprocess
-    import sys
+    from tests.conftest import run_python
 
-    probe = (
-        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'tensorrt')];"
-        f"import {module}; print('ok')"
-    )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    proc = run_python(f"import {module}; print('ok')", block=("torch", "onnx", "tensorrt"))
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr

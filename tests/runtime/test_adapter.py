@@ -77,7 +77,8 @@ def test_with_adapter_matches_the_pytorch_compressor(tiny_export, tiny_models, t
         ad.w2.bias.fill_(0.1)
     meta = {"model_id": "llama", "compression": layout.to_dict()}
     save_adapter(tmp_path / "ad", ad, {**meta, "fingerprint": model_fingerprint(model)})
-    pipe = Pipeline.from_pretrained(tiny_export).with_adapter(tmp_path / "ad")
+    base = Pipeline.from_pretrained(tiny_export)
+    pipe = base.with_adapter(tmp_path / "ad")
     assert pipe.compression == layout
     text = sample_text()[:1500]
     got = pipe.prepare(text, ratio=2.4)
@@ -86,8 +87,8 @@ def test_with_adapter_matches_the_pytorch_compressor(tiny_export, tiny_models, t
     np.testing.assert_array_equal(got.spans, np.asarray(ref.spans))
     np.testing.assert_allclose(got.embeds, ref.inputs_embeds[0].float().numpy(), atol=1e-4)
     assert (got.spans[:, 1] - got.spans[:, 0]).max() > 8  # the far context really merged
-    # the export itself is untouched, and an adapter of another model is refused
-    assert Pipeline.from_pretrained(tiny_export).compression != layout
+    # the pipeline it came from is untouched, and an adapter of another model is refused
+    assert base.compression != layout and base._adapter is None
     qwen, _ = load_model(tiny_models["qwen2"])
     save_adapter(tmp_path / "other", ad, {**meta, "fingerprint": model_fingerprint(qwen)})
     with pytest.raises(InputError, match="trained for model"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
 from semedge.runtime import GenerationConfig, Pipeline
 
+from tests.conftest import run_python
 from tests.runtime.toy_export import sample_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,13 +129,12 @@ def test_missing_dir_and_bad_providers(toy_export, tmp_path):
 
 def test_generation_with_torch_blocked(toy_export):
     probe = (
-        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
         "from semedge.runtime import Pipeline\n"
         f"p = Pipeline.from_pretrained({str(toy_export)!r})\n"
         f"r = p.generate({TEXT[:400]!r}, max_new_tokens=4, ratio=2.0)\n"
         "assert len(r.tokens) == 4 and r.compressed_tokens < r.prompt_tokens\n"
         "print('ok', sorted(m for m in sys.modules if m.startswith(('torch', 'semedge.export'))))"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    proc = run_python(probe, block=("torch", "transformers"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok ['torch']", proc.stdout

@@ -168,11 +168,9 @@ def test_compressor_applies_the_adapter(tiny_examples):
 
 @pytest.mark.parametrize("module", ["semedge.adapter_math", "semedge.mt2st"])
 def test_runtime_side_modules_import_without_torch(module):
-    import subprocess
-    import sys
+    from tests.conftest import run_python
 
-    probe = f"import sys; sys.modules['torch'] = None; import {module}; print('ok')"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    proc = run_python(f"import {module}; print('ok')", block=("torch",))
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 

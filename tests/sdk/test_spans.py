@@ -218,14 +218,12 @@ def test_check_spans_rejects_gaps():
 
 @pytest.mark.parametrize("module", ["semedge.compressor.spans", "semedge.compressor.windows"])
 def test_span_modules_are_torch_free(module):
-    import subprocess
-    import sys
+    from tests.conftest import run_python
 
-    probe = (
-        f"import sys, {module}; heavy = {{'torch', 'transformers'}};"
+    proc = run_python(
+        f"import {module}; heavy = {{'torch', 'transformers'}};"
         " sys.exit(sorted(heavy & set(sys.modules)) or 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
