@@ -6,8 +6,16 @@ distillation to the original model's full-context top-k for the first 60 % of th
 12 WikiText-2 test windows (T=2048, S=256) with the LoRA'd LM compressed, and BOTH LMs on full
 context and truncation, because the low-rank adapters also adapt the LM to WikiText. ~15 min on
 2 cores. Usage: python benchmarks/lora_probe.py '{"steps": 64, "windows": 32}'
+
+Options (JSON): rank, steps, windows, lr; `targets` (projections that get low-rank adapters,
+default ["q_proj", "v_proj"]); `recency_fraction` and `max_span` (the layout; default the
+adapter preset's); `mix_truncation` (true: every other step trains on the same window truncated
+to the same budget, so the LM's domain adaptation is shared by both modes and cannot pass for
+span reading); `recon` (gamma of the span-reconstruction task, default 0); `out` (a JSON file).
 """
 
+import copy
+import dataclasses
 import json
 import math
 import sys
@@ -23,6 +31,7 @@ from semedge.training.adapter_train import (
     AdapterTrainConfig,
     _distill,
     _primary,
+    _reconstruct,
     _Student,
     prepare_examples,
     tokenize_text,
@@ -38,6 +47,11 @@ R, STEPS, NW, LR = (
     args.get("steps", 64),
     args.get("windows", 32),
     args.get("lr", 1e-3),
+)
+TARGETS, MIX, RECON = (
+    args.get("targets", ["q_proj", "v_proj"]),
+    args.get("mix_truncation", False),
+    args.get("recon", 0.0),
 )
 model, tok = load_model("smollm2")
 
@@ -58,7 +72,7 @@ class LoRA(torch.nn.Module):
 model.requires_grad_(False)
 loras = []
 for layer in model.model.layers:
-    for name in ("q_proj", "v_proj"):
+    for name in TARGETS:
         m = LoRA(getattr(layer.self_attn, name), R)
         setattr(layer.self_attn, name, m)
         loras.append(m)
@@ -70,10 +84,34 @@ def set_on(v):
 
 
 comp = CompressionConfig.adapter_default()
+comp = dataclasses.replace(
+    comp,
+    recency_fraction=args.get("recency_fraction", comp.recency_fraction),
+    max_span=args.get("max_span", comp.max_span),
+)
 cfg = AdapterTrainConfig(context=2048, target=128, windows=NW, compression=comp)
 set_on(False)
 t = time.time()
 tr = prepare_examples(model, tok, tokenize_text(read_text_file(DATA / "valid.txt"), tok), cfg)
+va_ids = tokenize_text(read_text_file(DATA / "valid.txt"), tok)
+
+
+def truncated(ex, ids, keep=853):
+    """The same window as `ex`, its context truncated to the last `keep` tokens."""
+    T = ex.next_position
+    for s in window_starts(len(ids), T + len(ex.target), NW):
+        if torch.equal(torch.as_tensor(ids[s + T : s + T + len(ex.target)]), ex.target):
+            e = copy.copy(ex)
+            with torch.no_grad():
+                e.merged = model.get_input_embeddings()(torch.as_tensor(ids[s + T - keep : s + T]))
+            e.lengths = torch.ones(keep, dtype=torch.long)
+            e.position_ids = torch.arange(T - keep, T)
+            e.recon_rows = torch.zeros(0, dtype=torch.long)
+            return e
+    raise ValueError("window not found")
+
+
+tr_trunc = [truncated(e, va_ids) for e in tr] if MIX else []
 te_ids = tokenize_text(read_text_file(DATA / "test.txt"), tok)
 te = prepare_examples(
     model, tok, te_ids, AdapterTrainConfig(context=2048, target=256, compression=comp), count=12
@@ -86,10 +124,13 @@ st = _Student(model, ad)
 set_on(True)
 t = time.time()
 for step in range(STEPS):
-    ex = tr[step % len(tr)]
+    ex = tr[(step // 2 if MIX else step) % len(tr)]
+    if MIX and step % 2:
+        ex = tr_trunc[(step // 2) % len(tr)]
     loss, ctx = _primary(st, ex)
     kd = _distill(st, ex, ctx) if step < 0.6 * STEPS else 0.0
-    (loss + kd).backward()
+    rc = RECON * _reconstruct(st, ex, ctx) if RECON and step < 0.6 * STEPS else 0.0
+    (loss + kd + rc).backward()
     opt.step()
     opt.zero_grad()
     if step % 16 == 0:
@@ -122,3 +163,7 @@ res = {
     "orig_full": plain_ppl(False, 2048),
 }
 print(json.dumps(res), flush=True)
+if "out" in args:
+    info = {"args": {**args, "test_windows": 12, "context": 2048, "target": 256, "ratio": 2.4},
+            "results": res}  # fmt: skip
+    Path(args["out"]).write_text(json.dumps(info, indent=1) + "\n")
