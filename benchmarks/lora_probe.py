@@ -92,8 +92,8 @@ comp = dataclasses.replace(
 cfg = AdapterTrainConfig(context=2048, target=128, windows=NW, compression=comp)
 set_on(False)
 t = time.time()
-tr = prepare_examples(model, tok, tokenize_text(read_text_file(DATA / "valid.txt"), tok), cfg)
 va_ids = tokenize_text(read_text_file(DATA / "valid.txt"), tok)
+tr = prepare_examples(model, tok, va_ids, cfg)
 
 
 def truncated(ex, ids, keep=853):
