@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _windows import add_window_args
 from semedge import load_model
 from semedge.textio import read_text_file
 from semedge.training.adapter_train import tokenize_text, window_starts
@@ -91,11 +92,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", default=str(DATA / "test.txt"))
     ap.add_argument("--counts", default=str(DATA / "valid.txt"), help="text for unigram counts")
-    ap.add_argument("--context", type=int, default=2048)
-    ap.add_argument("--target", type=int, default=256)
-    ap.add_argument("--ratio", type=float, default=2.4)
-    ap.add_argument("--windows", type=int, default=12)
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    add_window_args(ap)
     a = ap.parse_args()
     torch.set_num_threads(2)
     model, tok = load_model("smollm2")

@@ -135,22 +135,15 @@ def resolve_adapter_dir(spec: str | Path) -> Path:
     return Path(spec)
 
 
-def adapter_compression(meta: dict[str, Any], ratio: float | None = None) -> Any:
-    """The CompressionConfig an adapter was trained with (adapter.json), or None if unrecorded.
-
-    Args:
-        meta: the adapter.json dict.
-        ratio: replaces the recorded ratio when given.
-    """
+def adapter_compression(meta: dict[str, Any]) -> Any:
+    """The CompressionConfig an adapter was trained with (adapter.json `meta`), or None if
+    unrecorded."""
     from semedge.config import CompressionConfig
 
     recorded = meta.get("compression")
     if not isinstance(recorded, dict):
         return None
-    data = {**recorded, "target_tokens": None}
-    if ratio is not None:
-        data["ratio"] = ratio
-    return CompressionConfig.from_dict(data)
+    return CompressionConfig.from_dict({**recorded, "target_tokens": None})
 
 
 def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
