@@ -17,6 +17,7 @@ import numpy as np
 from semedge import constants as C
 from semedge.artifacts import Manifest, staged_dir, write_manifest
 from semedge.calibration import scoring
+from semedge.calibration.data import tokenize_stream, with_graphs
 from semedge.calibration.int8 import open_export
 from semedge.calibration.report import Fp16Report
 from semedge.deps import require
@@ -165,10 +166,15 @@ def convert_fp16(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} already exists; choose another path or pass --overwrite")
-    manifest, graphs = open_export(export_dir)
-    src = Path(export_dir)
+    manifest, pipe = open_export(export_dir)
+    with pipe:
+        return _convert(pipe, manifest, Path(export_dir), out, data, config, overwrite)
+
+
+def _convert(pipe, manifest: Manifest, src: Path, out: Path, data, config: Fp16Config,
+             overwrite: bool) -> Fp16Report:  # fmt: skip
     text = read_text_file(data if data is not None else _default_data())
-    ids = graphs.tokenize(text)
+    ids = tokenize_stream(pipe, text).ids
     n = config.eval_context + config.eval_tokens
     if ids.size < config.eval_windows * n:
         raise InputError(
@@ -187,7 +193,7 @@ def convert_fp16(
                 if (src / g).is_file():
                     for op, k in fp16_from_fp32(src / g, tmp / g).items():
                         kept[op] = kept.get(op, 0) + k
-        report = _parity(graphs, src, tmp, held, config, kept, out)
+        report = _parity(pipe, src, tmp, held, config, kept, out)
         if not report.passed:
             raise AccuracyError(
                 f"fp16 parity failed: top-1 agreement {report.top1_agreement:.3f} < "
@@ -202,13 +208,12 @@ def convert_fp16(
     return report
 
 
-def _parity(graphs, src: Path, fp16_dir: Path, held, config: Fp16Config, kept: dict, out: Path):
+def _parity(pipe, src: Path, fp16_dir: Path, held, config: Fp16Config, kept: dict, out: Path):
     ctx = config.eval_context
     with log_timed(log, "fp16 parity on held-out text"):
-        a = scoring.score_graphs(graphs, src / C.PREFILL_ONNX, src / C.DECODE_ONNX, held, ctx)
-        b = scoring.score_graphs(
-            graphs, fp16_dir / C.PREFILL_ONNX, fp16_dir / C.DECODE_ONNX, held, ctx
-        )
+        a = scoring.score_graphs(pipe, held, ctx)
+        with with_graphs(pipe, fp16_dir) as fp16:
+            b = scoring.score_graphs(fp16, held, ctx)
     diff = np.concatenate([np.abs(x - y).ravel() for x, y in zip(a.logits, b.logits, strict=True)])
     size = sum((fp16_dir / g).stat().st_size for g in CONVERTED if (fp16_dir / g).is_file())
     size32 = sum((src / g).stat().st_size for g in CONVERTED if (src / g).is_file())

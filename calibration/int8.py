@@ -16,19 +16,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semedge import constants as C
 from semedge.artifacts import Manifest, load_manifest, staged_dir, verify_manifest, write_manifest
 from semedge.calibration import scoring
 from semedge.calibration.cache import RangeCache, default_cache_root
 from semedge.calibration.data import (
-    ExportGraphs,
     FeedReader,
     data_fingerprint,
     decode_feeds,
     prefill_feeds,
+    prepare_windows,
     split_tokens,
+    tokenize_stream,
+    with_graphs,
 )
 from semedge.calibration.report import Int8Report
 from semedge.calibration.schemes import (
@@ -44,6 +46,9 @@ from semedge.deps import require
 from semedge.errors import AccuracyError, ArtifactError, InputError
 from semedge.logs import log_timed
 from semedge.textio import read_text_file
+
+if TYPE_CHECKING:
+    from semedge.runtime.pipeline import Pipeline
 
 __all__ = ["Int8Config", "TARGETS", "calibrate_int8", "open_export"]
 
@@ -104,10 +109,9 @@ class Int8Config:
         return TARGETS[self.target] if self.scheme == "auto" else (self.scheme,)
 
 
-def open_export(
-    directory: Path | str, need: tuple[str, ...] = GRAPHS
-) -> tuple[Manifest, ExportGraphs]:
-    """Load and verify an fp32 export for calibration.
+def open_export(directory: Path | str, need: tuple[str, ...] = GRAPHS) -> tuple[Manifest, Pipeline]:
+    """Load and verify an fp32 export for calibration, opened as the runtime's CPU Pipeline
+    (close it when done).
 
     Raises:
         ArtifactError: no manifest, wrong format, tampered files, missing graphs, not fp32.
@@ -123,7 +127,9 @@ def open_export(
         raise ArtifactError(
             f"{src} is a {dtype} export; calibration starts from fp32 (semedge export onnx --dtype fp32)"
         )
-    return manifest, ExportGraphs(src, manifest.config)
+    from semedge.runtime import Pipeline
+
+    return manifest, Pipeline.from_pretrained(src, providers="cpu", verify=False)
 
 
 @dataclass
@@ -131,36 +137,35 @@ class _Run:
     """State of one calibration run: data, scratch space, memoized candidates and scores."""
 
     src: Path
-    graphs: ExportGraphs
+    pipe: Pipeline
     config: Int8Config
     scratch: Path
     cache: RangeCache
     fingerprint: str
-    cal_windows: list
+    cal_texts: list[str]
     held: list
     readers: list[FeedReader] = field(default_factory=list)
     scores: dict[tuple, scoring.HeldOutScore] = field(default_factory=dict)
     cache_hit: bool = True
-    _prefill_feeds: list | None = None
+    _prompts: list | None = None
     named: dict[str, Path] = field(default_factory=dict)  # graph -> the file quantized from
 
     def __post_init__(self) -> None:
         for graph in GRAPHS:
             self.named[graph] = ensure_node_names(self.src / graph, self.scratch / "named")
 
-    def feeds(self) -> list:
-        if self._prefill_feeds is None:
-            with log_timed(log, f"building {len(self.cal_windows)} calibration inputs"):
-                self._prefill_feeds = prefill_feeds(
-                    self.graphs, self.cal_windows, self.config.compress
-                )
-        return self._prefill_feeds
+    def prompts(self) -> list:
+        if self._prompts is None:
+            with log_timed(log, f"preparing {len(self.cal_texts)} calibration inputs"):
+                self._prompts = prepare_windows(self.pipe, self.cal_texts, self.config.compress)
+        return self._prompts
 
     def reader(self, graph: str) -> FeedReader:
         self.cache_hit = False
-        feeds = (
-            self.feeds() if graph == C.PREFILL_ONNX else decode_feeds(self.graphs, self.feeds()[:8])
-        )
+        if graph == C.PREFILL_ONNX:
+            feeds = prefill_feeds(self.pipe, self.prompts())
+        else:
+            feeds = decode_feeds(self.pipe, self.prompts()[:8])
         self.readers.append(FeedReader(feeds))
         return self.readers[-1]
 
@@ -197,10 +202,8 @@ class _Run:
     def score(self, folder: Path) -> scoring.HeldOutScore:
         key = (str(folder),)
         if key not in self.scores:
-            ctx = self.config.eval_context
-            self.scores[key] = scoring.score_graphs(
-                self.graphs, folder / C.PREFILL_ONNX, folder / C.DECODE_ONNX, self.held, ctx
-            )
+            with with_graphs(self.pipe, folder) as pipe:
+                self.scores[key] = scoring.score_graphs(pipe, self.held, self.config.eval_context)
         return self.scores[key]
 
 
@@ -263,16 +266,16 @@ def _pick(run: _Run, candidates: list[dict]) -> dict:
         msgs = "; ".join(c["error"] for c in candidates)
         raise AccuracyError(msgs)
     cfg = run.config
-    tokens = min(cfg.speed_tokens, int(run.graphs.config.get("max_context", cfg.speed_tokens)))
+    tokens = min(cfg.speed_tokens, int(run.pipe.config.get("max_context", cfg.speed_tokens)))
     with log_timed(log, f"timing prefill @{tokens} and decode for fp32 + {len(ok)} schemes"):
         pre = scoring.prefill_ms(
-            run.graphs,
+            run.pipe,
             [run.src / C.PREFILL_ONNX, *(c["folder"] / C.PREFILL_ONNX for c in ok)],
             tokens,
             cfg.speed_repeats,
         )
         dec = scoring.decode_ms(
-            run.graphs,
+            run.pipe,
             [run.src / C.DECODE_ONNX, *(c["folder"] / C.DECODE_ONNX for c in ok)],
             tokens,
         )
@@ -321,24 +324,27 @@ def calibrate_int8(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} already exists; choose another path or pass --overwrite")
-    manifest, graphs = open_export(export_dir)
+    manifest, pipe = open_export(export_dir)
     text = read_text_file(data)
-    ids = graphs.tokenize(text)
+    stream = tokenize_stream(pipe, text)
     eval_len = config.eval_context + config.eval_tokens
-    cal, held = split_tokens(ids, config.samples, config.seq_len, config.eval_windows, eval_len)
+    cal, held = split_tokens(
+        stream.ids.size, config.samples, config.seq_len, config.eval_windows, eval_len
+    )
+    adapter = manifest.config.get("adapter")
     fp = data_fingerprint(
         text, samples=config.samples, seq_len=config.seq_len, compress=config.compress,
         compression=manifest.config.get("compression"),
+        adapter=manifest.files.get(adapter, {}).get("sha256") if adapter else None,
     )  # fmt: skip
     cache = RangeCache(Path(cache_root) if cache_root else default_cache_root())
-    with tempfile.TemporaryDirectory(
+    with pipe, tempfile.TemporaryDirectory(
         prefix="semedge-int8-", dir=out.parent if out.parent.is_dir() else None
     ) as tmp:
-        run = _Run(Path(export_dir), graphs, config, Path(tmp), cache, fp, cal, held)
+        run = _Run(Path(export_dir), pipe, config, Path(tmp), cache, fp,
+                   [stream.text_of(w) for w in cal], [stream.ids[w] for w in held])  # fmt: skip
         with log_timed(log, "scoring fp32 on held-out text"):
-            base = scoring.score_graphs(
-                graphs, run.src / C.PREFILL_ONNX, run.src / C.DECODE_ONNX, held, config.eval_context
-            )
+            base = scoring.score_graphs(pipe, run.held, config.eval_context)
         candidates = [_run_scheme(run, s, base.ppl) for s in config.schemes]
         best = _pick(run, candidates)
         report = _report(run, best, base, candidates, out)

@@ -1,8 +1,9 @@
 """Quality and speed of an export's prefill + decode graphs, fp32 and quantized side by side.
 
-Quality is measured the way the model is deployed: prefill a held-out context, then decode
-(teacher-forced) the next tokens through decode.onnx, scoring each next-token distribution.
-So it works with "last"-logits exports and exercises both quantized graphs. Torch-free.
+Quality is measured the way the model is deployed: the runtime's Generator prefills a held-out
+context, then decodes (teacher-forced) the next tokens through decode.onnx, scoring each next-token
+distribution. So it works with "last"-logits exports and exercises both quantized graphs.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from semedge import constants as C
-from semedge.calibration.data import ExportGraphs, ort_session, past_from_presents
+from semedge.runtime.backends.ort import OrtBackend
+from semedge.runtime.generator import Generator
+from semedge.runtime.pipeline import Pipeline, PreparedPrompt
+from semedge.runtime.sampling import GenerationConfig
 
 __all__ = ["HeldOutScore", "score_graphs", "agreement", "prefill_ms", "decode_ms"]
 
@@ -38,47 +42,22 @@ def _nll(z: np.ndarray, target: int) -> float:
     return float(np.log(np.exp(z - m).sum()) + m - z[target])
 
 
-def _feed_dtype(sess, name: str):
-    kind = next(i.type for i in sess.get_inputs() if i.name == name)
-    return np.float16 if kind == "tensor(float16)" else np.float32
-
-
-def score_graphs(
-    graphs: ExportGraphs, prefill: Path, decode: Path, windows: list[np.ndarray], context: int
-) -> HeldOutScore:
-    """Prefill `context` tokens of each window, decode the rest; score every next token.
+def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> HeldOutScore:
+    """Prefill `context` tokens of each window, decode the rest teacher-forced through the
+    runtime's Generator (`Generator.score`); score every next token.
 
     Args:
-        graphs: the fp32 export (tokenizer, embed.onnx, config).
-        prefill, decode: the graphs to score (fp32 or quantized).
+        pipe: the export to score (`data.with_graphs` swaps in quantized graphs).
         windows: (context + k,) token ids each.
-        context: tokens given to prefill.
+        context: tokens given to prefill (uncompressed).
     """
-    pre, dec = ort_session(prefill), ort_session(decode)
-    layers = int(graphs.config["num_layers"])
-    pre_out = [o.name for o in pre.get_outputs()]
-    dec_out = [o.name for o in dec.get_outputs()]
-    dtype = _feed_dtype(pre, C.INPUTS_EMBEDS)
     nll, arg, per_window = [], [], []
     for ids in windows:
-        embeds = graphs.embed(ids[:context])[None].astype(dtype)
-        feed = {
-            C.INPUTS_EMBEDS: embeds,
-            C.POSITION_IDS: np.arange(context, dtype=np.int64)[None],
-            C.ATTENTION_MASK: np.ones((1, context), np.int64),
-        }
-        res = dict(zip(pre_out, pre.run(None, feed), strict=True))
-        rows = [res[C.LOGITS][0, -1]]
-        for j in range(context, ids.size - 1):
-            feed = {
-                C.INPUT_IDS: ids[j : j + 1][None],
-                C.POSITION_IDS: np.array([[j]], np.int64),
-                C.ATTENTION_MASK: np.ones((1, j + 1), np.int64),
-                **past_from_presents(res, layers),
-            }
-            res = dict(zip(dec_out, dec.run(None, feed), strict=True))
-            rows.append(res[C.LOGITS][0, -1])
-        z = np.stack(rows).astype(np.float32)  # (k, V): row r predicts ids[context + r]
+        head = ids[:context]
+        prompt = PreparedPrompt(head, pipe.embed(head), np.arange(context, dtype=np.int64), None)
+        gen = Generator(pipe, GenerationConfig(max_new_tokens=ids.size - context))
+        gen.append_prompts([prompt])
+        z = gen.score(ids[None, context:])[0].astype(np.float32)  # (k, V): row r -> ids[context+r]
         per_window.append(z)
         nll.extend(_nll(r, int(t)) for r, t in zip(z, ids[context:], strict=True))
         arg.append(z.argmax(-1))
@@ -90,33 +69,31 @@ def agreement(a: HeldOutScore, b: HeldOutScore) -> float:
     return float(np.mean(a.argmax == b.argmax))
 
 
-def _median_ms(sess, feed: dict, repeats: int) -> list[float]:
+def _median_ms(backend: OrtBackend, feed: dict, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        backend.run(feed)
         times.append(1e3 * (time.perf_counter() - t0))
     return times
 
 
-def prefill_ms(
-    graphs: ExportGraphs, paths: list[Path], tokens: int, repeats: int = 3
-) -> list[float]:
+def prefill_ms(pipe: Pipeline, paths: list[Path], tokens: int, repeats: int = 3) -> list[float]:
     """Median prefill latency of each graph at `tokens` tokens, runs interleaved (A B A B ...)."""
-    sessions = [ort_session(p) for p in paths]
-    ids = np.arange(tokens, dtype=np.int64) % int(graphs.config.get("vocab_size", 1000))
-    embeds = graphs.embed(ids)[None]
+    sessions = [OrtBackend(p).load() for p in paths]
+    ids = np.arange(tokens, dtype=np.int64) % int(pipe.config.get("vocab_size", 1000))
+    embeds = pipe.embed(ids)[None]
     feeds = []
     for s in sessions:
         feeds.append(
             {
-                C.INPUTS_EMBEDS: embeds.astype(_feed_dtype(s, C.INPUTS_EMBEDS)),
+                C.INPUTS_EMBEDS: embeds.astype(s.inputs[C.INPUTS_EMBEDS][0]),
                 C.POSITION_IDS: np.arange(tokens, dtype=np.int64)[None],
                 C.ATTENTION_MASK: np.ones((1, tokens), np.int64),
             }
         )
     for s, f in zip(sessions, feeds, strict=True):  # warm-up: first runs allocate
-        s.run(None, f)
+        s.run(f)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(repeats):
         for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
@@ -124,17 +101,15 @@ def prefill_ms(
     return [statistics.median(t) for t in times]
 
 
-def decode_ms(
-    graphs: ExportGraphs, paths: list[Path], past_len: int, steps: int = 8
-) -> list[float]:
+def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) -> list[float]:
     """Median latency of one decode step after `past_len` tokens, graphs interleaved."""
-    cfg = graphs.config
+    cfg = pipe.config
     layers, kv, hd = int(cfg["num_layers"]), int(cfg["num_kv_heads"]), int(cfg["head_dim"])
     rng = np.random.default_rng(0)
-    sessions = [ort_session(p) for p in paths]
+    sessions = [OrtBackend(p).load() for p in paths]
     feeds = []
     for s in sessions:
-        dt = _feed_dtype(s, C.PAST_KEY.format(i=0))
+        dt = s.inputs[C.PAST_KEY.format(i=0)][0]
         past = {
             name.format(i=i): rng.normal(0, 1, (1, kv, past_len, hd)).astype(dt)
             for i in range(layers)
@@ -149,7 +124,7 @@ def decode_ms(
             }
         )
     for s, f in zip(sessions, feeds, strict=True):
-        s.run(None, f)
+        s.run(f)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(steps):
         for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):

@@ -5,12 +5,13 @@ genai's split: a `Pipeline` is shared and read-only; a `Generator` belongs to on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from semedge.constants import ATTENTION_MASK, INPUT_IDS, INPUTS_EMBEDS, LOGITS, POSITION_IDS
-from semedge.errors import InputError
+from semedge.errors import UsageError
 from semedge.runtime.kv_cache import KVCache
 from semedge.runtime.sampling import GenerationConfig, select_next
 from semedge.runtime.trace import NULL_TIMER
@@ -18,7 +19,7 @@ from semedge.runtime.trace import NULL_TIMER
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 
-__all__ = ["Generator", "GenerationResult"]
+__all__ = ["Generator", "GenerationResult", "batch_inputs"]
 
 
 @dataclass
@@ -52,20 +53,26 @@ class Generator:
     """Generation state for one request of B prompts (left-padded into one batch).
 
     Not thread-safe: use one Generator per request (and per thread); the Pipeline it reads is
-    shared. Loop: `append_prompts(...)`, then `generate_next_token()` until `is_done()`.
+    shared. Loop: `append_prompts(...)`, then `generate_next_token()` until `is_done()`; or
+    `score(targets)` for teacher-forced logits (the one KV decode loop: calibration and the parity
+    gate run it too).
 
     Args:
         pipeline: the loaded Pipeline.
         config: generation settings.
         timer: a `trace.StageTimer` to record stage spans (profiling), or None.
+        tap: called with every decode step's feeds, past keys/values included as host arrays
+            (calibration collects them; CPU caches only), or None.
     """
 
     def __init__(
-        self, pipeline: Pipeline, config: GenerationConfig | None = None, timer: Any = None
-    ) -> None:
+        self, pipeline: Pipeline, config: GenerationConfig | None = None, timer: Any = None,
+        tap: Callable[[dict[str, np.ndarray]], None] | None = None,
+    ) -> None:  # fmt: skip
         self.pipeline = pipeline
         self.config = config or GenerationConfig()
         self.timer = timer or NULL_TIMER
+        self.tap = tap
         self.rng = np.random.default_rng(self.config.seed)
         self.prompts: list[PreparedPrompt] = []
         self.tokens: list[list[int]] = []
@@ -80,28 +87,25 @@ class Generator:
     def batch(self) -> int:
         return len(self.prompts)
 
-    def append_prompts(self, prompts: list[PreparedPrompt]) -> None:
+    def append_prompts(self, prompts: list[PreparedPrompt]) -> np.ndarray:
         """Prefill the cache with prepared (tokenized, possibly compressed) prompts.
 
+        Returns:
+            The prefill's logits: (B, 1, V), or (B, L, V) left-padded for all-logits exports.
+
         Raises:
-            InputError: called twice, or a prompt does not fit the export's max_context.
+            UsageError: called twice on one Generator.
+            InputError: a prompt does not fit the export's max_context.
         """
         if self.cache is not None:
-            raise InputError("this Generator already has its prompt; create one per request")
+            raise UsageError("this Generator already has its prompt; create one per request")
         p = self.pipeline
         self.prompts = list(prompts)
-        B, L = len(prompts), max(len(x.positions) for x in prompts)
+        B = len(prompts)
         self.tokens = [[] for _ in range(B)]
         self.finish = [None] * B
-        D = prompts[0].embeds.shape[1]
-        embeds = np.zeros((B, L, D), dtype=p.embed_dtype)  # left-padded
-        pos = np.zeros((B, L), dtype=np.int64)
-        mask = np.zeros((B, L), dtype=np.int64)
-        for b, x in enumerate(prompts):
-            n = len(x.positions)
-            embeds[b, L - n :] = x.embeds
-            pos[b, L - n :] = x.positions
-            mask[b, L - n :] = 1
+        embeds, pos, mask = batch_inputs(prompts, p.embed_dtype)
+        L = mask.shape[1]
         self.cache = p.new_cache(B, L + self.config.max_new_tokens)
         with self.timer.span("prefill", tokens=L, batch=B):
             feeds = {INPUTS_EMBEDS: embeds, POSITION_IDS: pos, ATTENTION_MASK: mask}
@@ -110,29 +114,59 @@ class Generator:
         self._logits = out[LOGITS][:, -1, :]  # (B, 1|T, V) -> (B, V): last (real) position
         self._mask = mask
         self._next_pos = np.array([x.prompt_tokens for x in prompts], dtype=np.int64)
+        return out[LOGITS]
 
-    def _decode(self, tokens: np.ndarray) -> None:
+    def _decode(self, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row; the presents land in the cache's other buffer."""
         p, B = self.pipeline, self.batch
         self._mask = np.concatenate([self._mask, np.ones((B, 1), dtype=np.int64)], axis=1)
         feeds = {
-            INPUT_IDS: tokens.reshape(B, 1).astype(np.int64),
+            INPUT_IDS: np.asarray(tokens).reshape(B, 1).astype(np.int64),
             POSITION_IDS: self._next_pos.reshape(B, 1),
             ATTENTION_MASK: self._mask,
         }
+        if self.tap is not None:
+            self.tap({**feeds, **self.cache.host_arrays()})
         bound = {**self.cache.past(), **self.cache.present(1)}
         with self.timer.span("decode_token", position=int(self.cache.length)):
             out = p.decode.run_bound(feeds, bound, [LOGITS])
             self.cache.advance(1)
         self._logits = out[LOGITS][:, -1, :]
         self._next_pos = self._next_pos + 1
+        return out[LOGITS]
+
+    def append_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """Teacher forcing: feed the given token of every row (B,) and return the step's logits
+        (B, 1, V). The cache must have room (GenerationConfig.max_new_tokens).
+
+        Raises:
+            UsageError: no prompt yet, or generate_next_token() left a token pending.
+        """
+        if self._logits is None or self._pending is not None:
+            raise UsageError("append_tokens() needs append_prompts() and no sampled token pending")
+        return self._decode(tokens)
+
+    def score(self, targets: np.ndarray) -> np.ndarray:
+        """Teacher-forced scoring: (B, k) logits rows where [:, j] predicts targets[:, j].
+
+        Feeds targets[:, :-1] one by one after the prompt (k - 1 decode steps); the Generator is
+        done afterwards.
+        """
+        targets = np.asarray(targets, dtype=np.int64).reshape(self.batch, -1)
+        if self._logits is None:
+            raise UsageError("call append_prompts() before score()")
+        rows = [self._logits]
+        for j in range(targets.shape[1] - 1):
+            rows.append(self.append_tokens(targets[:, j])[:, -1, :])
+        self.finish = ["length"] * self.batch
+        return np.stack(rows, axis=1)
 
     def generate_next_token(self) -> np.ndarray:
         """Choose the next token of every row (B,) and advance; finished rows repeat EOS."""
         if self._logits is None:
-            raise InputError("call append_prompts() before generate_next_token()")
+            raise UsageError("call append_prompts() before generate_next_token()")
         if self.is_done():
-            raise InputError("generation is done; create a new Generator")
+            raise UsageError("generation is done; create a new Generator")
         if self._pending is not None:
             self._decode(self._pending)
         nxt = select_next(self._logits, self.config, self.rng)
@@ -174,6 +208,23 @@ class Generator:
                 )
             )  # fmt: skip
         return out
+
+
+def batch_inputs(
+    prompts: list[PreparedPrompt], dtype: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pad prompts into one batch: embeds (B, L, D), position_ids (B, L), attention_mask
+    (B, L); padded slots are zero and masked out."""
+    B, L = len(prompts), max(len(x.positions) for x in prompts)
+    embeds = np.zeros((B, L, prompts[0].embeds.shape[1]), dtype=dtype)
+    pos = np.zeros((B, L), dtype=np.int64)
+    mask = np.zeros((B, L), dtype=np.int64)
+    for b, x in enumerate(prompts):
+        n = len(x.positions)
+        embeds[b, L - n :] = x.embeds
+        pos[b, L - n :] = x.positions
+        mask[b, L - n :] = 1
+    return embeds, pos, mask
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

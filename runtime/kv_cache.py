@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
-from semedge.errors import InputError
+from semedge.errors import InputError, UsageError
 
 __all__ = ["KVCache", "Buffer"]
 
@@ -124,15 +124,15 @@ class KVCache:
             self._side = 1 - self._side
         self.length += new_tokens
 
-    def store(self, presents: dict[str, np.ndarray]) -> None:
-        """Copy host presents into `present()` views (backends without I/O binding), then advance."""
-        n = next(iter(presents.values())).shape[2] - self.length
-        for name, buf in self.present(n).items():
-            if buf.host is None:
-                raise RuntimeError("store() needs a host cache; bind presents on the device")
-            np.copyto(buf.host, presents[name])
-        self.advance(n)
-
     def host_arrays(self) -> dict[str, np.ndarray]:
-        """The current past as numpy arrays (host caches only; for tests and backends without binding)."""
-        return {name: buf.host for name, buf in self.past().items()}
+        """A copy of the current past as numpy arrays, by `past_key_values.{i}.key/value` name.
+
+        Raises:
+            UsageError: the cache lives on a GPU (no host view).
+        """
+        out = {}
+        for name, buf in self.past().items():
+            if buf.host is None:
+                raise UsageError("host_arrays() needs a host (CPU) cache")
+            out[name] = buf.host.copy()
+        return out

@@ -12,6 +12,7 @@ __all__ = [
     "ArtifactError",
     "BackendUnavailable",
     "AccuracyError",
+    "UsageError",
 ]
 
 
@@ -37,3 +38,8 @@ class AccuracyError(SemedgeError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class UsageError(RuntimeError):
+    """An API called in the wrong order (run() before load(), a Generator used twice): a bug in
+    the calling code, not the user's input, so never a SemedgeError (the CLI exits 3)."""

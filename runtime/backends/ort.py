@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from semedge.deps import require
-from semedge.errors import ArtifactError, BackendUnavailable, InputError
+from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -201,7 +201,7 @@ class OrtBackend:
             InputError: feed names or dtypes do not match the graph.
         """
         if self.session is None:
-            raise RuntimeError(f"{self.path.name}: call load() before run()")
+            raise UsageError(f"{self.path.name}: call load() before run()")
         self.check_feeds(feeds)
         names = list(outputs) if outputs else list(self.outputs)
         values = self.session.run(names, feeds)
@@ -229,7 +229,7 @@ class OrtBackend:
             InputError: names or dtypes do not match the graph.
         """
         if self.session is None:
-            raise RuntimeError(f"{self.path.name}: call load() before run_bound()")
+            raise UsageError(f"{self.path.name}: call load() before run_bound()")
         given = set(feeds) | {n for n in bound if n in self.inputs}
         if given != set(self.inputs):
             raise InputError(

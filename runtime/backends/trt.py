@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from semedge.artifacts import Manifest
 from semedge.deps import require
-from semedge.errors import ArtifactError, BackendUnavailable, InputError
+from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
 
 __all__ = ["TrtBackend", "engine_backends"]
 
@@ -147,7 +147,7 @@ class TrtBackend:
             InputError: names or dtypes do not match the engine.
         """
         if self.engine is None:
-            raise RuntimeError(f"{self.path.name}: call load() before run_bound()")
+            raise UsageError(f"{self.path.name}: call load() before run_bound()")
         given = set(feeds) | {n for n in bound if n in self.inputs}
         if given != set(self.inputs):
             raise InputError(

@@ -10,8 +10,8 @@ import pytest
 from onnx import numpy_helper
 from semedge import constants as C
 from semedge.artifacts import load_manifest, sha256_file, verify_manifest
-from semedge.calibration.data import ExportGraphs
-from semedge.calibration.int8 import Int8Config, calibrate_int8
+from semedge.calibration.data import tokenize_stream, with_graphs
+from semedge.calibration.int8 import Int8Config, calibrate_int8, open_export
 from semedge.calibration.schemes import weight_matmuls
 from semedge.calibration.scoring import score_graphs
 
@@ -91,11 +91,11 @@ def test_cpu_auto_measures_every_scheme(tiny_export, cal_text, tmp_path):
                 "size_mb", "kept_high_precision"):  # fmt: skip
         assert d[key] is not None, key
     # the written graphs are what the report measured
-    graphs = ExportGraphs(tiny_export, load_manifest(tiny_export).config)
-    ids = graphs.tokenize(cal_text.read_text(encoding="utf-8"))
+    _, pipe = open_export(tiny_export)
+    ids = tokenize_stream(pipe, cal_text.read_text(encoding="utf-8")).ids
     held = [ids[ids.size - 96 : ids.size - 48], ids[ids.size - 48 :]]
-    score = score_graphs(graphs, tmp_path / "o" / C.PREFILL_ONNX, tmp_path / "o" / C.DECODE_ONNX,
-                         held, 32)  # fmt: skip
+    with pipe, with_graphs(pipe, tmp_path / "o") as written:
+        score = score_graphs(written, held, 32)
     assert score.ppl == pytest.approx(report.ppl_int8, rel=1e-6)
 
 
