@@ -64,14 +64,15 @@ class SemedgeRunner:
         from semedge import constants as C
         from semedge.artifacts import load_manifest
         from semedge.export.graphs import past_names
-        from semedge.export.optimize import session_from_path
+        from semedge.runtime.backends.ort import session_from_path
 
         self.C = C
         cfg = load_manifest(export_dir).config
         self.past = past_names(cfg["num_layers"])
-        self.embed = session_from_path(export_dir / C.EMBED_ONNX, threads)
-        self.prefill_s = session_from_path(export_dir / C.PREFILL_ONNX, threads)
-        self.decode_s = session_from_path(export_dir / C.DECODE_ONNX, threads)
+        cpu = ["CPUExecutionProvider"]
+        self.embed = session_from_path(export_dir / C.EMBED_ONNX, cpu, threads)
+        self.prefill_s = session_from_path(export_dir / C.PREFILL_ONNX, cpu, threads)
+        self.decode_s = session_from_path(export_dir / C.DECODE_ONNX, cpu, threads)
 
     def prefill(self, ids: np.ndarray):
         C = self.C

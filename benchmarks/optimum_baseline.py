@@ -59,13 +59,9 @@ def _env() -> dict[str, str]:
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    from semedge.runtime.backends.ort import session_from_path  # the runtime's settings
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session_from_path(path, ["CPUExecutionProvider"], threads)
 
 
 def _kv_spec(sess) -> tuple[list[str], int, int, np.dtype]:

@@ -94,7 +94,9 @@ def _ratio(pipe: Pipeline, text: str) -> float | None:
     return cfg.ratio if cfg.ratio > 1.0 else None
 
 
-def prepare_windows(pipe: Pipeline, texts: list[str], compress: bool = True) -> list[PreparedPrompt]:
+def prepare_windows(
+    pipe: Pipeline, texts: list[str], compress: bool = True
+) -> list[PreparedPrompt]:
     """Each window as the runtime prepares it at the export's default ratio (`compress`) or
     uncompressed; a window too protected to reach the ratio is calibrated as is."""
     out = []

@@ -338,9 +338,12 @@ def calibrate_int8(
         adapter=manifest.files.get(adapter, {}).get("sha256") if adapter else None,
     )  # fmt: skip
     cache = RangeCache(Path(cache_root) if cache_root else default_cache_root())
-    with pipe, tempfile.TemporaryDirectory(
-        prefix="semedge-int8-", dir=out.parent if out.parent.is_dir() else None
-    ) as tmp:
+    with (
+        pipe,
+        tempfile.TemporaryDirectory(
+            prefix="semedge-int8-", dir=out.parent if out.parent.is_dir() else None
+        ) as tmp,
+    ):
         run = _Run(Path(export_dir), pipe, config, Path(tmp), cache, fp,
                    [stream.text_of(w) for w in cal], [stream.ids[w] for w in held])  # fmt: skip
         with log_timed(log, "scoring fp32 on held-out text"):

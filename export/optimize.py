@@ -1,4 +1,4 @@
-"""Graph clean-up after tracing and the ONNX Runtime session settings the gate and benchmark use.
+"""Graph clean-up after tracing: declared I/O types and shapes, external data.
 
 What measurement showed matters on CPU (docs/export.md): fused GroupQueryAttention (chosen at trace
 time, semedge.export.attention) and logits for the last position only; ORT's own level-ALL graph
@@ -17,12 +17,11 @@ from semedge.errors import ArtifactError
 
 if TYPE_CHECKING:
     import onnx
-    import onnxruntime
     from semedge.export.graphs import GraphSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXTERNAL_DATA_BYTES", "stamp_io", "save_graph", "session_from_path"]
+__all__ = ["EXTERNAL_DATA_BYTES", "stamp_io", "save_graph"]
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
 
@@ -61,26 +60,3 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
     except (OSError, ValueError) as err:
         raise ArtifactError(f"cannot write {path}: {err}") from err
     log.debug("wrote %s (%s)", path.name, "external data" if big else "inline weights")
-
-
-def session_from_path(path: Path | str, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU ONNX Runtime session with every graph optimisation on.
-
-    Args:
-        path: an .onnx file (external data beside it is found automatically).
-        threads: intra-op threads; None lets ORT use one per physical core.
-
-    Raises:
-        ArtifactError: ORT cannot load the graph (corrupt file, unknown op).
-    """
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as err:  # ORT raises pybind-specific types (Fail, InvalidGraph, ...)
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ArtifactError(f"onnxruntime cannot load {path}: {msg}") from err

@@ -1,9 +1,10 @@
-"""The parity gate: PyTorch versus ONNX Runtime (CPU) on real text, a padded batch and a
-SemToken-compressed prompt, through prefill and several decode steps.
+"""The parity gate: PyTorch versus the runtime (ONNX Runtime, CPU) on real text, a padded batch
+and a SemToken-compressed prompt, through prefill and several decode steps.
 
 Reports max |Δ logits|, mean |Δ|, top-1 agreement and max |Δ KV| per case; a miss of atol is an
-AccuracyError. The torch side is the Hugging Face model itself (and helper-1's LMEncoder), not the
-export wrappers, so a wrapper bug fails the gate too.
+AccuracyError. The ONNX side is `semedge.runtime` itself (Pipeline backends, the Generator's KV
+cache and decode loop); the torch side is the Hugging Face model itself (and the SDK's LMEncoder),
+not the export wrappers, so a wrapper bug fails the gate too.
 """
 
 from __future__ import annotations
@@ -169,14 +170,6 @@ def _text_ids(tokenizer, n: int, offset: int = 0) -> np.ndarray:
     return np.asarray((ids * reps)[offset : offset + n], dtype=np.int64)
 
 
-def _sessions(out_dir: Path) -> dict[str, Any]:
-    from semedge.export.optimize import session_from_path
-
-    names = {"embed": C.EMBED_ONNX, "encoder": C.ENCODER_ONNX}
-    names |= {"prefill": C.PREFILL_ONNX, "decode": C.DECODE_ONNX}
-    return {k: session_from_path(out_dir / f) for k, f in names.items()}
-
-
 def _torch_kv(cache, n_layers: int) -> list[np.ndarray]:
     out = []
     for i in range(n_layers):
@@ -188,103 +181,89 @@ def _torch_kv(cache, n_layers: int) -> list[np.ndarray]:
 @dataclass
 class _Ctx:
     model: Any
-    sessions: dict[str, Any]
-    float_np: Any  # numpy dtype of the export's float tensors
+    pipe: Any  # the export loaded by the runtime (semedge.runtime.Pipeline, CPU)
     last_only: bool
     steps: int
     atol: float
 
 
-def _run_case(ctx: _Ctx, name: str, embeds, positions, mask, next_pos) -> ParityCase:
-    """Prefill, then `steps` greedy decode steps (tokens from torch, KV chained per backend)."""
+def _prompt(ids: np.ndarray, embeds: np.ndarray, positions: np.ndarray | None = None):
+    from semedge.runtime.pipeline import PreparedPrompt
+
+    pos = np.arange(len(ids), dtype=np.int64) if positions is None else positions
+    return PreparedPrompt(ids, embeds, pos, None)
+
+
+def _run_case(ctx: _Ctx, name: str, prompts: list) -> ParityCase:
+    """Prefill, then `steps` greedy decode steps: the torch model and the runtime's Generator get
+    the same left-padded batch and the same (torch's greedy) tokens, each keeping its own KV."""
     torch = require("torch")
-    n_layers = (len(ctx.sessions["decode"].get_inputs()) - 3) // 2  # inputs: ids, pos, mask, KV
-    diff = _Diff(_KV_RTOL[np.dtype(ctx.float_np)])
+    from semedge.runtime.generator import Generator, batch_inputs
+    from semedge.runtime.sampling import GenerationConfig
+
+    n_layers = int(ctx.pipe.config["num_layers"])
+    diff = _Diff(_KV_RTOL[np.dtype(ctx.pipe.kv_dtype)])
+    embeds, positions, mask = (torch.from_numpy(a) for a in batch_inputs(prompts, np.float32))
     with torch.no_grad():
         ref = ctx.model(
             inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True
         )
-    got = ctx.sessions["prefill"].run(None, {
-        C.INPUTS_EMBEDS: embeds.numpy().astype(ctx.float_np),
-        C.POSITION_IDS: positions.numpy(), C.ATTENTION_MASK: mask.numpy(),
-    })  # fmt: skip
+    gen = Generator(ctx.pipe, GenerationConfig(max_new_tokens=ctx.steps))
+    got = gen.append_prompts(prompts)
     ref_logits = ref.logits.float().numpy()
     real = mask.numpy().astype(bool)
     if ctx.last_only:
-        diff.logits(ref_logits[:, -1:], got[0], real[:, -1:])
+        diff.logits(ref_logits[:, -1:], got, real[:, -1:])
     else:
-        diff.logits(ref_logits, got[0], real)
-    cache, kv = ref.past_key_values, got[1:]
-    diff.kv(_torch_kv(cache, n_layers), kv, mask.numpy())
-    token = torch.from_numpy(ref_logits[:, -1].argmax(-1))[:, None]
-    pos = torch.as_tensor(next_pos, dtype=torch.long).reshape(-1, 1)
-    _decode(ctx, diff, token, pos, mask, cache, kv, n_layers)
-    return diff.case(name, int(embeds.shape[1]), ctx.atol)
-
-
-def _decode(ctx: _Ctx, diff: _Diff, token, pos, mask, cache, kv, n_layers: int) -> None:
-    """Greedy decode steps: the same token into both backends, each keeping its own KV."""
-    torch = require("torch")
-    from semedge.export.graphs import past_names
-
+        diff.logits(ref_logits, got, real)
+    cache = ref.past_key_values
+    diff.kv(_torch_kv(cache, n_layers), list(gen.cache.host_arrays().values()), mask.numpy())
+    token = ref_logits[:, -1].argmax(-1)
+    pos = torch.as_tensor([p.prompt_tokens for p in prompts], dtype=torch.long).reshape(-1, 1)
     for _ in range(ctx.steps):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         with torch.no_grad():
             ref = ctx.model(
-                input_ids=token, position_ids=pos, attention_mask=mask,
+                input_ids=torch.from_numpy(token)[:, None], position_ids=pos, attention_mask=mask,
                 past_key_values=cache, use_cache=True,
             )  # fmt: skip
-        feeds = {C.INPUT_IDS: token.numpy(), C.POSITION_IDS: pos.numpy()}
-        feeds |= {
-            C.ATTENTION_MASK: mask.numpy(),
-            **dict(zip(past_names(n_layers), kv, strict=True)),
-        }
-        got = ctx.sessions["decode"].run(None, feeds)
+        got = gen.append_tokens(token)
         step_logits = ref.logits.float().numpy()
-        diff.logits(step_logits, got[0], np.ones(step_logits.shape[:2], dtype=bool))
-        cache, kv = ref.past_key_values, got[1:]
-        diff.kv(_torch_kv(cache, n_layers), kv, mask.numpy())
-        token, pos = torch.from_numpy(step_logits[:, -1].argmax(-1))[:, None], pos + 1
+        diff.logits(step_logits, got, np.ones(step_logits.shape[:2], dtype=bool))
+        cache = ref.past_key_values
+        diff.kv(_torch_kv(cache, n_layers), list(gen.cache.host_arrays().values()), mask.numpy())
+        token, pos = step_logits[:, -1].argmax(-1), pos + 1
+    return diff.case(name, int(embeds.shape[1]), ctx.atol)
 
 
-def _embed(model, ids: np.ndarray):
+def _embed(model, ids: np.ndarray) -> np.ndarray:
     torch = require("torch")
     with torch.no_grad():
-        return model.get_input_embeddings()(torch.from_numpy(ids))
+        return model.get_input_embeddings()(torch.from_numpy(ids)).float().numpy()
 
 
 def _text_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
-    torch = require("torch")
-    ids = _text_ids(tokenizer, n)[None]
-    positions = torch.arange(n)[None]
-    mask = torch.ones(1, n, dtype=torch.long)
-    return _run_case(ctx, "text", _embed(ctx.model, ids), positions, mask, [n])
+    ids = _text_ids(tokenizer, n)
+    return _run_case(ctx, "text", [_prompt(ids, _embed(ctx.model, ids))])
 
 
-def _batch_case(ctx: _Ctx, tokenizer, n: int, pad_id: int) -> ParityCase:
+def _batch_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
     """Two prompts, the shorter left-padded: masks and per-row positions must be honoured."""
-    torch = require("torch")
     short = max(2, n // 2)
-    ids = np.full((2, n), pad_id, dtype=np.int64)
-    ids[0] = _text_ids(tokenizer, n)
-    ids[1, n - short :] = _text_ids(tokenizer, short, offset=5)
-    mask = torch.from_numpy((np.arange(n)[None] >= np.array([[0], [n - short]])).astype(np.int64))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return _run_case(ctx, "batch", _embed(ctx.model, ids), positions, mask, [n, short])
+    rows = [_text_ids(tokenizer, n), _text_ids(tokenizer, short, offset=5)]
+    return _run_case(ctx, "batch", [_prompt(ids, _embed(ctx.model, ids)) for ids in rows])
 
 
 def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> ParityCase:
     """A SemToken-compressed prompt: merged span embeddings at their first token's position."""
-    torch = require("torch")
     from semedge.compressor.compressor import SemTokenCompressor
 
     text = tokenizer.decode(_text_ids(tokenizer, n).tolist())
     compressor = SemTokenCompressor(ctx.model, tokenizer, compression, adapter=adapter)
     prompt = compressor.compress(text)
-    embeds = prompt.inputs_embeds.float().detach()
-    positions = prompt.position_ids.long().reshape(1, -1)
-    mask = torch.ones_like(positions)
-    return _run_case(ctx, "compressed", embeds, positions, mask, [prompt.original_tokens])
+    embeds = prompt.inputs_embeds.float().detach().numpy()[0]
+    positions = prompt.position_ids.long().numpy().reshape(-1)
+    return _run_case(ctx, "compressed", [_prompt(prompt.input_ids, embeds, positions)])
 
 
 def _hidden_case(name: str, ref: np.ndarray, got: np.ndarray, atol: float) -> ParityCase:
@@ -298,12 +277,13 @@ def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase
     from semedge.compressor.encoders import LMEncoder
 
     ids = _text_ids(tokenizer, n)[None]
-    emb = ctx.sessions["embed"].run(None, {C.INPUT_IDS: ids})[0]
-    cases = [_hidden_case("embed", _embed(ctx.model, ids).float().numpy(), emb, ctx.atol)]
+    emb = ctx.pipe.embed(ids[0])[None]
+    cases = [_hidden_case("embed", _embed(ctx.model, ids), emb, ctx.atol)]
     mask = np.ones_like(ids)
     with torch.no_grad():
         ref = LMEncoder(ctx.model, layers=layers)(torch.from_numpy(ids), torch.from_numpy(mask))
-    got = ctx.sessions["encoder"].run(None, {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask})[0]
+    feeds = {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask}
+    got = ctx.pipe.backends["encoder"].run(feeds, [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
     return cases + [_hidden_case("encoder", ref.float().numpy(), got, ctx.atol)]
 
 
@@ -317,7 +297,8 @@ def check_parity(
     compression: Any = None,
     adapter: Any = None,
 ) -> ParityReport:
-    """Compare the fp32 PyTorch model with the export in `out_dir` on ONNX Runtime (CPU EP).
+    """Compare the fp32 PyTorch model with the export in `out_dir` run by the runtime (its
+    Pipeline and Generator on ONNX Runtime's CPU EP: the code users deploy).
 
     Args:
         model, tokenizer: the Hugging Face LM that was exported (eval mode) and its tokenizer.
@@ -331,25 +312,26 @@ def check_parity(
     Returns:
         A ParityReport; the caller decides whether a miss raises (export_onnx does).
     """
-    from semedge.artifacts import load_manifest
     from semedge.config import CompressionConfig
+    from semedge.runtime import Pipeline
 
     config = config or ParityConfig()
     compression = compression or CompressionConfig()
-    out_dir = Path(out_dir)
-    mcfg = load_manifest(out_dir, expect_format=C.FORMAT_EXPORT).config
-    float_np = np.float16 if mcfg.get("dtype") == "fp16" else np.float32
-    ctx = _Ctx(model, _sessions(out_dir), float_np, mcfg.get("logits") != "all",
-               config.decode_steps, atol)  # fmt: skip
+    with Pipeline.from_pretrained(Path(out_dir), providers="cpu", verify=False) as pipe:
+        ctx = _Ctx(model, pipe, pipe.config.get("logits") != "all", config.decode_steps, atol)
+        return _cases(ctx, tokenizer, max_context, config, compression, adapter)
+
+
+def _cases(ctx: _Ctx, tokenizer, max_context: int, config: ParityConfig, compression, adapter):
+    mcfg = ctx.pipe.config
     grid = config.grid(max_context)
-    report = ParityReport(atol)
+    report = ParityReport(ctx.atol)
     report.cases += _encoder_cases(ctx, tokenizer, grid[-1], mcfg["encoder"]["layers"])
     for n in grid:
         report.cases.append(_text_case(ctx, tokenizer, n))
         log.info("parity text %d tokens: max|d| %.3g", n, report.cases[-1].max_abs)
     if config.batch:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128), pad))
+        report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128)))
     if config.compressed and max_context >= 256:
         n = min(max_context - config.decode_steps - 1, max(256, min(grid[-1], 512)))
         report.cases.append(_compressed_case(ctx, tokenizer, n, compression, adapter))

@@ -18,7 +18,7 @@ from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageE
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["OrtBackend", "PROVIDERS", "ort_providers", "session_from_path"]
+__all__ = ["OrtBackend", "ORT_DTYPES", "PROVIDERS", "ort_providers", "session_from_path"]
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from semedge.config import CompressionConfig
 from semedge.errors import ArtifactError, InputError
 from semedge.export import ExportConfig, ParityConfig, export_onnx
 from semedge.export.graphs import past_names, present_names
-from semedge.export.optimize import session_from_path
+from semedge.runtime.backends.ort import session_from_path
 
 FAST = ParityConfig(lengths=(7, 48), decode_steps=2)
 
@@ -48,13 +48,16 @@ def test_tiny_llama_export_has_the_contract(tiny_export):
     assert [i.name for i in prefill.graph.input] == list(m.graphs["prefill"]["inputs"])
 
 
+CPU = ["CPUExecutionProvider"]
+
+
 def test_prefill_then_decode_runs_with_gaps_in_positions(tiny_export):
     """Non-contiguous positions (a compressed prompt) and a 3-step decode chain on ORT alone."""
     m = load_manifest(tiny_export)
     n, kv, hd = m.config["num_layers"], m.config["num_kv_heads"], m.config["head_dim"]
-    embed = session_from_path(tiny_export / C.EMBED_ONNX)
-    prefill = session_from_path(tiny_export / C.PREFILL_ONNX)
-    decode = session_from_path(tiny_export / C.DECODE_ONNX)
+    embed = session_from_path(tiny_export / C.EMBED_ONNX, CPU)
+    prefill = session_from_path(tiny_export / C.PREFILL_ONNX, CPU)
+    decode = session_from_path(tiny_export / C.DECODE_ONNX, CPU)
     ids = np.array([[5, 9, 30, 41, 7, 2]], dtype=np.int64)
     emb = embed.run(None, {C.INPUT_IDS: ids})[0]
     pos = np.array([[0, 1, 4, 7, 8, 9]], dtype=np.int64)

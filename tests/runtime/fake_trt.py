@@ -11,9 +11,9 @@ import types
 
 import numpy as np
 import onnxruntime as ort
+from semedge.runtime.backends.ort import ORT_DTYPES
 
 __version__ = "10.0.0"
-_ORT_TO_NP = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16}
 
 
 class Logger:
@@ -58,7 +58,7 @@ class _Engine:
         return self.io[name][0]
 
     def get_tensor_dtype(self, name: str):
-        return _ORT_TO_NP[self.io[name][1].type]
+        return ORT_DTYPES[self.io[name][1].type]
 
     def get_tensor_shape(self, name: str) -> list[int]:
         return [d if isinstance(d, int) else -1 for d in self.io[name][1].shape]
