@@ -26,13 +26,13 @@ import torch
 from _windows import add_window_args
 from semedge import load_model
 from semedge.config import CompressionConfig, replace_set
+from semedge.eval.windows import tokenize_text
 from semedge.textio import read_text_file
 from semedge.training.adapter import load_adapter
 from semedge.training.adapter_train import (
     AdapterTrainConfig,
     evaluate_examples,
     prepare_examples,
-    tokenize_text,
 )
 from semedge.training.compare import truncation_ppl
 

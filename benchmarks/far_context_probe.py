@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from _windows import add_window_args
 from semedge import load_model
+from semedge.eval.windows import tokenize_text, window_starts
 from semedge.textio import read_text_file
-from semedge.training.adapter_train import tokenize_text, window_starts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from semedge import load_model
 from semedge.config import CompressionConfig
+from semedge.eval.windows import tokenize_text, window_starts
 from semedge.textio import read_text_file
 from semedge.training.adapter import SpanAdapter
 from semedge.training.adapter_train import (
@@ -34,8 +35,6 @@ from semedge.training.adapter_train import (
     _reconstruct,
     _Student,
     prepare_examples,
-    tokenize_text,
-    window_starts,
 )
 
 torch.set_num_threads(2)

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from semedge import load_model
 from semedge.compressor import spans as S
+from semedge.compressor.compressor import CompressedPrompt
+from semedge.compressor.inference import score_continuation
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
-from semedge.eval.perplexity import continuation_nll
-from semedge.eval.prompts import ContextPrompt
 from semedge.eval.windows import tokenize_text, window_starts
 from semedge.textio import read_text_file
 
@@ -143,6 +143,12 @@ def variant_spans(row, cfg, v, tok, ratio):
     return S.find_spans(row["hid"][cfg.encoder_layers], prot, cfg)[0]
 
 
+def _nll(model, emb, pos, next_position: int, spans, tgt) -> float:
+    """Summed continuation NLL; only the length of input_ids (the next position) is read."""
+    ids = np.zeros(next_position, dtype=np.int64)
+    return score_continuation(model, CompressedPrompt(ids, spans, emb, pos), tgt)[0]
+
+
 def score(model, row, cfg, v, tok, ratio):
     spans = variant_spans(row, cfg, v, tok, ratio)
     emb = S.merge_embeddings(row["emb"], spans, mode=cfg.span_repr)
@@ -150,8 +156,8 @@ def score(model, row, cfg, v, tok, ratio):
     nxt = len(row["ctx"])
     if v.get("pos") == "compact":
         pos, nxt = np.arange(len(spans)), len(spans)
-    p = ContextPrompt(torch.as_tensor(emb)[None], torch.as_tensor(pos)[None], nxt)
-    return continuation_nll(model, p, row["tgt"]), len(spans)
+    emb, pos = torch.as_tensor(emb)[None], torch.as_tensor(pos)[None]
+    return _nll(model, emb, pos, nxt, spans, row["tgt"]), len(spans)
 
 
 def main():
@@ -192,7 +198,7 @@ def main():
     for r in rows:
         k = truncate_keep(a.context, a.ratio)
         emb = torch.as_tensor(r["emb"][-k:])[None]
-        trunc += continuation_nll(model, ContextPrompt(emb, torch.arange(k)[None], k), r["tgt"])
+        trunc += _nll(model, emb, torch.arange(k)[None], k, None, r["tgt"])
     res = {"full": full, "truncate": math.exp(trunc / n_tgt)}
     print(f"full {full:.3f}  truncate {res['truncate']:.3f}  ({time.time() - t0:.0f}s)", flush=True)
     for name in names:

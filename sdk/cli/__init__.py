@@ -104,17 +104,3 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="semedge")
-
-
-def not_built(name: str, issue: int) -> click.Command:
-    """A placeholder verb that says plainly it is not built yet and exits 1."""
-
-    @click.command(
-        name=name,
-        help=f"{HELP[name]} (not built yet)",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def _cmd() -> None:
-        raise click.ClickException(f"'semedge {name}' is not built yet (issue #{issue})")
-
-    return _cmd

@@ -1,10 +1,9 @@
-"""`semedge export`: `onnx` here; TensorRT/Triton subcommands register from semedge.export.cli_trt."""
+"""`semedge export`: `onnx` here; `check-trt`, `trt`, `triton` from semedge.cli.export_trt."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import click
+from semedge.cli.export_trt import check_trt, triton, trt
 
 __all__ = ["command"]
 
@@ -88,18 +87,6 @@ def _show(parity, as_json, echo_json, echo_table) -> None:
         echo_table(parity.HEADERS, parity.rows())
 
 
-def _add_trt_commands() -> None:
-    """TensorRT / Triton subcommands live in semedge.export.cli_trt (click only at import):
-    its `add_commands(group)` if defined, else its `COMMANDS` list, else every click command."""
-    if importlib.util.find_spec("semedge.export.cli_trt") is None:
-        return
-    module = importlib.import_module("semedge.export.cli_trt")
-    if hasattr(module, "add_commands"):
-        module.add_commands(command)
-        return
-    for obj in getattr(module, "COMMANDS", None) or vars(module).values():
-        if isinstance(obj, click.Command) and obj.name not in command.commands:
-            command.add_command(obj)
-
-
-_add_trt_commands()
+command.add_command(check_trt)
+command.add_command(trt)
+command.add_command(triton)

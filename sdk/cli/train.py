@@ -84,9 +84,10 @@ def compare(model_spec, data, test_data, strategies, ratio, steps, windows, test
     from semedge.cli.common import echo_json, echo_table, show_progress
     from semedge.config import replace_set
     from semedge.errors import InputError
+    from semedge.eval.windows import tokenize_text
     from semedge.models import load_model
     from semedge.textio import read_text_file
-    from semedge.training.adapter_train import AdapterTrainConfig, tokenize_text
+    from semedge.training.adapter_train import AdapterTrainConfig
     from semedge.training.compare import compare_strategies
 
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())

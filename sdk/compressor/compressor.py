@@ -37,7 +37,10 @@ __all__ = ["CompressedPrompt", "SemTokenCompressor", "compress", "merge_spans_to
 
 @dataclass
 class CompressedPrompt:
-    """A prompt compressed to n LM positions.
+    """A context as the LM sees it: n positions (merged spans, or one per token when plain).
+
+    The one prompt type of the PyTorch path: the compressor, eval's baselines and training make
+    it; `semedge.compressor.inference` scores and generates from it.
 
     Attributes:
         input_ids: (T,) int64 original token ids.
@@ -62,6 +65,11 @@ class CompressedPrompt:
     def compressed_tokens(self) -> int:
         """n, the number of LM positions after compression."""
         return int(len(self.spans))
+
+    @property
+    def next_position(self) -> int:
+        """Position id of the first token after this context (T: merging leaves gaps)."""
+        return self.original_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the stats plus `spans` as a list of [start, end) pairs."""

@@ -1,4 +1,5 @@
-"""Compressed-context inference in PyTorch: prefill merged spans, decode with the KV cache, score.
+"""The PyTorch inference functions: prefill a CompressedPrompt, decode with the KV cache (greedy
+or sampled), score a continuation. Eval, training and the compressor all run models through these.
 
 Positions: each span sits at its original position id, and new tokens continue from the
 original length T, so the model sees the gaps a merge leaves (RoPE or learned absolute).
@@ -12,6 +13,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from semedge.deps import require
 from semedge.errors import InputError
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 torch = require("torch")
 
-__all__ = ["prefill", "generate_compressed", "score_continuation"]
+__all__ = ["prefill", "plain_prompt", "generate_compressed", "score_continuation"]
 
 
 def _check_fits(model: Any, last_position: int) -> None:
@@ -33,27 +35,42 @@ def _check_fits(model: Any, last_position: int) -> None:
         )
 
 
-def prefill(model: Any, prompt: CompressedPrompt) -> tuple[torch.Tensor, Any]:
+def plain_prompt(model: Any, input_ids: Any) -> CompressedPrompt:
+    """An uncompressed context: one position per token (0..T-1), every span a single token."""
+    from semedge.compressor.compressor import CompressedPrompt
+
+    ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+    T = len(ids)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(torch.as_tensor(ids)[None])
+    spans = np.stack([np.arange(T), np.arange(1, T + 1)], axis=1).astype(np.int64)
+    return CompressedPrompt(ids, spans, embeds, torch.arange(T)[None])
+
+
+def prefill(model: Any, prompt: CompressedPrompt, keep: int = 0) -> tuple[torch.Tensor, Any]:
     """Run the LM over the compressed prompt.
 
     Args:
         model: the causal LM the prompt was compressed for.
         prompt: a CompressedPrompt.
 
+        keep: logits of the last `keep` positions only (0: all).
+
     Returns:
-        (logits (1, n, V), past_key_values).
+        (logits (1, n | keep, V), past_key_values).
 
     Raises:
         InputError: the prompt's positions exceed the model's context.
     """
-    _check_fits(model, prompt.original_tokens - 1)
+    _check_fits(model, prompt.next_position - 1)
     n = prompt.inputs_embeds.shape[1]
     with torch.no_grad():
         out = model(
             inputs_embeds=prompt.inputs_embeds,
-            position_ids=prompt.position_ids,
+            position_ids=prompt.position_ids.long(),
             attention_mask=torch.ones(1, n, dtype=torch.long),
             use_cache=True,
+            logits_to_keep=keep,
         )
     return out.logits, out.past_key_values
 
@@ -98,7 +115,7 @@ def generate_compressed(
         prompt: a CompressedPrompt.
         max_new_tokens: at most this many new tokens.
         do_sample, temperature, top_k, top_p: sampling settings (off by default).
-        eos_token_id: stop after this token (included); None -> the tokenizer's EOS.
+        eos_token_id: stop after this token (included); None -> the tokenizer's EOS; -1: never.
         seed: sampling seed.
         timings: when a dict, filled with prefill_ms and decode_ms.
 
@@ -111,12 +128,12 @@ def generate_compressed(
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-    T = prompt.original_tokens
+    T = prompt.next_position
     _check_fits(model, T + max_new_tokens - 2)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     n = prompt.inputs_embeds.shape[1]
     t0 = time.perf_counter()
-    logits, past = prefill(model, prompt)
+    logits, past = prefill(model, prompt, keep=1)
     t1 = time.perf_counter()
     new: list[int] = []
     with torch.no_grad():
@@ -158,13 +175,13 @@ def score_continuation(model: Any, prompt: CompressedPrompt, target_ids: Any) ->
     m = target.shape[1]
     if m == 0:
         raise InputError("continuation is empty; give at least one target token")
-    T, n = prompt.original_tokens, prompt.inputs_embeds.shape[1]
+    T, n = prompt.next_position, prompt.inputs_embeds.shape[1]
     _check_fits(model, T + m - 1)
     with torch.no_grad():
         emb = model.get_input_embeddings()(target).to(prompt.inputs_embeds.dtype)  # (1, m, D)
         out = model(
             inputs_embeds=torch.cat([prompt.inputs_embeds, emb], dim=1),
-            position_ids=torch.cat([prompt.position_ids, T + torch.arange(m)[None]], dim=1),
+            position_ids=torch.cat([prompt.position_ids.long(), T + torch.arange(m)[None]], dim=1),
             attention_mask=torch.ones(1, n + m, dtype=torch.long),
             use_cache=False,
             logits_to_keep=m + 1,  # only the last context position and the targets

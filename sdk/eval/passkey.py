@@ -16,7 +16,7 @@ import numpy as np
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval.baselines import truncate_keep
-from semedge.eval.prompts import ContextPrompt, PromptBuilder, parse_methods
+from semedge.eval.prompts import PromptBuilder, parse_methods
 from semedge.eval.windows import check_window_fits, tokenize_text
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "default_filler",
     "make_passkey_sample",
     "evaluate_passkey",
-    "greedy_generate",
 ]
 
 PASSKEY_METHODS = ("full", "semtoken", "truncate")
@@ -93,38 +92,6 @@ def _sentence_boundary(fill: np.ndarray, tokenizer, target: int) -> int:
     return min(ends, key=lambda i: abs(i - target)) if ends else target
 
 
-def greedy_generate(model, prompt: ContextPrompt, max_new_tokens: int) -> list[int]:
-    """Greedy decoding after a (possibly compressed) context, with the KV cache."""
-    from semedge.deps import require
-
-    torch = require("torch", extra="torch")
-    out_ids: list[int] = []
-    n = prompt.tokens
-    with torch.inference_mode():
-        # explicit mask: gaps in position_ids must not read as packed sequences
-        out = model(
-            inputs_embeds=prompt.inputs_embeds,
-            position_ids=prompt.position_ids.to(torch.long),
-            attention_mask=torch.ones((1, n), dtype=torch.long),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        for step in range(max_new_tokens):
-            nxt = int(out.logits[0, -1].argmax())
-            out_ids.append(nxt)
-            if step + 1 == max_new_tokens:
-                break
-            pos = torch.tensor([[prompt.next_position + step]])
-            out = model(
-                input_ids=torch.tensor([[nxt]]),
-                position_ids=pos,
-                attention_mask=torch.ones((1, n + step + 1), dtype=torch.long),
-                past_key_values=out.past_key_values,
-                use_cache=True,
-            )
-    return out_ids
-
-
 @dataclass(frozen=True)
 class PasskeyReport:
     """`semedge eval passkey` result; `to_dict()` is what --json prints."""
@@ -186,6 +153,7 @@ def evaluate_passkey(
     Raises:
         InputError: bad sizes, too little filler, unknown methods.
     """
+    from semedge.compressor.inference import generate_compressed
     from tqdm.auto import tqdm
 
     methods = parse_methods(methods)
@@ -210,12 +178,13 @@ def evaluate_passkey(
         query = sample.question if query_aware else None
         for m in methods:
             prompt = builder.build(m, sample.input_ids, ratio, query=query)
-            answer = tokenizer.decode(greedy_generate(model, prompt, _MAX_NEW_TOKENS))
+            new = generate_compressed(model, tokenizer, prompt, _MAX_NEW_TOKENS, eos_token_id=-1)
+            answer = tokenizer.decode(new)
             found = re.search(r"\d{5}", answer)
             row[m] = {
                 "answer": answer.strip(),
                 "correct": bool(found and found.group(0) == sample.passkey),
-                "tokens": prompt.tokens,
+                "tokens": prompt.compressed_tokens,
             }
         rows.append(row)
     return PasskeyReport(model_name, context, float(ratio), rows, methods, config.to_dict())

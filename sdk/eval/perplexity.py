@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 from semedge.config import CompressionConfig
-from semedge.eval.prompts import METHODS, ContextPrompt, PromptBuilder, parse_methods
+from semedge.eval.prompts import METHODS, PromptBuilder, parse_methods
 from semedge.eval.windows import check_window_fits, window_starts
 
-__all__ = ["MethodResult", "PerplexityReport", "evaluate_perplexity", "continuation_nll"]
+__all__ = ["MethodResult", "PerplexityReport", "evaluate_perplexity"]
 
 
 @dataclass(frozen=True)
@@ -61,36 +61,6 @@ class PerplexityReport:
         return sem is not None and all(sem.ppl < r for r in rivals)
 
 
-def continuation_nll(model, prompt: ContextPrompt, target_ids: np.ndarray) -> float:
-    """Summed NLL (nats) of `target_ids` (S,) following `prompt`; targets start at `next_position`.
-
-    One forward over [prompt positions | target tokens]; only the S logits that predict the
-    targets are computed (logits_to_keep).
-    """
-    from semedge.deps import require
-
-    torch = require("torch", extra="torch")
-    tgt = torch.as_tensor(np.asarray(target_ids, dtype=np.int64))[None]  # (1, S)
-    S = tgt.shape[1]
-    with torch.inference_mode():
-        t_emb = model.get_input_embeddings()(tgt).to(prompt.inputs_embeds.dtype)
-        embeds = torch.cat([prompt.inputs_embeds, t_emb], dim=1)  # (1, n + S, D)
-        t_pos = prompt.next_position + torch.arange(S)[None]
-        pos = torch.cat([prompt.position_ids.to(torch.long), t_pos], dim=1)
-        # an explicit mask: without one, transformers reads gaps in position_ids as packed
-        # sequences and blocks attention across them (i.e. to every merged span)
-        mask = torch.ones(pos.shape, dtype=torch.long)
-        out = model(
-            inputs_embeds=embeds,
-            position_ids=pos,
-            attention_mask=mask,
-            use_cache=False,
-            logits_to_keep=S + 1,
-        )
-        logits = out.logits[0, :-1].float()  # (S, V): position n-1 predicts target 0
-        return float(torch.nn.functional.cross_entropy(logits, tgt[0], reduction="sum"))
-
-
 def evaluate_perplexity(
     model,
     tokenizer,
@@ -123,6 +93,7 @@ def evaluate_perplexity(
     Raises:
         InputError: sizes the model or the data cannot take, unknown methods, ratio < 1.
     """
+    from semedge.compressor.inference import score_continuation
     from tqdm.auto import tqdm
 
     methods = parse_methods(methods)
@@ -137,8 +108,8 @@ def evaluate_perplexity(
         tgt = token_ids[s + context : s + context + target]
         for m in methods:
             prompt = builder.build(m, ctx, ratio)
-            nll[m] += continuation_nll(model, prompt, tgt)
-            used[m].append(prompt.tokens)
+            nll[m] += score_continuation(model, prompt, tgt)[0]
+            used[m].append(prompt.compressed_tokens)
     n_tgt = target * len(starts)
     results = {
         m: MethodResult(

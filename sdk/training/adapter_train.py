@@ -19,6 +19,7 @@ import numpy as np
 from semedge.config import CompressionConfig
 from semedge.deps import require
 from semedge.errors import InputError
+from semedge.eval.windows import tokenize_text, window_starts
 from semedge.logs import log_timed
 from semedge.training.adapter import SpanAdapter
 from semedge.training.schedules import STRATEGIES, schedule_from_name
@@ -37,8 +38,6 @@ __all__ = [
     "adapter_tasks",
     "evaluate_examples",
     "train_adapter_to_dir",
-    "tokenize_text",
-    "window_starts",
 ]
 
 
@@ -75,25 +74,6 @@ class AdapterTrainConfig:
         for name in ("context", "target", "windows", "width", "topk"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def tokenize_text(text: str, tokenizer) -> np.ndarray:
-    """Token ids of `text` (no special tokens added), int64."""
-    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-
-
-def window_starts(n_tokens: int, length: int, count: int) -> list[int]:
-    """`count` window offsets spread evenly over the stream (the first at 0, the last at the end).
-
-    Raises:
-        InputError: the stream is shorter than one window.
-    """
-    if n_tokens < length:
-        raise InputError(
-            f"the data has {n_tokens} tokens but one window needs {length} (context + target); "
-            "use a longer file or a smaller --context/--target"
-        )
-    return sorted({int(s) for s in np.linspace(0, n_tokens - length, num=count).round()})
 
 
 @dataclass

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from semedge.deps import require
+from semedge.eval.windows import window_starts
 from semedge.training.adapter_train import (
     AdapterTrainConfig,
     evaluate_examples,
     prepare_examples,
     train_adapter,
-    window_starts,
 )
 from semedge.training.flops import cost_savings
 from semedge.training.schedules import STRATEGIES
@@ -59,18 +58,15 @@ class StrategyComparison:
 def truncation_ppl(model, tokenizer, token_ids: np.ndarray, config: AdapterTrainConfig,
                    count: int) -> float:  # fmt: skip
     """Continuation ppl keeping only the last round(T/R) context tokens (same windows)."""
-    torch = require("torch")
+    from semedge.compressor.inference import plain_prompt, score_continuation
+
     T, S = config.context, config.target
     keep = max(1, round(T / config.ratio))
     nll = 0.0
     starts = window_starts(len(token_ids), T + S, count)
     for s in starts:
-        seq = torch.as_tensor(token_ids[s + T - keep : s + T + S])[None]  # (1, keep + S)
-        with torch.inference_mode():
-            out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False,
-                        logits_to_keep=S + 1)  # fmt: skip
-        logits = out.logits[0, :-1].float()  # position keep-1 predicts target 0
-        nll += float(torch.nn.functional.cross_entropy(logits, seq[0, keep:], reduction="sum"))
+        prompt = plain_prompt(model, token_ids[s + T - keep : s + T])
+        nll += score_continuation(model, prompt, token_ids[s + T : s + T + S])[0]
     return math.exp(nll / (S * len(starts)))
 
 

@@ -184,7 +184,7 @@ def test_profiles_match_a_real_semedge_export(tiny_export):
 
 @pytest.mark.parametrize(
     "module",
-    ["semedge.runtime.backends.trt_compat", "semedge.export.profiles", "semedge.export.cli_trt"],
+    ["semedge.runtime.backends.trt_compat", "semedge.export.profiles", "semedge.cli.export_trt"],
 )
 def test_light_modules_import_without_heavy_deps(module):
     """The runtime's engine check and the profile math load with torch/onnx/tensorrt blocked."""

@@ -118,12 +118,9 @@ def test_default_adapter_ships_for_smollm2():
 
 @pytest.fixture(scope="module")
 def tiny_examples(tiny_models, wikitext_valid):
+    from semedge.eval.windows import tokenize_text
     from semedge.models import load_model
-    from semedge.training.adapter_train import (
-        AdapterTrainConfig,
-        prepare_examples,
-        tokenize_text,
-    )
+    from semedge.training.adapter_train import AdapterTrainConfig, prepare_examples
 
     model, tok = load_model(tiny_models["llama"])
     ids = tokenize_text(wikitext_valid.read_text(encoding="utf-8")[:20000], tok)
@@ -176,12 +173,12 @@ def test_runtime_side_modules_import_without_torch(module):
 
 @pytest.mark.slow
 def test_default_adapter_beats_frozen_compression_on_smollm2(wikitext_test):
+    from semedge.eval.windows import tokenize_text
     from semedge.models import load_model
     from semedge.training.adapter_train import (
         AdapterTrainConfig,
         evaluate_examples,
         prepare_examples,
-        tokenize_text,
     )
 
     model, tok = load_model("smollm2")

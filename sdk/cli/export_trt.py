@@ -1,4 +1,5 @@
-"""`semedge export check-trt | trt | triton`: click subcommands added to the `export` group.
+"""`semedge export check-trt | trt | triton`: click subcommands of the `export` group
+(registered in semedge.cli.export).
 
 Light at import (click only): each command imports its library module inside its body.
 """
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["check_trt", "trt", "triton", "COMMANDS"]
+__all__ = ["check_trt", "trt", "triton"]
 
 _DIR = click.Path(path_type=Path)
 
@@ -99,5 +100,3 @@ def triton(onnx_dir, repo_dir, backend, max_batch, instances, instance_kind, ove
     models = write_triton_repo(onnx_dir, repo_dir, config, overwrite=overwrite)
     click.echo(f"{repo_dir}: {', '.join(models)} ({backend}, max_batch_size {max_batch})")
 
-
-COMMANDS = (check_trt, trt, triton)
