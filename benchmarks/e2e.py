@@ -126,7 +126,7 @@ def runtime_vs_optimum(pipe, context: int, new_tokens: int) -> dict | None:
     from semedge.runtime.profiling import prompt_of_tokens
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from optimum_baseline import optimum_export  # helper-5's cached optimum-cli export
+    from optimum_baseline import optimum_export  # the cached optimum-cli export
 
     model = ORTModelForCausalLM.from_pretrained(optimum_export().parent, use_cache=True)
     prompt = prompt_of_tokens(pipe, context)

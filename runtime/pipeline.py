@@ -30,6 +30,7 @@ from semedge.constants import (
 from semedge.deps import require
 from semedge.errors import ArtifactError, InputError
 from semedge.logs import log_timed
+from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import KVCache
@@ -69,7 +70,9 @@ class Pipeline:
     Use `Pipeline.from_pretrained(path, providers=["cpu"])`, then `generate(...)` or `stream(...)`.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, tokenizer: Any, backends: dict[str, Any]):
+    def __init__(
+        self, path: Path, manifest: Manifest, tokenizer: Any, backends: dict[str, Backend]
+    ) -> None:
         self.path, self.manifest, self.tokenizer = path, manifest, tokenizer
         self.backends = backends
         self.config = manifest.config
@@ -152,11 +155,11 @@ class Pipeline:
         self.close()
 
     @property
-    def prefill(self) -> Any:
+    def prefill(self) -> Backend:
         return self.backends["prefill"]
 
     @property
-    def decode(self) -> Any:
+    def decode(self) -> Backend:
         return self.backends["decode"]
 
     @property
@@ -331,38 +334,36 @@ class Pipeline:
         return gen
 
     def generate(
-        self, prompts: str | Sequence[str], max_new_tokens: int = 64, ratio: float | None = None,
-        query: str | None = None, stop: str | Sequence[str] = (), temperature: float = 0.0,
-        top_k: int = 0, top_p: float = 1.0, seed: int | None = None, timer: Any = None,
+        self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
+        timer: Any = None, **options: Any,
     ) -> GenerationResult | list[GenerationResult]:  # fmt: skip
         """Generate from one prompt (returns a GenerationResult) or a batch (returns a list).
 
         Args:
             prompts: a string, or a list of strings run as one left-padded batch.
-            max_new_tokens: tokens to generate at most.
-            ratio: SemToken compression ratio (None or 1: the full prompt).
-            query: query-aware compression (spans similar to it stay fine).
-            stop: strings that end generation (cut from the text).
-            temperature, top_k, top_p, seed: sampling (temperature 0 = greedy).
+            config: a GenerationConfig (None: its defaults).
             timer: a trace.StageTimer to record stage spans.
+            **options: GenerationConfig fields that override `config` (max_new_tokens=64,
+                ratio=None, query=None, stop=(), temperature=0.0, top_k=0, top_p=1.0, seed=None).
 
         Raises:
             InputError: empty prompt, bad option, or the prompt does not fit max_context.
         """
-        config = _config(max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed)
-        gen = self.generator(prompts, config, timer)
+        gen = self.generator(prompts, _config(config, options), timer)
         while not gen.is_done():
             gen.generate_next_token()
         results = gen.results()
         return results[0] if isinstance(prompts, str) else results
 
     def stream(
-        self, prompt: str, max_new_tokens: int = 64, ratio: float | None = None,
-        query: str | None = None, stop: str | Sequence[str] = (), temperature: float = 0.0,
-        top_k: int = 0, top_p: float = 1.0, seed: int | None = None, timer: Any = None,
+        self, prompt: str, config: GenerationConfig | None = None, timer: Any = None,
+        **options: Any,
     ) -> Iterator[str]:  # fmt: skip
-        """Yield the generated text piece by piece; the pieces join to `generate(...).text`."""
-        config = _config(max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed)
+        """Yield the generated text piece by piece; the pieces join to `generate(...).text`.
+
+        Takes the same `config` / `**options` as `generate`.
+        """
+        config = _config(config, options)
         gen = self.generator(prompt, config, timer)
         hold = max((len(s) for s in config.stop), default=1) - 1  # could still become a stop
         sent = 0
@@ -380,10 +381,16 @@ class Pipeline:
             yield text[sent:]
 
 
-def _config(
-    max_new_tokens, ratio, query, stop, temperature, top_k, top_p, seed
-) -> GenerationConfig:
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, stop=(stop,) if isinstance(stop, str) else tuple(stop), ratio=ratio, query=query,
-    )  # fmt: skip
+def _config(config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
+    """`config` (or the defaults) with keyword `options` applied: the one place they combine.
+
+    Raises:
+        TypeError: an option that is not a GenerationConfig field.
+    """
+    config = config or GenerationConfig()
+    if not options:
+        return config
+    stop = options.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        options = {**options, "stop": tuple(stop)}
+    return dataclasses.replace(config, **options)

@@ -15,7 +15,6 @@ _EXTRA = {
     "transformers": "torch",
     "gguf": "torch",
     "onnx": "torch",
-    "onnxslim": "torch",
     "matplotlib": "torch",
 }
 

@@ -1,2 +1,3 @@
-"""Inference backends behind one interface (load/close/run/run_bound/allocate): ONNX Runtime
-(`ort.OrtBackend`) and native TensorRT engines (`trt.TrtBackend`, tensorrt imported lazily)."""
+"""Inference backends behind one interface (`base.Backend`: load/close/run/run_bound/allocate):
+ONNX Runtime (`ort.OrtBackend`) and native TensorRT engines (`trt.TrtBackend`, tensorrt imported
+lazily)."""

@@ -35,4 +35,8 @@ def command(as_json: bool) -> None:
         for hint in rep.hints:
             click.echo(f"hint: {hint}")
     if not rep.passed:
-        raise click.ClickException("onnxruntime's CPU provider does not run; reinstall onnxruntime")
+        from semedge.errors import BackendUnavailable
+
+        raise BackendUnavailable(
+            "onnxruntime's CPU provider does not run; reinstall onnxruntime (pip install onnxruntime)"
+        )

@@ -99,4 +99,3 @@ def triton(onnx_dir, repo_dir, backend, max_batch, instances, instance_kind, ove
     config = TritonConfig(backend, max_batch, instances, instance_kind)
     models = write_triton_repo(onnx_dir, repo_dir, config, overwrite=overwrite)
     click.echo(f"{repo_dir}: {', '.join(models)} ({backend}, max_batch_size {max_batch})")
-

@@ -45,23 +45,24 @@ def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, tem
             top_p, seed, stop, stream, adapter, as_json) -> None:  # fmt: skip
     """Generate from EXPORT_DIR (made by `semedge export onnx`) for the prompt in --prompt-file."""
     from semedge.errors import InputError
-    from semedge.runtime import Pipeline
+    from semedge.runtime import GenerationConfig, Pipeline
     from semedge.textio import read_text_file
 
     if stream and as_json:
         raise InputError("--stream and --json cannot be combined; pick one")
     text = read_text_file(prompt_file)
-    opts = dict(max_new_tokens=max_new_tokens, ratio=ratio, query=query, stop=stop,
-                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # fmt: skip
+    config = GenerationConfig(max_new_tokens=max_new_tokens, ratio=ratio, query=query,
+                              stop=tuple(stop), temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed)  # fmt: skip
     with Pipeline.from_pretrained(export_dir, providers=provider) as loaded:
         pipe = loaded.with_adapter(adapter) if adapter else loaded
         if stream:
-            for piece in pipe.stream(text, **opts):
+            for piece in pipe.stream(text, config):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             return
-        result = pipe.generate(text, **opts)
+        result = pipe.generate(text, config)
     if as_json:
         from semedge.cli.common import echo_json
 

@@ -151,8 +151,3 @@ class MiniLMEncoder:
         """(T, H) MiniLM states for LM tokens given by their (T, 2) char offsets in `text`."""
         vecs, offsets = self.pieces(text)
         return align_to_tokens(vecs, offsets, token_offsets)
-
-    def sentence_embedding(self, text: str) -> np.ndarray:
-        """(H,) mean-pooled embedding (all-MiniLM-L6-v2's sentence pooling, unnormalised)."""
-        vecs, _ = self.pieces(text)
-        return vecs.mean(axis=0)

@@ -138,3 +138,49 @@ def test_generation_with_torch_blocked(toy_export):
     proc = run_python(probe, block=("torch", "transformers"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok ['torch']", proc.stdout
+
+
+def test_generate_takes_a_config_and_keyword_overrides(pipe):
+    cfg = GenerationConfig(max_new_tokens=6, ratio=2.0)
+    by_config = pipe.generate(TEXT[:400], cfg)
+    by_keywords = pipe.generate(TEXT[:400], max_new_tokens=6, ratio=2.0)
+    assert by_config.tokens == by_keywords.tokens and by_config.compressed_tokens < 400
+    assert pipe.generate(TEXT[:400], cfg, max_new_tokens=3).tokens == by_config.tokens[:3]
+    assert "".join(pipe.stream(TEXT[:400], cfg)) == by_config.text
+    with pytest.raises(TypeError):
+        pipe.generate(TEXT[:400], max_new_token=3)  # a typo is not silently ignored
+
+
+def test_teacher_forced_score_equals_generation_logits(pipe):
+    """Generator.score feeds given tokens through the same cache: row j predicts targets[j]."""
+    gen = pipe.generator(TEXT[:300], GenerationConfig(max_new_tokens=4))
+    tokens = [int(gen.generate_next_token()[0]) for _ in range(4)]
+    scorer = pipe.generator(TEXT[:300], GenerationConfig(max_new_tokens=4))
+    logits = scorer.score(np.array([tokens]))
+    assert logits.shape[:2] == (1, 4)
+    assert logits[0].argmax(-1).tolist() == tokens  # greedy: each row's argmax is the next token
+    assert scorer.is_done()
+
+
+def test_api_misuse_is_a_usage_error_not_bad_input(pipe, toy_export):
+    from semedge.errors import SemedgeError, UsageError
+    from semedge.runtime.backends.ort import OrtBackend
+
+    assert not issubclass(UsageError, SemedgeError)  # the CLI reports it as a bug (exit 3)
+    gen = pipe.generator(TEXT[:300], GenerationConfig(max_new_tokens=1))
+    with pytest.raises(UsageError, match="one per request"):
+        gen.append_prompts(gen.prompts)
+    gen.generate_next_token()
+    with pytest.raises(UsageError, match="done"):
+        gen.generate_next_token()
+    with pytest.raises(UsageError, match="load()"):
+        OrtBackend(toy_export / "prefill.onnx").run({})
+
+
+def test_every_backend_implements_the_protocol(pipe, tmp_path):
+    from semedge.runtime.backends.base import Backend
+    from semedge.runtime.backends.trt import TrtBackend
+
+    assert pipe.backends and all(isinstance(b, Backend) for b in pipe.backends.values())
+    assert isinstance(TrtBackend(tmp_path / "x.plan"), Backend)
+    assert not isinstance(object(), Backend)
