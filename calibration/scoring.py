@@ -69,13 +69,17 @@ def agreement(a: HeldOutScore, b: HeldOutScore) -> float:
     return float(np.mean(a.argmax == b.argmax))
 
 
-def _median_ms(backend: OrtBackend, feed: dict, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        backend.run(feed)
-        times.append(1e3 * (time.perf_counter() - t0))
-    return times
+def _interleaved_ms(sessions: list[OrtBackend], feeds: list[dict], rounds: int) -> list[float]:
+    """Median ms per call of each session on its feed, after a warm-up, runs interleaved."""
+    for s, f in zip(sessions, feeds, strict=True):  # warm-up: first runs allocate
+        s.run(f)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
+            t0 = time.perf_counter()
+            s.run(f)
+            times[k].append(1e3 * (time.perf_counter() - t0))
+    return [statistics.median(t) for t in times]
 
 
 def prefill_ms(pipe: Pipeline, paths: list[Path], tokens: int, repeats: int = 3) -> list[float]:
@@ -92,13 +96,7 @@ def prefill_ms(pipe: Pipeline, paths: list[Path], tokens: int, repeats: int = 3)
                 C.ATTENTION_MASK: np.ones((1, tokens), np.int64),
             }
         )
-    for s, f in zip(sessions, feeds, strict=True):  # warm-up: first runs allocate
-        s.run(f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(repeats):
-        for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
-            times[k].extend(_median_ms(s, f, 1))
-    return [statistics.median(t) for t in times]
+    return _interleaved_ms(sessions, feeds, repeats)
 
 
 def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) -> list[float]:
@@ -123,10 +121,4 @@ def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) 
                 **past,
             }
         )
-    for s, f in zip(sessions, feeds, strict=True):
-        s.run(f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(steps):
-        for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
-            times[k].extend(_median_ms(s, f, 1))
-    return [statistics.median(t) for t in times]
+    return _interleaved_ms(sessions, feeds, steps)
