@@ -5,7 +5,8 @@
 
 Prefill: best of `repeats` wall times per length, the two backends interleaved (so a noisy
 neighbour hurts both alike); ratio = torch seconds / semedge seconds (> 1: the export is faster).
-Decode: greedy tokens/s after a 512-token prompt. Both sides compute logits for the last position
+Decode: greedy tokens/s after a 512-token prompt; the semedge side is the runtime itself
+(`Generator.append_prompts` / `append_tokens`). Both sides compute logits for the last position
 only (torch: `logits_to_keep=1`), as generation does. One function per backend (`*_runner`):
 benchmarks/optimum_baseline.py adds the Optimum column with the same runner interface.
 """
@@ -56,42 +57,30 @@ class TorchRunner:
 
 
 class SemedgeRunner:
-    """semedge's export: embed.onnx + prefill.onnx, then decode.onnx, ORT CPU, level ALL."""
+    """semedge's export through its runtime (Pipeline + Generator: I/O-bound KV cache), ORT CPU."""
 
     name = "semedge"
+    capacity = 512  # decode steps the KV cache reserves after each prefill
 
     def __init__(self, export_dir: Path, threads: int | None = None) -> None:
-        from semedge import constants as C
-        from semedge.artifacts import load_manifest
-        from semedge.export.graphs import past_names
-        from semedge.runtime.backends.ort import session_from_path
+        from semedge.runtime import Pipeline
 
-        self.C = C
-        cfg = load_manifest(export_dir).config
-        self.past = past_names(cfg["num_layers"])
-        cpu = ["CPUExecutionProvider"]
-        self.embed = session_from_path(export_dir / C.EMBED_ONNX, cpu, threads)
-        self.prefill_s = session_from_path(export_dir / C.PREFILL_ONNX, cpu, threads)
-        self.decode_s = session_from_path(export_dir / C.DECODE_ONNX, cpu, threads)
+        self.pipe = Pipeline.from_pretrained(export_dir, providers="cpu", threads=threads)
 
     def prefill(self, ids: np.ndarray):
-        C = self.C
-        emb = self.embed.run(None, {C.INPUT_IDS: ids})[0]
-        pos = np.arange(ids.shape[1], dtype=np.int64)[None]
-        feeds = {C.INPUTS_EMBEDS: emb, C.POSITION_IDS: pos, C.ATTENTION_MASK: np.ones_like(ids)}
-        out = self.prefill_s.run(None, feeds)
-        return out[0][:, -1], out[1:]
+        from semedge.runtime import GenerationConfig, Generator
+        from semedge.runtime.pipeline import PreparedPrompt
+
+        row = ids[0]
+        prompt = PreparedPrompt(
+            row, self.pipe.embed(row), np.arange(len(row), dtype=np.int64), None
+        )
+        gen = Generator(self.pipe, GenerationConfig(max_new_tokens=self.capacity))
+        logits = gen.append_prompts([prompt])
+        return logits[:, -1], gen  # the Generator holds the KV cache
 
     def decode(self, token: int, position: int, past):
-        C = self.C
-        feeds = {
-            C.INPUT_IDS: np.array([[token]], np.int64),
-            C.POSITION_IDS: np.array([[position]], np.int64),
-            C.ATTENTION_MASK: np.ones((1, past[0].shape[2] + 1), np.int64),
-            **dict(zip(self.past, past, strict=True)),
-        }
-        out = self.decode_s.run(None, feeds)
-        return out[0][:, -1], out[1:]
+        return past.append_tokens(np.array([token]))[:, -1], past  # positions tracked by `past`
 
 
 def torch_runner(model_spec: str, threads: int) -> TorchRunner:
