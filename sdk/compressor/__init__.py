@@ -15,7 +15,9 @@ _LAZY = {
     "merge_spans_torch": "semedge.compressor.compressor",
     "LMEncoder": "semedge.compressor.encoders",
     "MiniLMEncoder": "semedge.compressor.encoders",
+    "plain_prompt": "semedge.compressor.inference",
     "prefill": "semedge.compressor.inference",
+    "continuation_logits": "semedge.compressor.inference",
     "generate_compressed": "semedge.compressor.inference",
     "score_continuation": "semedge.compressor.inference",
 }

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 torch = require("torch")
 
-__all__ = ["prefill", "plain_prompt", "generate_compressed", "score_continuation"]
+__all__ = [
+    "prefill", "plain_prompt", "generate_compressed", "continuation_logits", "score_continuation",
+]  # fmt: skip
 
 
 def _check_fits(model: Any, last_position: int) -> None:
@@ -155,23 +157,16 @@ def generate_compressed(
     return new
 
 
-def score_continuation(model: Any, prompt: CompressedPrompt, target_ids: Any) -> tuple[float, int]:
-    """Negative log-likelihood of a continuation given a compressed context (one forward).
+def continuation_logits(model: Any, prompt: CompressedPrompt, target_ids: Any) -> torch.Tensor:
+    """(m, V) float logits where row j predicts target j, after the context (one forward).
 
-    The continuation's tokens sit at positions T, T+1, ... after the compressed context.
-
-    Args:
-        model: the causal LM.
-        prompt: the compressed context.
-        target_ids: (m,) continuation token ids.
-
-    Returns:
-        (sum of NLL in nats over the m tokens, m). Perplexity = exp(nll_sum / m).
+    The continuation's tokens sit at positions T, T+1, ... after the compressed context; only
+    the m logits that predict them are computed (`logits_to_keep`).
 
     Raises:
         InputError: empty continuation or positions beyond the model's context.
     """
-    target = torch.as_tensor(target_ids, dtype=torch.long).reshape(1, -1)  # (1, m)
+    target = torch.as_tensor(np.asarray(target_ids), dtype=torch.long).reshape(1, -1)  # (1, m)
     m = target.shape[1]
     if m == 0:
         raise InputError("continuation is empty; give at least one target token")
@@ -186,6 +181,24 @@ def score_continuation(model: Any, prompt: CompressedPrompt, target_ids: Any) ->
             use_cache=False,
             logits_to_keep=m + 1,  # only the last context position and the targets
         )
-        pred = out.logits[0, :m].float()  # (m, V): position n-1+j predicts target j
-        nll = torch.nn.functional.cross_entropy(pred, target[0], reduction="sum")
-    return float(nll), m
+        return out.logits[0, :m].float()  # position n-1+j predicts target j
+
+
+def score_continuation(model: Any, prompt: CompressedPrompt, target_ids: Any) -> tuple[float, int]:
+    """Negative log-likelihood of a continuation given a compressed context (one forward).
+
+    Args:
+        model: the causal LM.
+        prompt: the compressed context.
+        target_ids: (m,) continuation token ids.
+
+    Returns:
+        (sum of NLL in nats over the m tokens, m). Perplexity = exp(nll_sum / m).
+
+    Raises:
+        InputError: empty continuation or positions beyond the model's context.
+    """
+    pred = continuation_logits(model, prompt, target_ids)
+    target = torch.as_tensor(np.asarray(target_ids), dtype=torch.long).reshape(-1)
+    nll = torch.nn.functional.cross_entropy(pred, target, reduction="sum")
+    return float(nll), int(target.numel())

@@ -110,11 +110,9 @@ def _span_token_table(
 
 @torch.inference_mode()
 def _teacher_topk(model, ids: np.ndarray, target: np.ndarray, k: int):
-    seq = torch.as_tensor(np.concatenate([ids, target]))[None]
-    S = len(target)
-    out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False,
-                logits_to_keep=S + 1)  # fmt: skip
-    logits = out.logits[0, :-1].float()
+    from semedge.compressor.inference import continuation_logits, plain_prompt
+
+    logits = continuation_logits(model, plain_prompt(model, ids), target)
     logp = F.log_softmax(logits, dim=-1)  # (S, V): position T-1 predicts target 0
     val, idx = logp.topk(k, dim=-1)
     return val.half(), idx.int(), float(F.nll_loss(logp, torch.as_tensor(target), reduction="sum"))

@@ -120,3 +120,22 @@ def test_smollm2_compresses_a_wikitext_article_and_generates(wikitext_test):
     nll_full, _ = score_continuation(model, full, target)
     # a compressed context must still be far better than no knowledge of the text at all
     assert math.exp(nll / m) < 200 and math.exp(nll_full / m) < 200
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_plain_prompt_is_the_ratio_one_prompt(loaded, article, family):
+    """eval's full/truncate baselines and training's teacher share one uncompressed prompt."""
+    from semedge.compressor import continuation_logits, plain_prompt
+
+    model, tok = loaded[family]
+    ratio_one = SemTokenCompressor(model, tok).compress(article[:800], ratio=1.0)
+    plain = plain_prompt(model, ratio_one.input_ids)
+    np.testing.assert_array_equal(plain.spans, ratio_one.spans)
+    assert torch.equal(plain.position_ids.long(), ratio_one.position_ids.long())
+    torch.testing.assert_close(plain.inputs_embeds, ratio_one.inputs_embeds)
+    target = tok(article[800:860])["input_ids"]
+    logits = continuation_logits(model, plain, target)
+    assert logits.shape == (len(target), model.config.vocab_size)
+    assert score_continuation(model, plain, target)[0] == pytest.approx(
+        score_continuation(model, ratio_one, target)[0], rel=1e-6
+    )
