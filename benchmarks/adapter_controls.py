@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from _windows import add_window_args
+
 from semedge import load_model
 from semedge.config import CompressionConfig, replace_set
 from semedge.eval.windows import tokenize_text

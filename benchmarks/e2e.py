@@ -96,6 +96,7 @@ def compressed_vs_full(pipe, contexts, ratio, new_tokens, runs) -> list[dict]:
 def runtime_vs_torch(pipe, model_spec: str, context: int, new_tokens: int) -> dict:
     """Full-prompt greedy generate: semedge runtime vs transformers eager (same tokens?)."""
     import torch
+
     from semedge.models import load_model
     from semedge.runtime.profiling import prompt_of_tokens
 
@@ -123,6 +124,7 @@ def runtime_vs_optimum(pipe, context: int, new_tokens: int) -> dict | None:
         return None
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
+
     from semedge.runtime.profiling import prompt_of_tokens
 
     sys.path.insert(0, str(ROOT / "benchmarks"))

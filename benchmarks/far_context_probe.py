@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _windows import add_window_args
+
 from semedge import load_model
 from semedge.eval.windows import tokenize_text, window_starts
 from semedge.textio import read_text_file

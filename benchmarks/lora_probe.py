@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from semedge import load_model
 from semedge.config import CompressionConfig
 from semedge.eval.windows import tokenize_text, window_starts

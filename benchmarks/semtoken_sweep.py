@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from semedge import load_model
 from semedge.compressor import spans as S
 from semedge.compressor.compressor import CompressedPrompt

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.errors import InputError
 from semedge.runtime.generator import Generator, batch_inputs

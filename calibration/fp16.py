@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.artifacts import Manifest, staged_dir, write_manifest
 from semedge.calibration import scoring

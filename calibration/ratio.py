@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.artifacts import atomic_write_text, load_manifest, write_manifest
 from semedge.calibration.report import RatioReport

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.runtime.backends.ort import OrtBackend
 from semedge.runtime.generator import Generator

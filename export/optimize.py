@@ -17,6 +17,7 @@ from semedge.errors import ArtifactError
 
 if TYPE_CHECKING:
     import onnx
+
     from semedge.export.graphs import GraphSpec
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.deps import require
 from semedge.errors import InputError

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from semedge.errors import InputError
 from semedge.export.attention import attend, attention_bias
-from torch import nn
 
 __all__ = [
     "LLAMA_LIKE",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.constants import ATTENTION_MASK, INPUT_IDS, INPUTS_EMBEDS, LOGITS, POSITION_IDS
 from semedge.errors import UsageError
 from semedge.runtime.kv_cache import KVCache

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from semedge.errors import InputError, UsageError
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.artifacts import Manifest, load_manifest, verify_manifest
 from semedge.config import CompressionConfig
 from semedge.constants import (

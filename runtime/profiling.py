@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.constants import PREFILL_ONNX
 from semedge.errors import ArtifactError, InputError
 from semedge.runtime.sampling import GenerationConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from semedge.errors import InputError
 
 __all__ = ["GenerationConfig", "select_next"]

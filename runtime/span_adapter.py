@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.deps import require
 from semedge.errors import ArtifactError
 

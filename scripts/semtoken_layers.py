@@ -31,6 +31,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+
     from semedge.compressor import SemTokenCompressor, score_continuation
     from semedge.config import CompressionConfig
     from semedge.models import load_model

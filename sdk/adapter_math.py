@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.errors import ArtifactError, InputError
 
 __all__ = [
@@ -156,6 +157,7 @@ def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict
         ArtifactError: missing files, another format, or tensors missing from the file.
     """
     from safetensors.numpy import load_file
+
     from semedge.constants import ADAPTER_WEIGHTS
 
     directory = resolve_adapter_dir(directory)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
 

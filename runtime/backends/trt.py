@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.artifacts import Manifest
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError

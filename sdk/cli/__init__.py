@@ -11,6 +11,7 @@ import logging
 import sys
 
 import click
+
 from semedge import __version__
 from semedge.config import debug_enabled
 from semedge.errors import SemedgeError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from semedge.cli import HELP
 from semedge.cli.common import echo_json, echo_table
 

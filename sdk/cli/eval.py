@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from semedge.cli.common import echo_json, echo_table, show_progress
 from semedge.config import CompressionConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from semedge.cli.export_trt import check_trt, triton, trt
 
 __all__ = ["command"]

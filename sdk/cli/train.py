@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from semedge.cli import HELP
 
 STRATEGIES = ("diminish", "switch", "mtl", "stl")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
 from semedge.compressor.spans import (
     check_spans,

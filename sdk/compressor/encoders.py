@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from semedge.compressor.windows import align_to_tokens, encoder_windows
 from semedge.deps import require
 from semedge.errors import BackendUnavailable, InputError

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.deps import require
 from semedge.errors import InputError
 

@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from semedge.errors import InputError
 
 if TYPE_CHECKING:

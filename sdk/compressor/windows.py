@@ -6,6 +6,7 @@ Torch-free (numpy): the runtime runs encoder.onnx over the same windows.
 from __future__ import annotations
 
 import numpy as np
+
 from semedge.errors import InputError
 
 __all__ = ["encoder_windows", "align_to_tokens"]

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval.baselines import truncate_keep
@@ -153,8 +154,9 @@ def evaluate_passkey(
     Raises:
         InputError: bad sizes, too little filler, unknown methods.
     """
-    from semedge.compressor.inference import generate_compressed
     from tqdm.auto import tqdm
+
+    from semedge.compressor.inference import generate_compressed
 
     methods = parse_methods(methods)
     if samples < 1:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from semedge.config import CompressionConfig
 from semedge.eval.prompts import METHODS, PromptBuilder, parse_methods
 from semedge.eval.windows import check_window_fits, window_starts
@@ -93,8 +94,9 @@ def evaluate_perplexity(
     Raises:
         InputError: sizes the model or the data cannot take, unknown methods, ratio < 1.
     """
-    from semedge.compressor.inference import score_continuation
     from tqdm.auto import tqdm
+
+    from semedge.compressor.inference import score_continuation
 
     methods = parse_methods(methods)
     config = CompressionConfig(**{**_fields(config), "ratio": ratio, "target_tokens": None})

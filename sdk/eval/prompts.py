@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans

@@ -6,6 +6,7 @@ Torch-free; the tokenizer is any Hugging Face fast tokenizer.
 from __future__ import annotations
 
 import numpy as np
+
 from semedge.errors import InputError
 
 __all__ = ["tokenize_text", "window_starts", "check_window_fits"]

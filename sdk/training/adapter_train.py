@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from semedge.config import CompressionConfig
 from semedge.deps import require
 from semedge.errors import InputError

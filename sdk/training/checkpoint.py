@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.artifacts import staged_dir
 from semedge.deps import require
 from semedge.errors import ArtifactError

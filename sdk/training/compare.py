@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from semedge.eval.windows import window_starts
 from semedge.training.adapter_train import (
     AdapterTrainConfig,

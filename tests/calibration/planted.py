@@ -87,6 +87,7 @@ def plant_outliers(export_dir: Path, out_dir: Path, match: str = "") -> Path:
 
     import onnx
     from onnx import helper, numpy_helper
+
     from semedge.artifacts import load_manifest, write_manifest
 
     shutil.copytree(export_dir, out_dir)

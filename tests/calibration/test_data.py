@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.calibration.data import (
     decode_feeds,
@@ -18,6 +19,7 @@ from semedge.export import ExportConfig, ParityConfig, export_onnx
 def _adapter_export(tiny_llama, tmp_path):
     """The tiny Llama exported with a span adapter that is not the identity."""
     import torch
+
     from semedge.models import load_model, model_id
     from semedge.training.adapter import SpanAdapter, model_fingerprint, save_adapter
 

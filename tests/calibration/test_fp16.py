@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import onnx
+
 from semedge import constants as C
 from semedge.artifacts import load_manifest, verify_manifest
 from semedge.calibration.fp16 import Fp16Config, convert_fp16
@@ -46,6 +47,7 @@ def test_kept_fp32_chain_does_not_round_trip_through_fp16(tmp_path):
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
     from semedge.calibration.fp16 import fp16_from_fp32
 
     nodes = [

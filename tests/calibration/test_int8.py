@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+
 from semedge import constants as C
 from semedge.artifacts import load_manifest, sha256_file, verify_manifest
 from semedge.calibration.data import tokenize_stream, with_graphs
 from semedge.calibration.int8 import Int8Config, calibrate_int8, open_export
 from semedge.calibration.schemes import weight_matmuls
 from semedge.calibration.scoring import score_graphs
-
 from tests.calibration.conftest import INT8_FAST
 
 

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from semedge.artifacts import load_manifest, verify_manifest
 from semedge.calibration.ratio import Prompt, RatioConfig, calibrate_ratio, fit_threshold
 from semedge.compressor import spans as S

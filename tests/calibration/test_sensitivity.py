@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from semedge.calibration.data import FeedReader
 from semedge.calibration.schemes import QuantSettings, quantize_graph
 from semedge.calibration.sensitivity import group_nodes, search_exclusions
 from semedge.errors import AccuracyError, InputError
-
 from tests.calibration.planted import make_planted_graph, planted_feeds, pseudo_ppl
 
 

@@ -43,6 +43,7 @@ def test_int8_json_report(cli, tiny_export, cal_text, tmp_path):
     # every MatMul with a constant weight (packed q/k/v and gate/up included) became int8;
     # the tied LM head is a Gemm, which ORT's dynamic quantizer leaves float
     import onnx
+
     from semedge.calibration.schemes import weight_matmuls
 
     left = [n for n in weight_matmuls(onnx.load(str(out / "prefill.onnx"))) if "Gemm" not in n]

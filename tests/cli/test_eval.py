@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from semedge.eval.passkey import default_filler
 
+from semedge.eval.passkey import default_filler
 from tests.conftest import assert_one_line_error
 
 

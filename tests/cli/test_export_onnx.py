@@ -7,8 +7,8 @@ import sys
 import textwrap
 
 import pytest
-from semedge import constants as C
 
+from semedge import constants as C
 from tests.conftest import assert_one_line_error
 
 FAST = ["--parity-lengths", "7,32"]

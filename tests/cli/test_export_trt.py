@@ -6,8 +6,8 @@ import json
 import shlex
 
 import pytest
-from semedge.deps import has_module
 
+from semedge.deps import has_module
 from tests.conftest import assert_one_line_error
 from tests.export.test_trt_check import _topk_model
 from tests.export.test_trt_graphs import D, make_export

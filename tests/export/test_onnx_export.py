@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+
 from semedge import constants as C
 from semedge.artifacts import load_manifest, verify_manifest
 from semedge.config import CompressionConfig
@@ -126,6 +127,7 @@ def test_bad_options_fail_before_any_work(tiny_llama, tmp_path):
 
 def test_adapter_is_shipped_without_auxiliary_heads(tiny_llama, tmp_path):
     from safetensors.numpy import load_file
+
     from semedge.models import load_model, model_id
     from semedge.training.adapter import SpanAdapter, model_fingerprint, save_adapter
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from semedge.errors import InputError
 from semedge.export import ExportConfig, ParityConfig, export_onnx
 from semedge.export.parity import FAST_LENGTHS, check_parity

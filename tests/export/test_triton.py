@@ -10,12 +10,12 @@ import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import helper, numpy_helper
+from tritonclient.grpc import model_config_pb2
+
 from semedge.artifacts import Manifest, load_manifest, write_manifest
 from semedge.constants import FORMAT_ENGINE
 from semedge.errors import ArtifactError, InputError
 from semedge.export.triton import TritonConfig, model_config_text, write_triton_repo
-from tritonclient.grpc import model_config_pb2
-
 from tests.export.test_trt_graphs import HD, LAYERS, N_KV, D, F, _vi, make_export, make_model
 
 

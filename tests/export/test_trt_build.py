@@ -10,6 +10,7 @@ import json
 import shlex
 
 import pytest
+
 from semedge.artifacts import load_manifest, write_manifest
 from semedge.errors import ArtifactError, InputError
 from semedge.export.profiles import (
@@ -21,7 +22,6 @@ from semedge.export.profiles import (
 )
 from semedge.export.trt_build import EngineBuildConfig, plan_trtexec_commands
 from semedge.runtime.backends.trt_compat import check_engine_compat, normalize_gpu_name
-
 from tests.export.test_trt_graphs import HD, LAYERS, MAX_CONTEXT, N_KV, D, make_export
 
 
@@ -140,6 +140,7 @@ def test_gpu_names_compare_across_tools():
 def test_build_engines_on_the_gpu(export_dir, tmp_path):
     """Real TensorRT build of the export-shaped graphs; its manifest passes the runtime check."""
     import tensorrt as trt
+
     from semedge.export.trt_build import build_engines
     from semedge.runtime.backends.trt_compat import local_gpu
 

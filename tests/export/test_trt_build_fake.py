@@ -16,11 +16,11 @@ import types
 
 import onnx
 import pytest
+
 from semedge.errors import ArtifactError, InputError
 from semedge.export import trt_build
 from semedge.export.trt_build import EngineBuildConfig, build_engines
 from semedge.runtime.backends.trt_compat import GpuInfo, check_engine_compat
-
 from tests.export.test_trt_graphs import make_export
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from semedge.errors import ArtifactError
 from semedge.export.trt_check import check_onnx_dir, check_onnx_file, source_module
-
 from tests.export.test_trt_graphs import I64, F, _vi, make_export, make_model
 
 X = _vi("x", F, ["batch", 4096])

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from semedge.artifacts import Manifest, write_manifest
 from semedge.constants import FORMAT_EXPORT
 

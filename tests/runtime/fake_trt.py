@@ -11,6 +11,7 @@ import types
 
 import numpy as np
 import onnxruntime as ort
+
 from semedge.runtime.backends.ort import ORT_DTYPES
 
 __version__ = "10.0.0"

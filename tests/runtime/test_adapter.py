@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 from safetensors.numpy import save_file
+
 from semedge.artifacts import load_manifest, write_manifest
 from semedge.runtime import Pipeline
-
 from tests.runtime.toy_export import D, sample_text
 
 

@@ -8,7 +8,6 @@ import shutil
 from semedge.artifacts import load_manifest, write_manifest
 from semedge.constants import FORMAT_CALIBRATED
 from semedge.runtime import Pipeline
-
 from tests.runtime.toy_export import sample_text
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from semedge.errors import ArtifactError
 from semedge.runtime import Pipeline
-
 from tests.runtime.toy_export import sample_text
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from semedge.runtime import Pipeline
 
+from semedge.runtime import Pipeline
 from tests.runtime.toy_export import sample_text
 
 TEXT = sample_text()

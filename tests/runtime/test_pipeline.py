@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
 from semedge.runtime import GenerationConfig, Pipeline
-
 from tests.conftest import run_python
 from tests.runtime.toy_export import sample_text
 

@@ -7,12 +7,12 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from semedge.artifacts import load_manifest, write_manifest
 from semedge.constants import FORMAT_ENGINE
 from semedge.errors import ArtifactError
 from semedge.runtime import Pipeline
 from semedge.runtime.backends import trt_compat
-
 from tests.runtime import fake_trt
 from tests.runtime.toy_export import sample_text
 

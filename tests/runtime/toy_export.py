@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from semedge.artifacts import Manifest, write_manifest
 from semedge.constants import FORMAT_EXPORT
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from semedge.adapter_math import ADAPTER_JSON, apply_span_adapter, read_adapter_dir
 from semedge.errors import ArtifactError, InputError
 

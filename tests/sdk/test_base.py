@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from semedge.artifacts import Manifest, load_manifest, staged_dir, verify_manifest, write_manifest
 from semedge.config import CompressionConfig
 from semedge.errors import ArtifactError, InputError

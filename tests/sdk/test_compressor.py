@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from semedge.compressor import CompressedPrompt, SemTokenCompressor, merge_spans_torch
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
 from semedge.compressor.spans import check_spans, merge_embeddings

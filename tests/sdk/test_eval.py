@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
 from semedge.eval.windows import tokenize_text, window_starts

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from semedge.compressor import (
     SemTokenCompressor,
     generate_compressed,

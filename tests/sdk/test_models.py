@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from semedge.errors import InputError
 from semedge.models import load_model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from semedge.errors import InputError
 from semedge.mt2st import (
     AuxiliaryHeads,
