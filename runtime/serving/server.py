@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _quiet_exit_server(uvicorn: Any) -> type:
+    """uvicorn.Server that shuts down on SIGINT/SIGTERM and returns (uvicorn re-raises the
+    signal afterwards, which would skip closing the engine and exit by the signal)."""
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            old = {s: signal.signal(s, self.handle_exit) for s in sigs}
+            try:
+                yield
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+    return Server
 
 
 def serve_export(export_dir: Path | str, host: str = "127.0.0.1", port: int = 8000,
@@ -86,11 +106,12 @@ def serve_export(export_dir: Path | str, host: str = "127.0.0.1", port: int = 80
                      config.model_id, template.origin, host, bound)  # fmt: skip
             if on_listen is not None:
                 on_listen(host, bound)
-            server = uvicorn.Server(
+            server = _quiet_exit_server(uvicorn)(
                 uvicorn.Config(app, log_level="warning", limit_concurrency=1024,
                                timeout_graceful_shutdown=5, lifespan="off")
             )  # fmt: skip
             server.run(sockets=[sock])
+            log.info("stopped")
         finally:
             engine.close()
             sock.close()
