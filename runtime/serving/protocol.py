@@ -147,10 +147,15 @@ def parse_request(body: Any, kind: str, model_id: str, render_chat, limits: dict
             raise RequestError(str(err), param="messages") from None
     else:
         prompt = _prompt(body)
+    config = _generation_config(body, limits)
+    return ParsedRequest(kind, prompt, config, stream, include_usage)
+
+
+def _generation_config(body: dict, limits: dict) -> GenerationConfig:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     new = _integer(body, key, limits["default_max_tokens"], 1, limits["max_tokens"])
     try:
-        config = GenerationConfig(
+        return GenerationConfig(
             max_new_tokens=new, temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
             top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
             top_k=_integer(body, "top_k", 0, 0, 1 << 20), seed=_integer(body, "seed", None, 0, 2**63 - 1),
@@ -158,9 +163,8 @@ def parse_request(body: Any, kind: str, model_id: str, render_chat, limits: dict
         )  # fmt: skip
     except RequestError:
         raise
-    except InputError as err:
+    except InputError as err:  # GenerationConfig's own checks (top_p = 0, ...)
         raise RequestError(str(err)) from None
-    return ParsedRequest(kind, prompt, config, stream, include_usage)
 
 
 def _ratio(body: dict) -> float | None:

@@ -64,6 +64,12 @@ def _quiet_exit_server(uvicorn: Any) -> type:
     return Server
 
 
+def _run(uvicorn: Any, app: Any, sock: socket.socket) -> None:
+    config = uvicorn.Config(app, log_level="warning", limit_concurrency=1024,
+                            timeout_graceful_shutdown=5, lifespan="off")  # fmt: skip
+    _quiet_exit_server(uvicorn)(config).run(sockets=[sock])
+
+
 def serve_export(export_dir: Path | str, host: str = "127.0.0.1", port: int = 8000,
                  config: Any = None, provider: str = "cpu", adapter: str | None = None,
                  threads: int | None = None, on_listen: Any = None) -> None:  # fmt: skip
@@ -106,11 +112,7 @@ def serve_export(export_dir: Path | str, host: str = "127.0.0.1", port: int = 80
                      config.model_id, template.origin, host, bound)  # fmt: skip
             if on_listen is not None:
                 on_listen(host, bound)
-            server = _quiet_exit_server(uvicorn)(
-                uvicorn.Config(app, log_level="warning", limit_concurrency=1024,
-                               timeout_graceful_shutdown=5, lifespan="off")
-            )  # fmt: skip
-            server.run(sockets=[sock])
+            _run(uvicorn, app, sock)
             log.info("stopped")
         finally:
             engine.close()

@@ -178,3 +178,32 @@ def test_serve_cli_errors_are_one_line(cli, tiny_export, tmp_path):
         res = cli("serve", tiny_export, "--port", busy.getsockname()[1], expect_rc=1)
     assert_one_line_error(res)
     assert "pick another --port" in res.stderr
+
+
+def test_serve_refuses_an_adapter_for_another_model(cli, tiny_export):
+    res = cli("serve", tiny_export, "--port", "0", "--adapter", "DEFAULT", expect_rc=1)
+    assert_one_line_error(res)
+
+
+SMOLLM2_TEMPLATE = (  # SmolLM2-135M-Instruct's chat_template.jinja, verbatim
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_chat_template_renders_like_transformers():
+    from semedge.errors import InputError
+    from semedge.runtime.serving.chat import ChatTemplate
+
+    t = ChatTemplate(SMOLLM2_TEMPLATE, "test")
+    parts = [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]
+    assert t.render([{"role": "user", "content": parts}]) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    )
+    for bad in ([], [{"role": "user"}], [{"role": "tool", "content": "x"}], "hi"):
+        with pytest.raises(InputError):
+            t.render(bad)
