@@ -7,7 +7,7 @@ each run stops issuing requests after --max-seconds. Every answer is checked aga
 
     python benchmarks/load_test.py --export DIR [--target semedge,triton] [--clients 1,16]
         [--requests 200] [--lengths 128,512,2048] [--ratios none,2.4] [--new-tokens 8,16,32]
-        [--max-batch 8] [--workers 2] [--max-seconds 600] [--json OUT]
+        [--max-batch 8] [--workers 1] [--max-batch-positions 8192] [--max-seconds 600] [--json OUT]
 
 Reports per run: throughput (req/s, generated tok/s), p50/p90/p99 latency and time to first token,
 errors, wrong outputs, and the server's RSS after warm-up and at the end (tritonserver: with its
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--compress-from", type=int, default=256, help="shorter prompts: no ratio")
     ap.add_argument("--pool", type=int, default=12, help="distinct requests (references)")
     ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--max-batch-positions", type=int, default=8192)
     ap.add_argument("--max-seconds", type=float, default=600, help="per run")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
     if target == "semedge":
         server = Server(["serve", str(args.export), "--model-name", "load", "--max-batch",
-                         str(args.max_batch), "--workers", str(args.workers)],
+                         str(args.max_batch), "--workers", str(args.workers),
+                         "--max-batch-positions", str(args.max_batch_positions)],
                         r"on http://127\.0\.0\.1:(\d+)/v1")  # fmt: skip
         ask = ask_openai
     elif target == "triton":

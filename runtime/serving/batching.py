@@ -53,12 +53,14 @@ def sampling_key(config: GenerationConfig) -> tuple:
     return ("sample", config.temperature, config.top_k, config.top_p)
 
 
-def run_batch(pipe: Pipeline, jobs: Sequence[Job]) -> None:
-    """Prepare every job (its own compression), prefill them as one batch and decode.
+def run_batch(pipe: Pipeline, jobs: Sequence[Job], max_positions: int = 8192) -> None:
+    """Prepare every job (its own compression), then prefill and decode them in batches.
 
-    A job with bad input gets `error`; the others get `result`. Each row stops on its own EOS,
-    stop string or max_new_tokens, and its `done` event is set right then (a short request
-    need not wait for the batch's longest). All jobs must share a `sampling_key`.
+    Prepared prompts are sorted by length and cut into batches whose padded size (rows x longest
+    prompt) stays within `max_positions`: similar lengths share a batch (little padding) and the
+    KV cache stays bounded. A job with bad input gets `error`; the others get `result`. Each row
+    stops on its own EOS, stop string or max_new_tokens, and its `done` event is set right then
+    (a short request need not wait for the batch's longest). All jobs must share a `sampling_key`.
     """
     live = []
     for job in jobs:
@@ -68,8 +70,19 @@ def run_batch(pipe: Pipeline, jobs: Sequence[Job]) -> None:
             live.append(job)
         except Exception as err:  # InputError (too long, empty) or a backend failure
             fail_job(job, err)
-    if not live:
-        return
+    live.sort(key=lambda j: len(j.prepared.positions))
+    batch: list[Job] = []
+    for job in live:
+        if batch and (len(batch) + 1) * len(job.prepared.positions) > max_positions:
+            _generate(pipe, batch)
+            batch = []
+        batch.append(job)
+    if batch:
+        _generate(pipe, batch)
+
+
+def _generate(pipe: Pipeline, live: list[Job]) -> None:
+    """One left-padded batch: prefill, then decode until every row has stopped."""
     first = live[0].config
     shared = GenerationConfig(
         max_new_tokens=max(j.config.max_new_tokens for j in live), temperature=first.temperature,

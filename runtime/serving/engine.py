@@ -33,12 +33,15 @@ class EngineConfig:
         batch_wait_ms: how long a worker waits for more requests before it starts a batch.
         workers: batches that run at once (each on its own thread; ORT sessions are shared).
         max_queue: requests waiting at most; more are refused (HTTP 503) instead of queuing.
+        max_batch_positions: rows x longest prompt (after compression) per batch at most; a
+            taken batch past it runs as several, shortest prompts first (bounds the KV cache).
     """
 
     max_batch: int = 8
     batch_wait_ms: float = 10.0
-    workers: int = 2
+    workers: int = 1
     max_queue: int = 256
+    max_batch_positions: int = 8192
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -47,6 +50,8 @@ class EngineConfig:
             raise InputError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
         if self.workers < 1:
             raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.max_batch_positions < 1:
+            raise InputError(f"--max-batch-positions must be >= 1, got {self.max_batch_positions}")
         if self.max_queue < 1:
             raise InputError(f"max_queue must be >= 1, got {self.max_queue}")
 
@@ -134,6 +139,6 @@ class Engine:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
-                run_batch(self.pipe, batch)
+                run_batch(self.pipe, batch, self.config.max_batch_positions)
             except Exception:  # run_batch reports errors per job; this is a bug
                 log.exception("batch failed")
