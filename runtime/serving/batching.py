@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "fail_job", "run_batch", "sampling_key"]
 
+MAX_PADDING = 1.25  # a batch's padded positions may exceed its real ones by 25 % at most
+
 
 @dataclass
 class Job:
@@ -57,8 +59,8 @@ def run_batch(pipe: Pipeline, jobs: Sequence[Job], max_positions: int = 8192) ->
     """Prepare every job (its own compression), then prefill and decode them in batches.
 
     Prepared prompts are sorted by length and cut into batches whose padded size (rows x longest
-    prompt) stays within `max_positions`: similar lengths share a batch (little padding) and the
-    KV cache stays bounded. A job with bad input gets `error`; the others get `result`. Each row
+    prompt) stays within `max_positions` and within MAX_PADDING x their real positions: prefill
+    is compute-bound on a CPU, so padding costs in full while batching pays in decode. A job with bad input gets `error`; the others get `result`. Each row
     stops on its own EOS, stop string or max_new_tokens, and its `done` event is set right then
     (a short request need not wait for the batch's longest). All jobs must share a `sampling_key`.
     """
@@ -73,7 +75,9 @@ def run_batch(pipe: Pipeline, jobs: Sequence[Job], max_positions: int = 8192) ->
     live.sort(key=lambda j: len(j.prepared.positions))
     batch: list[Job] = []
     for job in live:
-        if batch and (len(batch) + 1) * len(job.prepared.positions) > max_positions:
+        n = len(job.prepared.positions)
+        padded, real = (len(batch) + 1) * n, sum(len(j.prepared.positions) for j in batch) + n
+        if batch and (padded > max_positions or padded > MAX_PADDING * real):
             _generate(pipe, batch)
             batch = []
         batch.append(job)
