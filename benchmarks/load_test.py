@@ -254,11 +254,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from semedge.runtime import Pipeline
 
+    t0 = time.perf_counter()
     with Pipeline.from_pretrained(args.export) as pipe:
         reqs = build_requests(pipe, [int(x) for x in args.lengths.split(",")],
                               _floats(args.ratios), [int(x) for x in args.new_tokens.split(",")],
                               args.pool, args.compress_from)  # fmt: skip
-    results = []
+    ref_s = time.perf_counter() - t0  # includes loading the export
+    results = [{"target": "in-process Pipeline.generate (references)", "clients": 1,
+                "ok": len(reqs), "seconds": round(ref_s, 2),
+                "req_per_s": round(len(reqs) / ref_s, 3)}]  # fmt: skip
     for target in args.target.split(","):
         results += _run_target(target, args, reqs)
     for r in results:
@@ -286,9 +290,11 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
     else:
         raise SystemExit(f"--target {target!r}: choose semedge or triton")
     out = []
-    try:
-        warm = RunStats(target, 1)
+    try:  # the warm-up is a row too: one client, every pool request once (the runs' own mix)
+        warm = RunStats(f"{target} (warm-up)", 1, rss_warm_mb=_rss_mb(server.proc.pid))
         run_load(ask, server.port, "load", reqs, 1, len(reqs), args.max_seconds, warm)
+        warm.rss_end_mb = _rss_mb(server.proc.pid)
+        out.append(warm.to_dict())
         for clients in [int(c) for c in args.clients.split(",")]:
             stats = RunStats(target, clients, rss_warm_mb=_rss_mb(server.proc.pid))
             run_load(
@@ -296,8 +302,6 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
             )
             stats.rss_end_mb = _rss_mb(server.proc.pid)
             out.append(stats.to_dict())
-        out[0]["warmup_wrong"] = warm.wrong
-        out[0]["warmup_errors"] = warm.errors
     finally:
         server.stop()
     return out
