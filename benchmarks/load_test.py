@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
+    scratch = None
     if target == "semedge":
         server = Server(["serve", str(args.export), "--model-name", "load", "--max-batch",
                          str(args.max_batch), "--workers", str(args.workers),
@@ -281,7 +283,8 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
                         r"on http://127\.0\.0\.1:(\d+)/v1")  # fmt: skip
         ask = ask_openai
     elif target == "triton":
-        repo = Path(tempfile.mkdtemp(prefix="semedge-load-repo-")) / "repo"
+        scratch = Path(tempfile.mkdtemp(prefix="semedge-load-repo-"))
+        repo = scratch / "repo"
         from semedge.export.triton_python import PythonRepoConfig, write_python_repo
 
         write_python_repo(args.export, repo, PythonRepoConfig(max_batch=args.max_batch))
@@ -304,6 +307,8 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
             out.append(stats.to_dict())
     finally:
         server.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
