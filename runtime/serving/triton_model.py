@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.errors import InputError
 from semedge.runtime.sampling import GenerationConfig
 from semedge.runtime.serving.batching import Job, run_batch, sampling_key

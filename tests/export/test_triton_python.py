@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from semedge.artifacts import load_manifest, verify_manifest
 from semedge.errors import ArtifactError, InputError
 from semedge.export.triton_python import PythonRepoConfig, write_python_repo
-from tritonclient.grpc import model_config_pb2
-
 from tests.conftest import assert_one_line_error
 
 

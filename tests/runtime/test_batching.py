@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from semedge.errors import InputError
 from semedge.runtime import GenerationConfig, Pipeline
 from semedge.runtime.serving.batching import Job, run_batch, sampling_key
-
 from tests.runtime.toy_export import sample_text
 
 TEXT = sample_text()

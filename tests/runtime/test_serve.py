@@ -14,8 +14,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from semedge.runtime import Pipeline
 
+from semedge.runtime import Pipeline
 from tests.conftest import assert_one_line_error
 from tests.runtime.server_process import ServerProcess, post_raw
 

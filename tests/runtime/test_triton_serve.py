@@ -11,8 +11,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from semedge.runtime import Pipeline
 
+from semedge.runtime import Pipeline
 from tests.conftest import assert_one_line_error
 from tests.runtime.server_process import ServerProcess
 
