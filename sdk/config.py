@@ -13,13 +13,19 @@ from typing import Any
 
 from semedge.errors import InputError
 
-__all__ = ["CompressionConfig", "cache_dir", "debug_enabled", "replace_set"]
+__all__ = ["CompressionConfig", "cache_dir", "debug_enabled", "replace_set", "triton_home"]
 
 
 def cache_dir() -> Path:
     """Where converted weights are cached: $SEMEDGE_CACHE, else ~/.cache/semedge."""
     env = os.environ.get("SEMEDGE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "semedge"
+
+
+def triton_home() -> Path | None:
+    """Where nvidia-pytriton is unpacked ($SEMEDGE_TRITON_HOME), None when unset."""
+    env = os.environ.get("SEMEDGE_TRITON_HOME")
+    return Path(env).expanduser() if env else None
 
 
 def debug_enabled() -> bool:

@@ -19,6 +19,9 @@ TORCH_FREE = [
     "semedge.textio",
     "semedge.cli",
     "semedge.runtime",
+    "semedge.runtime.serving.app",
+    "semedge.runtime.serving.triton_model",
+    "semedge.runtime.serving.triton_server",
 ]
 
 

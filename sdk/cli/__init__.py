@@ -27,6 +27,7 @@ COMMANDS = {
     "calibrate": "semedge.cli.calibrate",
     "run": "semedge.cli.run",
     "profile": "semedge.cli.profile",
+    "serve": "semedge.cli.serve",
     "doctor": "semedge.cli.doctor",
 }
 
@@ -38,6 +39,7 @@ HELP = {
     "calibrate": "INT8/FP16 calibration and compression-ratio calibration.",
     "run": "Generate text from an export with the torch-free runtime.",
     "profile": "Per-stage latency profile of an export.",
+    "serve": "Serve an export: OpenAI-compatible HTTP, or the bundled Triton server.",
     "doctor": "Check the installation: packages, providers, GPU, TensorRT.",
 }
 

@@ -85,17 +85,32 @@ def trt(onnx_dir, out_dir, context, batch, workspace, timing_cache, fp16, overwr
 @click.command("triton")
 @click.argument("onnx_dir", type=_DIR)
 @click.argument("repo_dir", type=_DIR)
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
-              help="onnxruntime: ONNX_DIR is an export; tensorrt: ONNX_DIR is an engine dir.")  # fmt: skip
-@click.option("--max-batch", type=int, default=1, help="Triton max_batch_size [1].")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+              default="onnxruntime",
+              help="onnxruntime: one model per graph of an export; tensorrt: of an engine dir; "
+                   "python: the whole semedge pipeline (SemToken + generation) in Triton's "
+                   "Python backend.")  # fmt: skip
+@click.option("--max-batch", type=int, default=None, help="Triton max_batch_size [1; python 8].")
 @click.option("--instances", type=int, default=1, help="Model instances per device [1].")
 @click.option("--instance-kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               help="auto: GPU for tensorrt, CPU for onnxruntime.")  # fmt: skip
+@click.option("--threads", type=int, default=None, help="python: ORT threads per session.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing REPO_DIR.")
-def triton(onnx_dir, repo_dir, backend, max_batch, instances, instance_kind, overwrite):
-    """Write a Triton Inference Server model repository for ONNX_DIR's graphs."""
-    from semedge.export.triton import TritonConfig, write_triton_repo
+def triton(onnx_dir, repo_dir, backend, max_batch, instances, instance_kind, threads, overwrite):
+    """Write a Triton Inference Server model repository for ONNX_DIR."""
+    from semedge.config import replace_set
 
-    config = TritonConfig(backend, max_batch, instances, instance_kind)
-    models = write_triton_repo(onnx_dir, repo_dir, config, overwrite=overwrite)
+    if backend == "python":
+        from semedge.export.triton_python import PythonRepoConfig, write_python_repo
+
+        config = replace_set(PythonRepoConfig(instances=instances), max_batch=max_batch,
+                             threads=threads)  # fmt: skip
+        models = write_python_repo(onnx_dir, repo_dir, config, overwrite=overwrite)
+        max_batch = config.max_batch
+    else:
+        from semedge.export.triton import TritonConfig, write_triton_repo
+
+        max_batch = 1 if max_batch is None else max_batch
+        config = TritonConfig(backend, max_batch, instances, instance_kind)
+        models = write_triton_repo(onnx_dir, repo_dir, config, overwrite=overwrite)
     click.echo(f"{repo_dir}: {', '.join(models)} ({backend}, max_batch_size {max_batch})")
