@@ -151,8 +151,10 @@ class _Diff:
 
     def kv(self, ref: list[np.ndarray], got: list[np.ndarray], slots: np.ndarray) -> None:
         for r, g in zip(ref, got, strict=True):  # (B, KV, S, H); compare real slots only
-            r = r.astype(np.float64)
-            d = np.abs(r - g.astype(np.float64)) * slots[:, None, :, None]
+            r, S = r.astype(np.float64), r.shape[2]
+            # transformers' sliding-window cache keeps only a local layer's last S slots
+            g, m = g[:, :, g.shape[2] - S :], slots[:, slots.shape[1] - S :]
+            d = np.abs(r - g.astype(np.float64)) * m[:, None, :, None]
             d = np.nan_to_num(d, nan=np.inf)
             self.kv_max = max(self.kv_max, float(d.max()))
             scale = float(np.abs(r).max())  # per tensor: fp16 error grows with the layer's range

@@ -64,7 +64,9 @@ def spm_vocab_from_gguf(path: str | os.PathLike) -> SpmVocab:
     model = reader.fields.get("tokenizer.ggml.model")
     kind = bytes(model.parts[model.data[0]]).decode() if model is not None else None
     if kind != "llama" or "tokenizer.ggml.scores" not in reader.fields:
-        raise ArtifactError(f"{path} holds no SentencePiece vocabulary (tokenizer.ggml.model={kind})")
+        raise ArtifactError(
+            f"{path} holds no SentencePiece vocabulary (tokenizer.ggml.model={kind})"
+        )
     fields = reader.fields
     pieces = tuple(bytes(p).decode("utf-8") for p in _array(fields["tokenizer.ggml.tokens"]))
     scores = tuple(float(s[0]) for s in _array(fields["tokenizer.ggml.scores"]))
@@ -162,8 +164,12 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Any:
     vocab = spm_vocab_from_gguf(Path(path))
     names = {
         f"{role}_token": vocab.pieces[i]
-        for role, i in (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unk", vocab.unk_id),
-                        ("pad", vocab.pad_id))  # fmt: skip
+        for role, i in (
+            ("bos", vocab.bos_id),
+            ("eos", vocab.eos_id),
+            ("unk", vocab.unk_id),
+            ("pad", vocab.pad_id),
+        )  # fmt: skip
         if i is not None
     }
     return transformers.PreTrainedTokenizerFast(
