@@ -106,8 +106,9 @@ class _FusedGQA(torch.autograd.Function):
         inputs = [q, k, v]
         inputs += [none, none] if sh._is_none(past_k) else [past_k, past_v]
         inputs += [seqlens_k, total, none, none, none, bias]
-        # local_window_size counts the slots before the query (ORT keeps local_window_size + 1)
-        local = {"local_window_size_i": window - 1} if window > 0 else {}
+        # ORT 1.32 keeps local_window_size slots, the query's own included (measured against
+        # a banded softmax): transformers' sliding_window, as is
+        local = {"local_window_size_i": window} if window > 0 else {}
         out, pk, pv = g.op(
             "com.microsoft::GroupQueryAttention",
             *inputs,
