@@ -128,11 +128,13 @@ def tokenizer_from_spm_vocab(vocab: SpmVocab) -> Any:
     tok.add_special_tokens(
         [AddedToken(p, special=True, normalized=False) for p, t in kinds if t in (CONTROL, UNKNOWN)]
     )
+    # SentencePiece matches user-defined pieces after escaping whitespace, so one spelt with raw
+    # spaces ("  ", Gemma's ids 138..) never matches: leave those out, as it does
     tok.add_tokens(
         [
             AddedToken(p, special=False, normalized=False)
             for p, t in zip(vocab.pieces, vocab.types, strict=True)
-            if t == USER_DEFINED
+            if t == USER_DEFINED and " " not in p
         ]
     )
     tok.post_processor = _post_processor(vocab, processors)

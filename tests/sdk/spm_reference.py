@@ -23,7 +23,9 @@ def spm_from_vocab(vocab) -> Any:
     norm.add_dummy_prefix = vocab.add_space_prefix
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
-    for i, (piece, score, kind) in enumerate(zip(vocab.pieces, vocab.scores, vocab.types)):
+    for i, (piece, score, kind) in enumerate(
+        zip(vocab.pieces, vocab.scores, vocab.types, strict=True)
+    ):
         p = proto.pieces.add()
         p.piece, p.score = piece, score
         p.type = pb.ModelProto.SentencePiece.UNKNOWN if i == vocab.unk_id else kind
