@@ -3,10 +3,12 @@ check that a GGUF-converted model got the right tokenizer (Gemma 3 270M: ~23 wit
 SentencePiece-exact tokenizer; transformers' own GGUF tokenizer, --transformers-tokenizer, ~134).
 
     python benchmarks/gguf_tokenizer_ppl.py [--model gemma3-270m] [--window 1024] [--windows 16]
-        [--data ../shared/data/wikitext-2/test.txt] [--transformers-tokenizer]
+        [--data ../shared/data/wikitext-2/test.txt] [--transformers-tokenizer] [--specials-as-text]
 
 Windows are consecutive and non-overlapping from the file's start; each is BOS + window-1 tokens
-and every token after BOS is scored.
+and every token after BOS is scored. WikiText writes its unknown words as the text "<unk>", which
+the tokenizer reads as Gemma's <unk> control token unless --specials-as-text (then it is "<", "unk",
+">", as SentencePiece encodes it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/wikitext-2/test.txt")
     ap.add_argument("--transformers-tokenizer", action="store_true")
+    ap.add_argument("--specials-as-text", action="store_true")
     args = ap.parse_args()
     import torch
     from semedge.models import load_model
@@ -47,6 +50,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     if args.transformers_tokenizer:
         tok = _gguf_tokenizer()
+    tok._tokenizer.encode_special_tokens = args.specials_as_text
     ids = tok(args.data.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     bos, n = tok.bos_token_id, args.window - 1
     nll, count, t0 = 0.0, 0, time.perf_counter()
@@ -58,7 +62,7 @@ def main() -> None:
         count += n
     print(json.dumps({
         "model": args.model, "tokenizer": "transformers-gguf" if args.transformers_tokenizer
-        else "semedge", "window": args.window, "tokens_scored": count,
+        else "semedge", "specials_as_text": args.specials_as_text, "window": args.window, "tokens_scored": count,
         "ppl": round(math.exp(nll / count), 3), "seconds": round(time.perf_counter() - t0, 1),
         "data_tokens": len(ids),
     }))  # fmt: skip
