@@ -50,8 +50,9 @@ def main() -> None:
     model, tok = load_model(args.model)
     if args.transformers_tokenizer:
         tok = _gguf_tokenizer()
-    tok._tokenizer.encode_special_tokens = args.specials_as_text
-    ids = tok(args.data.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    text = args.data.read_text(encoding="utf-8")
+    ids = tok(text, add_special_tokens=False, split_special_tokens=args.specials_as_text)
+    ids = ids["input_ids"]
     bos, n = tok.bos_token_id, args.window - 1
     nll, count, t0 = 0.0, 0, time.perf_counter()
     for w in range(min(args.windows, len(ids) // n)):
