@@ -27,6 +27,7 @@ def _gguf_tokenizer():
     import tempfile
 
     import transformers
+
     from semedge.models.gguf_package import GEMMA3_270M, assemble_chunks, chunks_of
 
     paths, sha = chunks_of(GEMMA3_270M)
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--specials-as-text", action="store_true")
     args = ap.parse_args()
     import torch
+
     from semedge.models import load_model
 
     model, tok = load_model(args.model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from semedge import constants as C
 from semedge.export import ExportConfig, ParityConfig, export_onnx
 from semedge.export.optimize import session_from_path
@@ -53,6 +54,7 @@ def test_a_wrong_window_is_visible_at_the_gate_lengths(tiny_models, tiny_export_
     """The export's logits match the model with its window and not the model without one, so the
     gate's lengths do exercise the band."""
     import torch
+
     from semedge.models import load_model
 
     model, tok = load_model(tiny_models["gemma3"])
@@ -78,7 +80,6 @@ def test_a_wrong_window_is_visible_at_the_gate_lengths(tiny_models, tiny_export_
 def test_compression_keeps_bos_alone_at_position_0(tiny_models):
     from semedge.compressor import SemTokenCompressor
     from semedge.models import load_model
-
     from tests.runtime.toy_export import sample_text
 
     model, tok = load_model(tiny_models["gemma3"])

@@ -39,7 +39,6 @@ def gemma3_gguf(tmp_path_factory):
 def test_gguf_tokenizer_equals_sentencepiece_on_wikitext(gemma3_gguf, wikitext_test):
     pytest.importorskip("sentencepiece", reason="pip install -e '.[gemma3]'")
     from semedge.models.gguf_tokenizer import spm_vocab_from_gguf, tokenizer_from_spm_vocab
-
     from tests.sdk.spm_reference import spm_from_vocab
 
     vocab = spm_vocab_from_gguf(gemma3_gguf)
@@ -56,6 +55,7 @@ def test_gguf_tokenizer_equals_sentencepiece_on_wikitext(gemma3_gguf, wikitext_t
 
 def test_gemma3_loads_with_a_sentencepiece_tokenizer_and_generates():
     import torch
+
     from semedge.models import load_model
 
     model, tok = load_model("gemma3-270m")
@@ -89,7 +89,6 @@ def test_gemma3_runtime_tokens_equal_pytorch(gemma3_export):
     """Greedy tokens of the runtime == the PyTorch path, full and compressed, on 1,405 tokens
     (past the 512-slot window)."""
     from semedge.runtime import Pipeline
-
     from tests.runtime.test_parity import _runtime_tokens, _torch_tokens
     from tests.runtime.toy_export import sample_text
 

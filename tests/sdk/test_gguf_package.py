@@ -7,9 +7,9 @@ import hashlib
 import textwrap
 
 import pytest
+
 from semedge.errors import ArtifactError, BackendUnavailable
 from semedge.models.gguf_package import ChunkedGguf, assemble_chunks, chunks_of
-
 from tests.conftest import assert_one_line_error
 
 
