@@ -9,8 +9,9 @@ import onnx
 
 from semedge import constants as C
 from semedge.export import ExportConfig, ParityConfig, export_onnx
-from semedge.export.optimize import session_from_path
+from semedge.runtime.backends.ort import session_from_path as _session
 
+CPU = ["CPUExecutionProvider"]
 GATE = ParityConfig(lengths=(7, 48), decode_steps=3)  # 48 + 3 slots: three windows of 16
 
 
@@ -45,7 +46,7 @@ def test_embed_graph_includes_the_sqrt_d_scale(tiny_models, tiny_export_gemma3):
 
     model, _ = load_model(tiny_models["gemma3"])
     ids = np.arange(3, 40, dtype=np.int64)[None]
-    got = session_from_path(tiny_export_gemma3 / C.EMBED_ONNX).run(None, {C.INPUT_IDS: ids})[0]
+    got = _session(tiny_export_gemma3 / C.EMBED_ONNX, CPU).run(None, {C.INPUT_IDS: ids})[0]
     table = model.model.embed_tokens.weight.detach().numpy()
     np.testing.assert_allclose(got[0], table[ids[0]] * np.sqrt(64), rtol=1e-6)
 
@@ -61,10 +62,10 @@ def test_a_wrong_window_is_visible_at_the_gate_lengths(tiny_models, tiny_export_
     ids = tok("The river rises in the northern hills and flows south through farmland. " * 3)
     ids = np.asarray(ids["input_ids"], dtype=np.int64)[None]
     assert ids.shape[1] > 3 * 16
-    embeds = session_from_path(tiny_export_gemma3 / C.EMBED_ONNX).run(None, {C.INPUT_IDS: ids})[0]
+    embeds = _session(tiny_export_gemma3 / C.EMBED_ONNX, CPU).run(None, {C.INPUT_IDS: ids})[0]
     feeds = {C.INPUTS_EMBEDS: embeds, C.POSITION_IDS: np.arange(ids.shape[1])[None],
              C.ATTENTION_MASK: np.ones_like(ids)}  # fmt: skip
-    got = session_from_path(tiny_export_gemma3 / C.PREFILL_ONNX).run(None, feeds)[0][0, -1]
+    got = _session(tiny_export_gemma3 / C.PREFILL_ONNX, CPU).run(None, feeds)[0][0, -1]
 
     def last_logits():
         with torch.no_grad():
