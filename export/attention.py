@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTENTION_KINDS", "attention_bias", "attend"]
+__all__ = ["ATTENTION_KINDS", "attention_bias", "band_bias", "attend"]
 
 # "fused": ORT contrib GroupQueryAttention (5-6x faster than plain ops on CPU at 2k tokens);
 # "plain": standard ONNX MatMul/Softmax (portable: TensorRT and other runtimes fuse it themselves).
@@ -36,6 +36,22 @@ def attention_bias(attention_mask: torch.Tensor, q_len_like: torch.Tensor, dtype
     neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
     zero = torch.tensor(0.0, dtype=dtype)
     return torch.where(allowed, zero, neg)[:, None]  # (B, 1, T, P+T)
+
+
+def band_bias(bias: torch.Tensor, window: int) -> torch.Tensor:
+    """Sliding-window attention (Gemma 3 local layers): `bias` (B, 1, T, P+T) with every slot
+    `window` or more slots behind the query masked, so a query sees itself and window-1 slots
+    before it, as transformers' sliding_window_overlay (kv_idx > q_idx - window).
+
+    Slots, not position ids: a compressed prompt's merged spans keep their original position ids
+    for RoPE, while the window counts the cache slots that transformers counts too.
+    """
+    T = bias.shape[2]
+    k_slots = torch.ones_like(bias[0, 0, 0], dtype=torch.long).cumsum(-1) - 1  # (P+T,): 0..P+T-1
+    q_slots = k_slots[-T:] if T > 0 else k_slots[:0]  # (T,): P..P+T-1
+    far = (q_slots[:, None] - k_slots[None, :]) >= window  # (T, P+T)
+    neg = torch.tensor(torch.finfo(bias.dtype).min, dtype=bias.dtype)
+    return torch.where(far[None, None], neg, bias)  # (B, 1, T, P+T)
 
 
 def _attend_torch(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float):
@@ -69,11 +85,13 @@ class _FusedGQA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale):
+    def forward(ctx, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1):
+        if window > 0:  # the node bands it itself (local_window_size): the reference bands here
+            bias = band_bias(bias, window)
         return _attend_torch(q, k, v, past_k, past_v, bias, n_heads, n_kv, scale)
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale):
+    def symbolic(g, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1):
         from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh
 
         def const(values):
@@ -88,6 +106,9 @@ class _FusedGQA(torch.autograd.Function):
         inputs = [q, k, v]
         inputs += [none, none] if sh._is_none(past_k) else [past_k, past_v]
         inputs += [seqlens_k, total, none, none, none, bias]
+        # ORT 1.32 keeps local_window_size slots, the query's own included (measured against
+        # a banded softmax): transformers' sliding_window, as is
+        local = {"local_window_size_i": window} if window > 0 else {}
         out, pk, pv = g.op(
             "com.microsoft::GroupQueryAttention",
             *inputs,
@@ -95,6 +116,7 @@ class _FusedGQA(torch.autograd.Function):
             kv_num_heads_i=n_kv,
             scale_f=scale,
             outputs=3,
+            **local,
         )
         out.setType(q.type())
         for t in (pk, pv):
@@ -102,7 +124,8 @@ class _FusedGQA(torch.autograd.Function):
         return out, pk, pv
 
 
-def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float, kind: str):
+def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float, kind: str,
+           window: int | None = None):  # fmt: skip
     """Grouped-query attention over the KV slots.
 
     Args:
@@ -113,10 +136,15 @@ def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float,
         n_heads, n_kv: query and key/value head counts (N % KV == 0).
         scale: softmax scale (1/sqrt(H) for the supported families).
         kind: "fused" (one ORT GroupQueryAttention node) or "plain" (standard ONNX ops).
+        window: sliding window in slots (a local layer), or None: "plain" bands `bias`, "fused"
+            sets GroupQueryAttention's local_window_size.
 
     Returns:
         out (B, T, N*H), present_k and present_v (B, KV, P+T, H).
     """
     if kind == "fused" and torch.onnx.is_in_onnx_export():
-        return _FusedGQA.apply(q, k, v, past_k, past_v, bias, n_heads, n_kv, float(scale))
+        args = (q, k, v, past_k, past_v, bias, n_heads, n_kv, float(scale))
+        return _FusedGQA.apply(*args, int(window)) if window else _FusedGQA.apply(*args)
+    if window:
+        bias = band_bias(bias, window)
     return _attend_torch(q, k, v, past_k, past_v, bias, n_heads, n_kv, scale)

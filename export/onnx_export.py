@@ -283,7 +283,8 @@ def export_onnx(
     """Export a causal LM to embed/encoder/prefill/decode ONNX graphs, gated by parity.
 
     Args:
-        model_spec: "smollm2" or a local Hugging Face causal-LM directory (Llama, Qwen2, GPT-2).
+        model_spec: "smollm2", "gemma3-270m" or a local Hugging Face causal-LM directory (Llama,
+            Qwen2, Gemma 3, GPT-2).
         out_dir: the export directory to create (written atomically).
         config: export options; None -> ExportConfig().
         progress: accepted for a uniform library signature; export steps are logged instead

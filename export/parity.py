@@ -151,8 +151,10 @@ class _Diff:
 
     def kv(self, ref: list[np.ndarray], got: list[np.ndarray], slots: np.ndarray) -> None:
         for r, g in zip(ref, got, strict=True):  # (B, KV, S, H); compare real slots only
-            r = r.astype(np.float64)
-            d = np.abs(r - g.astype(np.float64)) * slots[:, None, :, None]
+            r, S = r.astype(np.float64), r.shape[2]
+            # transformers' sliding-window cache keeps only a local layer's last S slots
+            g, m = g[:, :, g.shape[2] - S :], slots[:, slots.shape[1] - S :]
+            d = np.abs(r - g.astype(np.float64)) * m[:, None, :, None]
             d = np.nan_to_num(d, nan=np.inf)
             self.kv_max = max(self.kv_max, float(d.max()))
             scale = float(np.abs(r).max())  # per tensor: fp16 error grows with the layer's range
@@ -267,10 +269,15 @@ def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> Pari
     return _run_case(ctx, "compressed", [_prompt(prompt.input_ids, embeds, positions)])
 
 
-def _hidden_case(name: str, ref: np.ndarray, got: np.ndarray, atol: float) -> ParityCase:
+def _hidden_case(name: str, ref: np.ndarray, got: np.ndarray, ctx: _Ctx) -> ParityCase:
+    """Hidden states get the KV budget: atol plus rtol x the tensor's range (Gemma 3's residual
+    stream reaches the hundreds, where fp32 rounding alone passes 1e-3)."""
     d = np.abs(ref.astype(np.float64) - got.astype(np.float64))
     worst = float(np.nan_to_num(d, nan=np.inf).max())
-    return ParityCase(name, ref.shape[1], worst, float(d.mean()), 1.0, 0.0, worst <= atol)
+    slack = _KV_RTOL[np.dtype(ctx.pipe.kv_dtype)] * float(np.abs(ref).max())
+    return ParityCase(
+        name, ref.shape[1], worst, float(d.mean()), 1.0, 0.0, worst - slack <= ctx.atol
+    )
 
 
 def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase]:
@@ -279,13 +286,13 @@ def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase
 
     ids = _text_ids(tokenizer, n)[None]
     emb = ctx.pipe.embed(ids[0])[None]
-    cases = [_hidden_case("embed", _embed(ctx.model, ids), emb, ctx.atol)]
+    cases = [_hidden_case("embed", _embed(ctx.model, ids), emb, ctx)]
     mask = np.ones_like(ids)
     with torch.no_grad():
         ref = LMEncoder(ctx.model, layers=layers)(torch.from_numpy(ids), torch.from_numpy(mask))
     feeds = {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask}
     got = ctx.pipe.backends["encoder"].run(feeds, [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
-    return cases + [_hidden_case("encoder", ref.float().numpy(), got, ctx.atol)]
+    return cases + [_hidden_case("encoder", ref.float().numpy(), got, ctx)]
 
 
 def check_parity(

@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")  # RMSNorm + rotary + GQA + gated MLP, same module names
-SUPPORTED = (*LLAMA_LIKE, "gpt2")
+GEMMA3 = "gemma3_text"  # Llama-like plus QK-norm, sandwich norms, local/global layers
+SUPPORTED = (*LLAMA_LIKE, GEMMA3, "gpt2")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ModelDims:
     hidden_size: int
     vocab_size: int
     max_positions: int  # the model's own context limit
+    sliding_window: int | None = None  # slots a local layer sees (itself included)
+    local_layers: tuple[int, ...] = ()  # layers with sliding-window attention
 
 
 def model_dims(model) -> ModelDims:
@@ -65,6 +68,8 @@ def model_dims(model) -> ModelDims:
             kind, cfg.n_layer, n_heads, n_heads, cfg.n_embd // n_heads, cfg.n_embd,
             cfg.vocab_size, cfg.n_positions,
         )  # fmt: skip
+    if kind == GEMMA3:
+        return _gemma3_dims(cfg)
     if getattr(cfg, "use_sliding_window", kind == "mistral") and getattr(
         cfg, "sliding_window", None
     ):
@@ -74,6 +79,23 @@ def model_dims(model) -> ModelDims:
         kind, cfg.num_hidden_layers, cfg.num_attention_heads,
         cfg.num_key_value_heads or cfg.num_attention_heads, head_dim, cfg.hidden_size,
         cfg.vocab_size, cfg.max_position_embeddings,
+    )  # fmt: skip
+
+
+def _gemma3_dims(cfg) -> ModelDims:
+    """Gemma 3: every layer named "sliding_attention" in layer_types is local."""
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, name, None) is not None:
+            raise InputError(
+                f"Gemma 3 with {name}={getattr(cfg, name)} is not supported for export"
+            )
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise InputError("Gemma 3 with bidirectional attention is not a causal LM; cannot export")
+    local = tuple(i for i, t in enumerate(cfg.layer_types) if t == "sliding_attention")
+    return ModelDims(
+        GEMMA3, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+        cfg.head_dim, cfg.hidden_size, cfg.vocab_size, cfg.max_position_embeddings,
+        int(cfg.sliding_window) if local else None, local,
     )  # fmt: skip
 
 
@@ -104,6 +126,7 @@ class DecoderCore(nn.Module):
         self.dims = model_dims(model)
         self.attention = attention
         self.gpt2 = self.dims.model_type == "gpt2"
+        self.gemma3 = self.dims.model_type == GEMMA3
         self.base = model.transformer if self.gpt2 else model.model
         self.layers = self.base.h if self.gpt2 else self.base.layers
         self.packed = [] if self.gpt2 else [_pack_layer(layer) for layer in self.layers]
@@ -126,18 +149,47 @@ class DecoderCore(nn.Module):
             rope = None
         else:
             rope = self.base.rotary_emb(x, position_ids)  # cos, sin (B, T, H)
+        if self.gemma3:  # local layers rotate with their own base (rope_local_base_freq)
+            rope = (rope, self.base.rotary_emb_local(x, position_ids))
         bias = attention_bias(attention_mask, x, x.dtype)
         presents = []
+        layer = self._gpt2_layer if self.gpt2 else self._llama_layer
+        layer = self._gemma3_layer if self.gemma3 else layer
         for i in range(self.dims.num_layers if n_layers is None else n_layers):
             past = pasts[i] if pasts is not None else (None, None)
-            layer = self._gpt2_layer if self.gpt2 else self._llama_layer
             x, kv = layer(i, x, rope, bias, past)
             presents.append(kv)
         return x, presents
 
-    def _attend(self, q, k, v, past, bias, scale):
+    def _attend(self, q, k, v, past, bias, scale, window=None):
         d = self.dims
-        return attend(q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention)
+        return attend(
+            q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention, window
+        )
+
+    def _gemma3_layer(self, i, x, ropes, bias, past):
+        """Gemma 3 block: QK-norm before RoPE, norms after attention and MLP as well as before;
+        local layers use the local RoPE and a sliding window."""
+        layer, (w_qkv, _, w_gate_up) = self.layers[i], self.packed[i]
+        d, a = self.dims, layer.self_attn
+        local = i in d.local_layers
+        h = layer.input_layernorm(x)
+        B, T = h.shape[0], h.shape[1]
+        nq, nkv = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
+        q, k, v = F.linear(h, w_qkv).split([nq, nkv, nkv], dim=-1)
+        q = a.q_norm(q.reshape(B, T, d.num_heads, d.head_dim))  # (B, T, N, H), RMSNorm per head
+        k = a.k_norm(k.reshape(B, T, d.num_kv_heads, d.head_dim))  # (B, T, KV, H)
+        cos, sin = ropes[1] if local else ropes[0]
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, H)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
+        window = d.sliding_window if local else None
+        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window)
+        x = x + layer.post_attention_layernorm(a.o_proj(out))
+        gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).chunk(2, dim=-1)
+        x = x + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))
+        return x, (pk, pv)
 
     def _llama_layer(self, i, x, rope, bias, past):
         layer, (w_qkv, b_qkv, w_gate_up) = self.layers[i], self.packed[i]

@@ -72,7 +72,7 @@ def wikitext_valid() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """family -> directory of a tiny random HF model (llama, qwen2, gpt2), fixed seed."""
+    """family -> directory of a tiny random HF model (llama, qwen2, gpt2, gemma3), fixed seed."""
     from semedge.models import TINY_FAMILIES, make_tiny_model
 
     base = tmp_path_factory.mktemp("tiny-models")
@@ -127,12 +127,12 @@ def assert_one_line_error(res: CliResult) -> None:
     assert "Traceback" not in res.stderr
 
 
-def _tiny_export(tiny_models, tmp_path_factory, family: str) -> Path:
+def _tiny_export(tiny_models, tmp_path_factory, family: str, **options) -> Path:
     from semedge.export import ExportConfig, ParityConfig, export_onnx
 
     out = tmp_path_factory.mktemp(f"tiny-export-{family}") / "export"
     fast_gate = ParityConfig(lengths=(7, 48), decode_steps=2, compressed=False)
-    export_onnx(tiny_models[family], out, ExportConfig(parity=fast_gate))
+    export_onnx(tiny_models[family], out, ExportConfig(parity=fast_gate, **options))
     return out
 
 
@@ -146,3 +146,9 @@ def tiny_export(tiny_models, tmp_path_factory) -> Path:
 def tiny_export_gpt2(tiny_models, tmp_path_factory) -> Path:
     """A gated semedge ONNX export of the tiny GPT-2, once per session."""
     return _tiny_export(tiny_models, tmp_path_factory, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_export_gemma3(tiny_models, tmp_path_factory) -> Path:
+    """A gated export of the tiny Gemma 3 (window 16 < the 48-token gate), fused attention."""
+    return _tiny_export(tiny_models, tmp_path_factory, "gemma3")

@@ -33,7 +33,7 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
 @click.option("--query", default=None, help="Query-aware: tokens similar to it stay fine.")
 @click.option("--protect", multiple=True, help="A string whose tokens never merge (repeatable).")
 @click.option("--model", "model_spec", default="smollm2", show_default=True,
-              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+              help="'smollm2', 'gemma3-270m' or a local Hugging Face model directory.")  # fmt: skip
 @click.option("--recency-window", type=int, default=None, help="Last N tokens never merge.")
 @click.option("--max-span", type=int, default=None, help="Longest merged span.")
 @click.option("--max-chars", type=int, default=4000, show_default=True,

@@ -108,7 +108,7 @@ def _pop_knobs(kw: dict) -> dict:
     "model",
     default="smollm2",
     show_default=True,
-    help="'smollm2' or a HF model dir.",
+    help="'smollm2', 'gemma3-270m' or a HF model dir.",
 )
 @click.option(
     "--encoder", type=click.Choice(["lm", "minilm"]), default=None, help="SemToken encoder."

@@ -33,7 +33,7 @@ def _lengths(text: str | None) -> tuple[int, ...] | None:
     "model",
     default="smollm2",
     show_default=True,
-    help="'smollm2' or a local Hugging Face causal-LM directory.",
+    help="'smollm2', 'gemma3-270m' or a local Hugging Face causal-LM directory.",
 )
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--adapter", type=click.Path(), help="MT2ST span-adapter directory to ship.")

@@ -18,7 +18,7 @@ def command() -> None:
 
 @command.command(name="adapter")
 @click.option("--model", "model_spec", default="smollm2", show_default=True,
-              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+              help="'smollm2', 'gemma3-270m' or a local Hugging Face model directory.")  # fmt: skip
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="UTF-8 training text (e.g. wikitext-2/valid.txt).")  # fmt: skip
 @click.option("--ratio", type=float, default=None, help="Compression ratio R (default 2.4).")
@@ -68,7 +68,7 @@ def adapter(model_spec, data, ratio, strategy, steps, windows, context, target, 
 
 @command.command(name="compare")
 @click.option("--model", "model_spec", default="smollm2", show_default=True,
-              help="'smollm2' or a local Hugging Face model directory.")  # fmt: skip
+              help="'smollm2', 'gemma3-270m' or a local Hugging Face model directory.")  # fmt: skip
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Training text.")
 @click.option("--test-data", type=click.Path(path_type=Path), required=True, help="Held-out text.")
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True)

@@ -63,7 +63,10 @@ class LMEncoder(nn.Module):
     def __init__(self, model: nn.Module, layers: int = 2) -> None:
         super().__init__()
         self.layers = int(layers)
-        self.base = _truncated_base(model.base_model, self.layers)
+        base = model.base_model
+        if base is model:  # Gemma3ForCausalLM's base_model_prefix names no attribute it has
+            base = getattr(model, "model", model)
+        self.base = _truncated_base(base, self.layers)
         cfg = model.config
         self.max_positions = int(
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)

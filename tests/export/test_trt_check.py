@@ -180,7 +180,7 @@ def test_directory_without_manifest_is_an_artifact_error(tmp_path):
         check_onnx_dir(tmp_path)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])
 def tiny_plain_export(request, tiny_models, tmp_path_factory):
     """Tiny exports with plain ONNX attention: the graphs semedge builds for TensorRT."""
     from semedge.export import ExportConfig, export_onnx

@@ -1,6 +1,7 @@
 """The runtime's greedy tokens equal the PyTorch SemToken path's on the same compressed prompt.
 
-Fast: the tiny Llama and GPT-2 exports (helper fixtures `tiny_export`, `tiny_export_gpt2`).
+Fast: the tiny Llama, GPT-2 and Gemma 3 exports (fixtures `tiny_export`, `tiny_export_gpt2`,
+`tiny_export_gemma3`: 2500 characters are ~20x the tiny Gemma 3's 16-slot window).
 Slow: SmolLM2, exported once into the test's temp dir.
 """
 
@@ -33,10 +34,13 @@ def _runtime_tokens(pipe, text, ratio, query=None, max_new_tokens=16):
     return res, res.tokens + eos  # the PyTorch path keeps the EOS it stopped on
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+_EXPORTS = {"llama": "tiny_export", "gpt2": "tiny_export_gpt2", "gemma3": "tiny_export_gemma3"}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize(("ratio", "query"), [(1.0, None), (2.4, None), (2.4, "hurricane 1933")])
 def test_greedy_tokens_equal_pytorch(request, tiny_models, family, ratio, query):
-    export = request.getfixturevalue("tiny_export" if family == "llama" else "tiny_export_gpt2")
+    export = request.getfixturevalue(_EXPORTS[family])
     text = TEXT[:2500]  # > encoder_window tokens with the tiny tokenizer: windows are exercised
     with Pipeline.from_pretrained(export) as pipe:
         prompt, want = _torch_tokens(tiny_models[family], pipe, text, ratio, query)

@@ -8,7 +8,7 @@ from semedge.errors import InputError
 from semedge.models import load_model
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gemma3"])
 def test_tiny_family_loads_and_runs(tiny_models, family):
     import torch
 
