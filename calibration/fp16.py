@@ -9,14 +9,13 @@ outputs keep their fp32 types (keep_io_types), so the runtime's feeds and KV cac
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from semedge import constants as C
-from semedge.artifacts import Manifest, staged_dir, write_manifest
+from semedge.artifacts import Manifest, copy_verified, staged_dir, write_manifest
 from semedge.calibration import scoring
 from semedge.calibration.data import tokenize_stream, with_graphs
 from semedge.calibration.int8 import open_export
@@ -184,10 +183,7 @@ def _convert(pipe, manifest: Manifest, src: Path, out: Path, data, config: Fp16C
         )
     held = [ids[i * n : (i + 1) * n] for i in range(config.eval_windows)]
     with staged_dir(out, overwrite=overwrite) as tmp:
-        for rel in manifest.files:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            if rel not in CONVERTED:
-                shutil.copy2(src / rel, tmp / rel)
+        copy_verified(src, manifest, tmp, skip=CONVERTED)
         kept: dict[str, int] = {}
         with log_timed(log, "converting graphs to fp16"):
             for g in CONVERTED:

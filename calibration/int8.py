@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semedge import constants as C
-from semedge.artifacts import Manifest, load_manifest, staged_dir, verify_manifest, write_manifest
+from semedge.artifacts import (
+    Manifest,
+    confined,
+    copy_verified,
+    listed_file,
+    load_manifest,
+    onnx_external_locations,
+    staged_dir,
+    verify_manifest,
+    write_manifest,
+)
 from semedge.calibration import scoring
 from semedge.calibration.cache import RangeCache, default_cache_root
 from semedge.calibration.data import (
@@ -120,8 +130,9 @@ def open_export(directory: Path | str, need: tuple[str, ...] = GRAPHS) -> tuple[
     manifest = load_manifest(src, expect_format=C.FORMAT_EXPORT)
     verify_manifest(src, manifest)
     for name in (*need, C.EMBED_ONNX, C.TOKENIZER_JSON):
-        if not (src / name).is_file():
+        if name not in manifest.files and not (src / name).exists():
             raise ArtifactError(f"{src} has no {name}; calibrate a full semedge export")
+        listed_file(src, manifest, name, "a calibration input")  # unlisted: tampered
     dtype = manifest.config.get("dtype", "fp32")
     if dtype not in ("fp32", "float32"):
         raise ArtifactError(
@@ -375,14 +386,10 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
 
 
 def _graph_files(src: Path, graph: str) -> set[str]:
-    """A graph file and its external-data companions."""
-    onnx = require("onnx")
+    """A graph file and its external-data companions (confined to `src`)."""
     names = {graph}
-    model = onnx.load(str(src / graph), load_external_data=False)
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                names.add(e.value)
+    for loc in onnx_external_locations(src / graph):
+        names.add(confined(src, loc, f"external data of {graph}").relative_to(src).as_posix())
     return names
 
 
@@ -392,10 +399,7 @@ def _write(
     ort = require("onnxruntime")
     skip = set().union(*(_graph_files(run.src, g) for g in GRAPHS)) | {C.MANIFEST}
     with staged_dir(out, overwrite=overwrite) as tmp:
-        for rel in manifest.files:
-            if rel not in skip:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run.src / rel, tmp / rel)
+        copy_verified(run.src, manifest, tmp, skip)
         for g in GRAPHS:
             shutil.copy2(best["folder"] / g, tmp / g)
         config = dict(manifest.config)

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from semedge import constants as C
-from semedge.artifacts import atomic_write_text, load_manifest, write_manifest
+from semedge.artifacts import (
+    atomic_write_text,
+    copy_verified,
+    load_manifest,
+    staged_dir,
+    verify_manifest,
+    write_manifest,
+)
 from semedge.calibration.report import RatioReport
 from semedge.compressor import spans as S
 from semedge.config import CompressionConfig
@@ -179,6 +186,8 @@ def calibrate_ratio(
     out: Path | str,
     model: str | None = None,
     export_dir: Path | str | None = None,
+    out_dir: Path | str | None = None,
+    overwrite: bool = False,
 ) -> RatioReport:
     """Fit the threshold for `config.ratio` on `data`, check it on held-out text, write it.
 
@@ -187,13 +196,20 @@ def calibrate_ratio(
         config: ratio, prompt length and counts.
         out: the CompressionConfig JSON to write (threshold set).
         model: "smollm2" or a model dir (PyTorch encoder); ignored when export_dir is given.
-        export_dir: fit with the export's encoder and store the config into its manifest.
+        export_dir: fit with the export's encoder (never modified).
+        out_dir: with export_dir: write a NEW directory, a verified copy of the export whose
+            manifest carries the calibrated config.
+        overwrite: replace an existing out_dir.
 
     Raises:
         InputError: too little text, bad settings, or an unreachable ratio.
         ArtifactError: export_dir is not a semedge export.
     """
     text = read_text_file(data)
+    if out_dir is not None and export_dir is None:
+        raise InputError("--out-dir writes a calibrated copy of --export-dir; pass --export-dir")
+    if out_dir is not None and Path(out_dir).exists() and not overwrite:
+        raise InputError(f"{out_dir} already exists; choose another --out-dir or pass --overwrite")
     if export_dir is not None:
         manifest = load_manifest(export_dir, expect_format=(C.FORMAT_EXPORT, C.FORMAT_CALIBRATED))
         offsets, features, base = _export_source(Path(export_dir))
@@ -224,12 +240,24 @@ def calibrate_ratio(
         test_ratio_min=min(per), test_ratio_max=max(per),
         tolerance=cfg.tolerance, out=str(out), config=final.to_dict(),
         export_dir=str(export_dir) if export_dir is not None else None,
+        out_dir=str(out_dir) if out_dir is not None else None,
     )  # fmt: skip
     if not report.passed:
         log.warning("held-out ratio %.3f misses %.3g by %+.2f %%", report.test_ratio,
                     config.ratio, 100 * report.test_error)  # fmt: skip
+    if out_dir is not None:
+        _write_calibrated_copy(Path(export_dir), manifest, final, Path(out_dir), overwrite)
     atomic_write_text(out, json.dumps(final.to_dict(), indent=2) + "\n")
-    if export_dir is not None:
-        manifest.config = {**manifest.config, "compression": final.to_dict()}
-        write_manifest(export_dir, manifest)
     return report
+
+
+def _write_calibrated_copy(src, manifest, final: CompressionConfig, out_dir: Path, overwrite):
+    """A new directory: the export's verified files plus a manifest with the fitted config (the
+    source export is left as it was: nothing stray in it gets blessed by a re-hash)."""
+    verify_manifest(src, manifest)
+    with staged_dir(out_dir, overwrite=overwrite) as tmp:
+        copy_verified(src, manifest, tmp)
+        manifest = dataclasses.replace(
+            manifest, config={**manifest.config, "compression": final.to_dict()}
+        )
+        write_manifest(tmp, manifest)

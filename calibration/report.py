@@ -156,6 +156,7 @@ class RatioReport:
     out: str | None = None
     export_dir: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    out_dir: str | None = None  # the calibrated copy of export_dir, when one was written
 
     @property
     def test_error(self) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 
 from semedge import constants as C
 from semedge.artifacts import Manifest, atomic_write_text, staged_dir, write_manifest
+from semedge.checks import check_number
 from semedge.config import CompressionConfig
 from semedge.deps import require
 from semedge.errors import AccuracyError, ArtifactError, InputError
@@ -64,8 +65,8 @@ class ExportConfig:
             )
         if self.max_context is not None and self.max_context < 16:
             raise InputError(f"max_context must be >= 16 tokens, got {self.max_context}")
-        if self.atol is not None and not self.atol > 0:
-            raise InputError(f"atol must be > 0, got {self.atol}")
+        if self.atol is not None:
+            check_number(self.atol, "atol", 0.0, lo_open=True, hint=" (e.g. 1e-3)")
         if self.attention not in ATTENTION_KINDS:
             raise InputError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.compression.encoder != "lm":

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semedge.artifacts import load_manifest, staged_dir, verify_manifest
+from semedge.artifacts import (
+    confined,
+    listed_file,
+    load_manifest,
+    onnx_external_locations,
+    staged_dir,
+    verify_manifest,
+)
 from semedge.constants import FORMAT_ENGINE, FORMAT_EXPORT
 from semedge.errors import ArtifactError, InputError
 
@@ -123,9 +130,11 @@ def _model_file(src_dir: Path, manifest: Any, graph: str, backend: str) -> Path 
     if backend == "tensorrt":
         engine = (manifest.extra.get("engines") or {}).get(graph)
         if engine:
-            return src_dir / engine["file"]
+            return listed_file(src_dir, manifest, engine["file"], f"the {graph} engine")
     rel = f"{graph}.onnx"
-    return src_dir / rel if rel in manifest.files else None
+    return (
+        listed_file(src_dir, manifest, rel, f"the {graph} graph") if rel in manifest.files else None
+    )
 
 
 def _backend_of(model: Path) -> str:
@@ -140,20 +149,16 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def _external_data(path: Path) -> list[str]:
-    """Relative paths of the external-data files an ONNX model references."""
-    from semedge.export.trt_check import load_onnx
-
-    model = load_onnx(path, load_external_data=False)
-    return sorted(
-        {
-            e.value
-            for init in model.graph.initializer
-            if init.data_location == 1
-            for e in init.external_data
-            if e.key == "location"
-        }
-    )
+def _external_data(src_dir: Path, manifest: Any, model: Path) -> list[str]:
+    """Relative paths of the external-data files an ONNX model references: confined to its
+    directory and listed in the manifest (verify_manifest checked both; checked again here, where
+    the copy's destination is built from them)."""
+    out = []
+    for loc in sorted(onnx_external_locations(model)):
+        src = confined(model.parent, loc, f"external data of {model.name}")
+        listed_file(src_dir, manifest, src.relative_to(src_dir).as_posix(), "external data")
+        out.append(loc)
+    return out
 
 
 def _plan_models(src_dir: Path, manifest: Any, backend: str) -> list[tuple[str, Path, dict]]:
@@ -167,8 +172,6 @@ def _plan_models(src_dir: Path, manifest: Any, backend: str) -> list[tuple[str, 
             raise ArtifactError(
                 f"{src_dir}'s manifest has no inputs/outputs for {graph}; re-export"
             )
-        if not model.is_file():
-            raise ArtifactError(f"{model} is listed in the manifest but missing; re-export")
         plan.append((graph, model, io))
     if not plan:
         raise ArtifactError(f"{src_dir} holds none of {', '.join(GRAPHS)} for {backend}")
@@ -216,8 +219,9 @@ def write_triton_repo(
             version_dir, backend = tmp / graph / "1", _backend_of(model)
             _link_or_copy(model, version_dir / BACKENDS[backend][1])
             if backend == "onnxruntime":
-                for rel in _external_data(model):  # resolved relative to model.onnx
-                    _link_or_copy(model.parent / rel, version_dir / rel)
+                for rel in _external_data(src_dir, manifest, model):  # relative to model.onnx
+                    dest = confined(version_dir, rel, f"external data of {model.name}")
+                    _link_or_copy(model.parent / rel, dest)
             text = model_config_text(graph, io, config, backend)
             (tmp / graph / "config.pbtxt").write_text(text)
     return [graph for graph, _, _ in plan]

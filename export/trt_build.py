@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from semedge import __version__
 from semedge.artifacts import (
     Manifest,
     atomic_write_bytes,
+    copy_verified,
     load_manifest,
+    manifest_from_dict,
     sha256_file,
     staged_dir,
     verify_manifest,
@@ -123,6 +124,9 @@ def plan_trtexec_commands(
         InputError: a bad --context / --batch range.
     """
     onnx_dir, out_dir, config = Path(onnx_dir), Path(out_dir), config or EngineBuildConfig()
+    verify_manifest(
+        onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
+    )
     manifest = _export_manifest(onnx_dir)
     profiles = engine_profiles(manifest, *config.ranges())
     strongly_typed = not config.fp16
@@ -287,19 +291,19 @@ def _raise_build_failure(onnx_path: Path, errors: list[str]) -> None:
 
 
 def _load_timing_cache(trt, path: Path | None):
-    data = path.read_bytes() if path and path.is_file() else b""
+    try:
+        data = path.read_bytes() if path and path.is_file() else b""
+    except OSError as err:
+        raise ArtifactError(f"cannot read --timing-cache {path}: {err.strerror}") from err
     config = trt.Builder(_Logger(trt)).create_builder_config()
     return config.create_timing_cache(data)
 
 
-def _copy_export_files(onnx_dir: Path, files: dict[str, Any], dest: Path) -> None:
+def _copy_export_files(onnx_dir: Path, manifest: dict[str, Any], dest: Path) -> None:
     """Everything but the graphs TensorRT replaces (and their external data)."""
     engine_stems = tuple(f"{Path(f).stem}." for f in ENGINE_GRAPHS.values())
-    for rel in files:
-        if rel == MANIFEST or Path(rel).name.startswith(engine_stems):
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(onnx_dir / rel, dest / rel)
+    skip = {rel for rel in manifest["files"] if Path(rel).name.startswith(engine_stems)}
+    copy_verified(onnx_dir, manifest_from_dict(manifest, onnx_dir / MANIFEST), dest, skip)
 
 
 def build_engines(
@@ -326,6 +330,9 @@ def build_engines(
         BackendUnavailable: tensorrt is not importable, too old, or no NVIDIA GPU is visible.
     """
     onnx_dir, out_dir, config = Path(onnx_dir), Path(out_dir), config or EngineBuildConfig()
+    verify_manifest(
+        onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
+    )
     manifest = _export_manifest(onnx_dir)
     profiles = engine_profiles(manifest, *config.ranges())
     if out_dir.exists() and not overwrite:
@@ -336,13 +343,12 @@ def build_engines(
         raise BackendUnavailable(
             "no NVIDIA GPU visible (cuda-python or nvidia-smi); build on the target"
         )
-    verify_manifest(onnx_dir)
     _precheck(onnx_dir)
     workspace = _workspace_bytes(config.workspace_mb, gpu)
     cache = _load_timing_cache(trt, config.timing_cache)
     engines: dict[str, Any] = {}
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
-        _copy_export_files(onnx_dir, manifest["files"], tmp)
+        _copy_export_files(onnx_dir, manifest, tmp)
         for graph, file in ENGINE_GRAPHS.items():
             with log_timed(log, f"building the {graph} engine (TensorRT {trt.__version__})"):
                 plan, cache = engine_from_onnx(
@@ -350,12 +356,19 @@ def build_engines(
                 )
             (tmp / f"{graph}.plan").write_bytes(plan)
             engines[graph] = _engine_entry(graph, onnx_dir / file, profiles[graph])
-        if config.timing_cache:
-            atomic_write_bytes(config.timing_cache, memoryview(cache.serialize()).tobytes())
         write_manifest(
             tmp, _engine_manifest(onnx_dir, manifest, engines, trt, gpu, config, workspace)
         )
+    if config.timing_cache:  # after the commit: a cache that cannot be written loses no engine
+        _save_timing_cache(config.timing_cache, cache, out_dir)
     return out_dir
+
+
+def _save_timing_cache(path: Path, cache: Any, out_dir: Path) -> None:
+    try:
+        atomic_write_bytes(path, memoryview(cache.serialize()).tobytes())
+    except ArtifactError as err:
+        log.warning("engines written to %s, but the timing cache was not saved: %s", out_dir, err)
 
 
 def _engine_entry(graph: str, onnx_path: Path, profile: dict[str, Shapes]) -> dict[str, Any]:

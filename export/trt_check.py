@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semedge.artifacts import load_manifest
+from semedge.artifacts import confined, load_manifest
 from semedge.constants import FORMAT_ENGINE, FORMAT_EXPORT
 from semedge.deps import require
 from semedge.errors import ArtifactError
@@ -430,7 +430,11 @@ def _check_external_data(g: _Graph, path: Path) -> Iterator[TrtFinding]:
         }
     )
     for rel in files:
-        where = path.parent / rel
+        try:
+            where = confined(path.parent, rel, f"external data of {path.name}")
+        except ArtifactError as err:
+            yield g.finding(None, ERROR, str(err))
+            continue
         if not where.is_file():
             yield g.finding(None, ERROR, f"external data file {rel} is missing next to {path.name}")
         else:

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from semedge.artifacts import Manifest, load_manifest, verify_manifest
+from semedge.artifacts import (
+    Manifest,
+    compression_from_record,
+    listed_file,
+    load_manifest,
+    verify_manifest,
+)
 from semedge.config import CompressionConfig
 from semedge.constants import (
     ATTENTION_MASK,
@@ -76,15 +82,17 @@ class Pipeline:
     ) -> None:
         self.path, self.manifest, self.tokenizer = path, manifest, tokenizer
         self.backends = backends
+        self._owns_backends = True  # False on with_adapter copies: they borrow the sessions
         self.config = manifest.config
         self.max_context = int(self.config["max_context"])
         eos = self.config["eos_token_id"]
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
-        comp = self.config.get("compression")
-        self.compression = CompressionConfig.from_dict(comp) if comp else CompressionConfig()
+        self.compression = compression_from_record(
+            self.config.get("compression"), path / "manifest.json"
+        )
         self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
-        self._adapter = load_span_adapter(path, self.config.get("adapter"))
+        self._adapter = load_span_adapter(path, self.config.get("adapter"), manifest.files)
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
 
@@ -105,7 +113,8 @@ class Pipeline:
                 graphs, calibrated SemToken threshold) or a TensorRT engine directory.
             providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers) or
                 "trt-engine" (native TensorRT engines); a list is tried as ONNX Runtime names.
-            verify: check every file's SHA-256 against the manifest (on by default).
+            verify: check every file's SHA-256 against the manifest (on by default); sizes,
+                the listing of every loaded file and path confinement are always checked.
             threads: ONNX Runtime intra-op threads per session.
             ort_profile: a path prefix: enable ONNX Runtime's profiler on the prefill/decode graphs.
 
@@ -127,13 +136,10 @@ class Pipeline:
             raise ArtifactError(
                 f"{path}/manifest.json config lacks {', '.join(missing)}; re-export with this semedge"
             )
-        if verify:
-            with log_timed(log, f"verifying {path.name}", logging.DEBUG):
-                verify_manifest(path, manifest)
+        with log_timed(log, f"verifying {path.name}", logging.DEBUG):
+            verify_manifest(path, manifest, hashes=verify)  # listing and paths: always
         backends = backends_for(path, manifest, provider, providers, threads, ort_profile)
-        tok_path = path / TOKENIZER_JSON
-        if not tok_path.is_file():
-            raise ArtifactError(f"{tok_path} is missing; re-export the directory")
+        tok_path = listed_file(path, manifest, TOKENIZER_JSON, "the tokenizer")
         tokenizers = require("tokenizers")
         try:
             tokenizer = tokenizers.Tokenizer.from_file(str(tok_path))
@@ -145,7 +151,13 @@ class Pipeline:
         return cls(path, manifest, tokenizer, backends)
 
     def close(self) -> None:
-        """Free every backend."""
+        """Free every backend (a `with_adapter` copy leaves its source's backends open).
+
+        Requests still running on other threads finish (each backend call holds its session);
+        later calls raise RuntimeError naming the closed backend.
+        """
+        if not self._owns_backends:
+            return
         for b in self.backends.values():
             b.close()
 
@@ -185,7 +197,8 @@ class Pipeline:
             spec: DEFAULT (the adapter shipped for SmolLM2) or a `semedge train adapter` directory.
 
         Returns:
-            A Pipeline sharing this one's sessions; merged spans go through the adapter.
+            A Pipeline sharing this one's sessions (closing it leaves them open; closing this one
+            closes them for both); merged spans go through the adapter.
 
         Raises:
             InputError: the adapter was trained for another model.
@@ -204,6 +217,7 @@ class Pipeline:
             meta, directory, int(self.config["hidden_size"]), fingerprint, self.config["model"]
         )
         pipe = copy.copy(self)
+        pipe._owns_backends = False  # closing the copy must not close this pipeline's sessions
         pipe._adapter = span_adapter_fn(weights)
         pipe.compression = adapter_math.adapter_compression(meta) or self.compression
         return pipe

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from semedge.checks import check_int, check_number
 from semedge.constants import PREFILL_ONNX
 from semedge.errors import ArtifactError, InputError
 from semedge.runtime.sampling import GenerationConfig
@@ -174,10 +175,13 @@ def check_sweep(lengths, ratios, warmup: int, runs: int, decode_tokens: int) -> 
         raise InputError(
             "profile needs --lengths, --ratios, --runs >= 1, --warmup >= 0, --decode-tokens >= 1"
         )
-    if any(r < 1.0 for r in ratios) or any(n < 8 for n in lengths):
-        raise InputError(
-            f"ratios must be >= 1 and lengths >= 8, got {list(ratios)} / {list(lengths)}"
-        )
+    for r in ratios:
+        check_number(r, "--ratios value", 1.0, hint=" (1 = full prompt)")
+    for n in lengths:
+        check_int(n, "--lengths value", 8, 1 << 24)
+    check_int(decode_tokens, "--decode-tokens", 1, 1 << 20)
+    check_int(runs, "--runs", 1, 100_000)
+    check_int(warmup, "--warmup", 0, 100_000)
 
 
 def profile_export(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semedge.checks import check_int, check_number
 from semedge.errors import InputError
 
 __all__ = ["GenerationConfig", "select_next"]
@@ -38,18 +39,21 @@ class GenerationConfig:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.ratio is not None and not self.ratio >= 1.0:
-            raise InputError(f"ratio must be >= 1.0 (2.4 = 2.4x fewer positions), got {self.ratio}")
+        check_int(self.max_new_tokens, "max_new_tokens", 1)
+        check_number(self.temperature, "temperature", 0.0, hint=" (0 = greedy)")
+        check_int(self.top_k, "top_k", 0)
+        check_number(self.top_p, "top_p", 0.0, 1.0, lo_open=True)
+        if self.seed is not None:
+            check_int(self.seed, "seed", 0, 2**63 - 1)
+        if self.ratio is not None:
+            check_number(self.ratio, "ratio", 1.0, hint=" (2.4 = 2.4x fewer positions)")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise InputError(f"stop strings must be non-empty text, got {s!r}")
+        if self.query is not None and (not isinstance(self.query, str) or not self.query.strip()):
+            raise InputError(f"query must be non-empty text, got {self.query!r}")
 
     @property
     def greedy(self) -> bool:
@@ -63,7 +67,11 @@ def select_next(
     if config.greedy:
         return logits.argmax(axis=-1).astype(np.int64)
     rng = rng or np.random.default_rng(config.seed)
-    z = logits.astype(np.float64) / config.temperature  # (B, V)
+    x = logits.astype(np.float64)
+    with np.errstate(
+        over="ignore"
+    ):  # max first: a tiny temperature sends the rest to -inf, not nan
+        z = (x - x.max(axis=-1, keepdims=True)) / config.temperature  # (B, V), max 0
     if config.top_k and config.top_k < z.shape[-1]:
         kth = np.partition(z, -config.top_k, axis=-1)[:, -config.top_k][:, None]
         z = np.where(z < kth, -np.inf, z)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,26 @@ def span_adapter_fn(weights: dict[str, np.ndarray]) -> Any:
     return apply
 
 
-def load_span_adapter(path: Path, name: str | None) -> Any:
+def load_span_adapter(path: Path, name: str | None, listed: Collection[str] | None = None) -> Any:
     """The MT2ST span adapter named by the manifest as `(embeds, spans) -> embeds`, or None.
 
     Applied to merged multi-token spans only (singletons stay exact), as the PyTorch path does.
+    `name` must stay inside `path` and, when `listed` (the manifest's files) is given, be listed.
+
+    Raises:
+        ArtifactError: the adapter is missing, unlisted, escapes `path` or is unreadable.
     """
     if not name:
         return None
     from semedge import adapter_math
+    from semedge.artifacts import confined
 
-    file = path / name
-    if not file.is_file():
+    file = confined(path, name, "config.adapter")
+    if listed is not None and name not in listed:
+        raise ArtifactError(
+            f"{file} (the export's adapter) is not listed in manifest.json; re-export"
+        )
+    if file.is_symlink() or not file.is_file():
         raise ArtifactError(f"{file} (the export's adapter) is missing; re-export")
     safetensors = require("safetensors.numpy")
     try:

@@ -114,8 +114,8 @@ def check_adapter_for(
     Raises:
         InputError: the adapter does not belong to the model.
     """
-    recorded = int(meta.get("hidden_size", -1))
-    if recorded != width:
+    recorded = meta.get("hidden_size")
+    if recorded != width or isinstance(recorded, bool):
         why = f"hidden size {recorded} vs {width}"
     elif fingerprint is not None and meta.get("fingerprint") != fingerprint:
         why = f"embedding fingerprint {meta.get('fingerprint')} vs {fingerprint}"
@@ -139,12 +139,12 @@ def resolve_adapter_dir(spec: str | Path) -> Path:
 def adapter_compression(meta: dict[str, Any]) -> Any:
     """The CompressionConfig an adapter was trained with (adapter.json `meta`), or None if
     unrecorded."""
-    from semedge.config import CompressionConfig
+    from semedge.artifacts import compression_from_record
 
     recorded = meta.get("compression")
     if not isinstance(recorded, dict):
         return None
-    return CompressionConfig.from_dict({**recorded, "target_tokens": None})
+    return compression_from_record({**recorded, "target_tokens": None}, f"{ADAPTER_JSON}")
 
 
 def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -158,10 +158,17 @@ def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict
     """
     from safetensors.numpy import load_file
 
+    from semedge.artifacts import confined
     from semedge.constants import ADAPTER_WEIGHTS
 
     directory = resolve_adapter_dir(directory)
-    meta_path, weights_path = directory / ADAPTER_JSON, directory / ADAPTER_WEIGHTS
+    if not directory.is_dir():
+        raise ArtifactError(
+            f"{directory} is not a semedge adapter directory; train one with "
+            "`semedge train adapter` or pass DEFAULT"
+        )
+    meta_path = confined(directory, ADAPTER_JSON, "adapter file")  # no symlink out of it
+    weights_path = confined(directory, ADAPTER_WEIGHTS, "adapter file")
     if not meta_path.is_file() or not weights_path.is_file():
         raise ArtifactError(
             f"{directory} is not a semedge adapter directory (needs {ADAPTER_JSON} and "
@@ -170,8 +177,12 @@ def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         weights = load_file(weights_path)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ArtifactError(f"cannot read adapter in {directory}: {err}") from err
+    except Exception as err:  # safetensors raises its own SafetensorError on a corrupt header
+        raise ArtifactError(f"cannot read adapter in {directory}: {err}") from err
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_path} is not a JSON object; retrain the adapter")
     if meta.get("format") != ADAPTER_FORMAT or meta.get("schema_version") != ADAPTER_SCHEMA:
         raise ArtifactError(
             f"{meta_path} is not a {ADAPTER_FORMAT} v{ADAPTER_SCHEMA} file; retrain the adapter"
@@ -179,4 +190,19 @@ def read_adapter_dir(directory: Path | str) -> tuple[dict[str, np.ndarray], dict
     missing = [k for k in TENSOR_NAMES if k not in weights]
     if missing:
         raise ArtifactError(f"{weights_path} lacks tensors {missing}; retrain the adapter")
+    _check_shapes(weights, weights_path)
     return weights, meta
+
+
+def _check_shapes(weights: dict[str, np.ndarray], path: Path) -> None:
+    """Every tensor has the shape TENSOR_NAMES gives it in one consistent (D, H, L), float."""
+    w1, u = weights["span.w1"], weights["span.u"]
+    dims = {"H": w1.shape[0], "D": w1.shape[-1], "L": u.shape[-1]} if w1.ndim == 2 == u.ndim else {}
+    for name, spec in TENSOR_NAMES.items():
+        t = weights[name]
+        want = tuple(dims.get(d, -1) for d in spec)
+        if t.shape != want or min(want, default=0) < 1 or t.dtype.kind != "f":
+            raise ArtifactError(
+                f"{path}: tensor {name} has shape {t.shape} ({t.dtype}), expected {spec} = {want} "
+                "float; retrain the adapter"
+            )

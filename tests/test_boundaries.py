@@ -14,6 +14,9 @@ TORCH_FREE = [
     "semedge",
     "semedge.errors",
     "semedge.artifacts",
+    "semedge.staging",
+    "semedge.checks",
+    "semedge.onnx_refs",
     "semedge.config",
     "semedge.constants",
     "semedge.textio",
@@ -42,7 +45,8 @@ def test_runtime_imports_with_torch_blocked():
 # ---------------------------------------------------------------- import rules (docs/architecture.md)
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ("semedge._lazy", "semedge.errors", "semedge.deps", "semedge.artifacts", "semedge.config",
-        "semedge.constants", "semedge.logs", "semedge.textio", "semedge.adapter_math")  # fmt: skip
+        "semedge.constants", "semedge.logs", "semedge.textio", "semedge.adapter_math",
+        "semedge.staging", "semedge.checks", "semedge.onnx_refs")  # fmt: skip
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "tensorrt", "matplotlib")
 # folder (or file) -> semedge modules and third-party packages its code may never import, even
 # lazily inside a function

@@ -201,11 +201,12 @@ class OrtBackend:
         Raises:
             InputError: feed names or dtypes do not match the graph.
         """
-        if self.session is None:
-            raise UsageError(f"{self.path.name}: call load() before run()")
+        sess = self.session  # a local reference: close() meanwhile frees it after this run
+        if sess is None:
+            raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
         self.check_feeds(feeds)
         names = list(outputs) if outputs else list(self.outputs)
-        values = self.session.run(names, feeds)
+        values = sess.run(names, feeds)
         return dict(zip(names, values, strict=True))
 
     def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
@@ -229,15 +230,16 @@ class OrtBackend:
         Raises:
             InputError: names or dtypes do not match the graph.
         """
-        if self.session is None:
-            raise UsageError(f"{self.path.name}: call load() before run_bound()")
+        sess = self.session  # a local reference: close() meanwhile frees it after this run
+        if sess is None:
+            raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
         given = set(feeds) | {n for n in bound if n in self.inputs}
         if given != set(self.inputs):
             raise InputError(
                 f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
             )
         self.check_feeds(feeds, partial=True)
-        io = self.session.io_binding()
+        io = sess.io_binding()
         for name, arr in feeds.items():
             io.bind_cpu_input(name, np.ascontiguousarray(arr))
         for name in fetch:  # bound first so get_outputs() starts with them
@@ -245,7 +247,7 @@ class OrtBackend:
         for name, buf in bound.items():
             bind = io.bind_input if name in self.inputs else io.bind_output
             bind(name, buf.device, 0, np.dtype(buf.dtype).type, list(buf.shape), buf.ptr)
-        self.session.run_with_iobinding(io)
+        sess.run_with_iobinding(io)
         values = io.get_outputs()
         return {name: values[i].numpy() for i, name in enumerate(fetch)}
 

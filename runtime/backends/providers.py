@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from semedge.artifacts import Manifest
+from semedge.artifacts import Manifest, listed_file
 from semedge.constants import DECODE_ONNX, EMBED_ONNX, ENCODER_ONNX, PREFILL_ONNX
-from semedge.errors import ArtifactError
 
 __all__ = ["backends_for", "GRAPHS"]
 
@@ -33,7 +32,8 @@ def backends_for(
     Raises:
         InputError: unknown provider.
         BackendUnavailable: the provider is not installed.
-        ArtifactError: a graph file is missing (the encoder is optional).
+        ArtifactError: a graph file is missing or not listed in the manifest (the encoder is
+            optional: it must be listed when present).
     """
     if provider == "trt-engine":
         from semedge.runtime.backends.trt import engine_backends
@@ -45,13 +45,12 @@ def backends_for(
         "cpu", "cuda", "tensorrt") else _check_ort_names(providers)  # fmt: skip
     out = {}
     for key, fname in GRAPHS.items():
-        if not (path / fname).is_file():
-            if key == "encoder":  # an export without an encoder still runs uncompressed
-                continue
-            raise ArtifactError(f"{path / fname} is missing; re-export the directory")
+        if key == "encoder" and fname not in manifest.files:
+            continue  # an export without an encoder still runs uncompressed
+        graph_path = listed_file(path, manifest, fname, f"the {key} graph")
         spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
         prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
-        out[key] = OrtBackend(path / fname, ort_names, spec, threads, prof)
+        out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof)
         out[key].provider_name = provider
     return out
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from semedge.artifacts import Manifest
+from semedge.artifacts import Manifest, listed_file
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
 
@@ -82,6 +82,7 @@ class TrtBackend:
         self.inputs: dict[str, tuple[Any, list]] = {}
         self.outputs: dict[str, tuple[Any, list]] = {}
         self._local = threading.local()
+        self.profiles: dict[str, tuple[list[int], list[int]]] = {}
 
     def load(self) -> TrtBackend:
         if self.engine is not None:
@@ -108,8 +109,33 @@ class TrtBackend:
             raise ArtifactError(
                 f"{self.path.name} inputs {sorted(self.inputs)} do not match the manifest's {sorted(want)}"
             )
+        self.profiles = _input_profiles(engine, list(self.inputs))
         self._runtime, self.engine = runtime, engine
         return self
+
+    def check_shape(self, name: str, shape: Sequence[int]) -> None:
+        """Refuse a shape outside the engine's optimization profile 0 (the one each execution
+        context uses), naming the profile and the dimension, before TensorRT sees it.
+
+        Raises:
+            InputError: wrong rank, or a dimension outside [min, max] of the profile.
+        """
+        prof = self.profiles.get(name)
+        if prof is None:
+            return
+        lo, hi = prof
+        if len(shape) != len(lo):
+            raise InputError(
+                f"{self.path.name} input {name!r} has rank {len(shape)} {tuple(shape)}, the engine's "
+                f"profile 0 expects rank {len(lo)} (min {tuple(lo)}, max {tuple(hi)})"
+            )
+        for dim, (d, a, b) in enumerate(zip(shape, lo, hi, strict=True)):
+            if not a <= d <= b:
+                raise InputError(
+                    f"{self.path.name} input {name!r} shape {tuple(shape)}: dimension {dim} is {d}, "
+                    f"outside optimization profile 0's range [{a}, {b}] (min {tuple(lo)}, max "
+                    f"{tuple(hi)}); rebuild with `semedge export trt --context/--batch` to cover it"
+                )
 
     def close(self) -> None:
         self._local = threading.local()
@@ -121,10 +147,10 @@ class TrtBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _thread_state(self) -> Any:
+    def _thread_state(self, engine: Any) -> Any:
         st = self._local
         if not hasattr(st, "context"):
-            st.context = self.engine.create_execution_context()
+            st.context = engine.create_execution_context()
             st.stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
             st.scratch = {}  # name -> _DeviceMemory, grown on demand
         return st
@@ -147,14 +173,15 @@ class TrtBackend:
         Raises:
             InputError: names or dtypes do not match the engine.
         """
-        if self.engine is None:
-            raise UsageError(f"{self.path.name}: call load() before run_bound()")
+        engine = self.engine  # a local reference: close() meanwhile frees it after this run
+        if engine is None:
+            raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
         given = set(feeds) | {n for n in bound if n in self.inputs}
         if given != set(self.inputs):
             raise InputError(
                 f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
             )
-        st, cudart = self._thread_state(), self._cudart
+        st, cudart = self._thread_state(engine), self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         ctx, stream = st.context, st.stream
@@ -164,19 +191,27 @@ class TrtBackend:
                 raise InputError(
                     f"{self.path.name} input {name!r} must be {self.inputs[name][0]}, got {arr.dtype}"
                 )
-            ptr = self._scratch(st, name, arr.nbytes)
-            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, stream), "copy in")
-            ctx.set_input_shape(name, arr.shape)
-            ctx.set_tensor_address(name, ptr)
+            self.check_shape(name, arr.shape)
         for name, buf in bound.items():
             if name in self.inputs:
-                ctx.set_input_shape(name, buf.shape)
-            ctx.set_tensor_address(name, buf.ptr)
+                self.check_shape(name, buf.shape)
+        for name, arr in feeds.items():
+            arr = np.ascontiguousarray(arr)
+            ptr = self._scratch(st, name, arr.nbytes)
+            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, stream), "copy in")
+            self._set_shape(ctx, name, arr.shape)
+            self._set_address(ctx, name, ptr)
+        for name, buf in bound.items():
+            if name in self.inputs:
+                self._set_shape(ctx, name, buf.shape)
+            self._set_address(ctx, name, buf.ptr)
         host = {}
         for name in fetch:  # shapes are known once every input shape is set
             shape = tuple(ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise InputError(f"{self.path.name}: output {name!r} shape {shape} is unresolved")
             host[name] = np.empty(shape, dtype=self.outputs[name][0])
-            ctx.set_tensor_address(name, self._scratch(st, name, host[name].nbytes))
+            self._set_address(ctx, name, self._scratch(st, name, host[name].nbytes))
         if not ctx.execute_async_v3(int(stream)):
             raise BackendUnavailable(f"TensorRT failed to run {self.path.name}")
         for name, arr in host.items():
@@ -187,11 +222,37 @@ class TrtBackend:
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return host
 
+    def _set_shape(self, ctx: Any, name: str, shape: Sequence[int]) -> None:
+        if not ctx.set_input_shape(name, tuple(int(d) for d in shape)):
+            lo, hi = self.profiles.get(name, ((), ()))
+            raise InputError(
+                f"TensorRT refused shape {tuple(shape)} for {self.path.name} input {name!r} "
+                f"(optimization profile 0: min {tuple(lo)}, max {tuple(hi)}); rebuild the engine"
+            )
+
+    def _set_address(self, ctx: Any, name: str, ptr: int) -> None:
+        if not ctx.set_tensor_address(name, int(ptr)):
+            raise BackendUnavailable(
+                f"TensorRT refused the device address of {self.path.name} tensor {name!r} "
+                "(misaligned or unknown tensor); check `semedge doctor`"
+            )
+
     def run(
         self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run on host arrays; every output (or `outputs`) comes back as numpy."""
         return self.run_bound(feeds, {}, list(outputs or self.outputs))
+
+
+def _input_profiles(engine: Any, inputs: list[str]) -> dict[str, tuple[list[int], list[int]]]:
+    """input name -> (min, max) dims of optimization profile 0 (empty for a static engine)."""
+    if not getattr(engine, "num_optimization_profiles", 0):
+        return {}
+    out = {}
+    for name in inputs:
+        lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
+        out[name] = ([int(d) for d in lo], [int(d) for d in hi])
+    return out
 
 
 def engine_backends(path: Path, manifest: Manifest) -> dict[str, Any]:
@@ -227,13 +288,15 @@ def engine_backends(path: Path, manifest: Manifest) -> dict[str, Any]:
             raise ArtifactError(
                 f"{path}/manifest.json lists no {graph} engine; rebuild with `semedge export trt`"
             )
-        out[graph] = TrtBackend(path / entry["file"], manifest.graphs.get(graph))
+        plan = listed_file(path, manifest, entry["file"], f"the {graph} engine")
+        out[graph] = TrtBackend(plan, manifest.graphs.get(graph))
     import onnxruntime as ort
 
     chain = list(
         PROVIDERS["cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"]
     )
     for key, fname in (("embed", EMBED_ONNX), ("encoder", ENCODER_ONNX)):
-        if (path / fname).is_file():
-            out[key] = OrtBackend(path / fname, chain, manifest.graphs.get(key))
+        if fname in manifest.files or key == "embed":
+            graph_path = listed_file(path, manifest, fname, f"the {key} graph")
+            out[key] = OrtBackend(graph_path, chain, manifest.graphs.get(key))
     return out

@@ -69,6 +69,9 @@ class SemedgeGroup(click.Group):
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
             ctx.exit(130)
+        except OSError as err:  # disk full, permissions, a vanished file: the user's to fix
+            where = f" ({err.filename})" if err.filename else ""
+            raise click.ClickException(f"{err.strerror or err}{where}") from None
         except Exception as err:  # a bug: still one line unless debugging
             if debug_enabled():
                 raise

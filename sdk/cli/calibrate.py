@@ -95,21 +95,25 @@ def fp16(onnx_dir, out_dir, data, overwrite, as_json, **opts) -> None:
 @click.option("--data", type=_PATH, required=True, help="UTF-8 text of the corpus to fit on.")
 @click.option("--ratio", type=float, required=True, help="Compression ratio to hold (e.g. 2.4).")
 @click.option("-m", "--model", default=None, help="smollm2 or a model dir [smollm2].")
-@click.option("--export-dir", type=_PATH, default=None, help="Export to fit with and store into.")
+@click.option("--export-dir", type=_PATH, default=None, help="Export to fit with (left unchanged).")
 @click.option("--out", type=_PATH, required=True, help="Where the CompressionConfig JSON goes.")
+@click.option("--out-dir", type=_PATH, default=None,
+              help="Write a NEW export directory: --export-dir with the fitted config.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace --out-dir if it exists.")
 @click.option("--chunk-tokens", type=int, default=None, help="Prompt length to fit for [512].")
 @click.option("--prompts", type=int, default=None, help="Fit prompts [64].")
 @click.option("--test-prompts", type=int, default=None, help="Held-out prompts [32].")
 @click.option("--held-out", type=float, default=None, help="Fraction of --data held out [0.25].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def ratio(data, ratio, model, export_dir, out, as_json, **opts) -> None:
+def ratio(data, ratio, model, export_dir, out, out_dir, overwrite, as_json, **opts) -> None:
     """Fit the compressor's threshold so prompts like --data land at --ratio without a search."""
     from semedge.calibration.ratio import RatioConfig, calibrate_ratio
 
     config = replace_set(RatioConfig(ratio=ratio), **opts)
-    report = calibrate_ratio(data, config, out, model=model, export_dir=export_dir)
+    report = calibrate_ratio(data, config, out, model=model, export_dir=export_dir,
+                             out_dir=out_dir, overwrite=overwrite)  # fmt: skip
     if as_json:
         echo_json(report.to_dict())
         return
     echo_table(["ratio calibration", "value"], report.rows())
-    click.echo(f"wrote {report.out}" + (f" and {report.export_dir}" if report.export_dir else ""))
+    click.echo(f"wrote {report.out}" + (f" and {report.out_dir}" if report.out_dir else ""))

@@ -41,11 +41,13 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(file, ratio, target_tokens, encoder, query, protect, model_spec, recency_window,
             max_span, max_chars, as_json) -> None:  # fmt: skip
+    from semedge.checks import check_int
     from semedge.compressor import SemTokenCompressor
     from semedge.config import CompressionConfig, replace_set
     from semedge.models import load_model
     from semedge.textio import read_text_file
 
+    check_int(max_chars, "--max-chars", 0)
     options = dict(ratio=ratio, target_tokens=target_tokens, encoder=encoder,
                    recency_window=recency_window, max_span=max_span)  # fmt: skip
     if protect:

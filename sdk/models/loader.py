@@ -78,9 +78,13 @@ def _convert_gguf(gguf: Path, target: Path, tokenizer: object | None = None) -> 
             )
         except (OSError, ValueError, KeyError, IndexError) as err:
             raise ArtifactError(f"cannot convert {gguf}: {err}".splitlines()[0]) from err
-        with staged_dir(target, overwrite=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+        try:
+            with staged_dir(target, overwrite=True) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+        except ArtifactError:
+            if not (target / "model.safetensors").is_file():  # another process's copy landed
+                raise
 
 
 def _smollm2_dir() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from semedge.checks import check_number
 from semedge.config import CompressionConfig
 from semedge.deps import require
 from semedge.errors import InputError
@@ -75,6 +76,10 @@ class AdapterTrainConfig:
         for name in ("context", "target", "windows", "width", "topk"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_number(self.lr, "lr", 0.0, 1.0, lo_open=True, hint=" (e.g. 1e-3)")
+        check_number(self.ratio, "ratio", 1.0, hint=" (2.4 = 2.4x fewer positions)")
+        for name in ("gamma_kd", "gamma_recon"):
+            check_number(getattr(self, name), name, 0.0)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from semedge.artifacts import load_manifest, verify_manifest
 from semedge.calibration.ratio import Prompt, RatioConfig, calibrate_ratio, fit_threshold
 from semedge.compressor import spans as S
 from semedge.config import CompressionConfig
-from semedge.errors import InputError
+from semedge.errors import ArtifactError, InputError
 
 
 def _held_out_text(path, fraction=0.25, chars=1500):
@@ -25,11 +25,17 @@ def _held_out_text(path, fraction=0.25, chars=1500):
 def test_ratio_holds_on_held_out_slice_and_runtime_uses_it(tiny_export, wikitext_valid, tmp_path):
     from semedge.runtime import Pipeline
 
-    export = tmp_path / "export"
-    shutil.copytree(tiny_export, export)
-    out = tmp_path / "compression.json"
+    source = tmp_path / "source"
+    shutil.copytree(tiny_export, source)
+    (source / "stray.onnx.data").write_bytes(b"x")  # unlisted: the source is refused, not blessed
+    out, export = tmp_path / "compression.json", tmp_path / "export"
+    with pytest.raises(ArtifactError, match="stray.onnx.data is not listed"):
+        calibrate_ratio(wikitext_valid, RatioConfig(ratio=2.4, chunk_tokens=256), out,
+                        export_dir=source, out_dir=export)  # fmt: skip
+    (source / "stray.onnx.data").unlink()
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
     report = calibrate_ratio(wikitext_valid, RatioConfig(ratio=2.4, chunk_tokens=256), out,
-                             export_dir=export)  # fmt: skip
+                             export_dir=source, out_dir=export)  # fmt: skip
     assert report.passed, report.to_dict()
     assert abs(report.test_ratio / 2.4 - 1) <= 0.02
     assert report.fit_prompts == 64 and report.test_prompts == 32
@@ -37,6 +43,7 @@ def test_ratio_holds_on_held_out_slice_and_runtime_uses_it(tiny_export, wikitext
     assert saved.threshold == report.threshold and saved.ratio == 2.4
     manifest = verify_manifest(export, load_manifest(export))
     assert manifest.config["compression"]["threshold"] == report.threshold
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before  # source untouched
     with Pipeline.from_pretrained(export) as pipe:  # the runtime compresses with the stored tau
         prepared = pipe.prepare(_held_out_text(wikitext_valid), ratio=2.4)
     assert prepared.threshold == report.threshold

@@ -228,3 +228,20 @@ def test_calibrated_directory_builds_and_records_its_source_format(fake, export_
     built = json.loads((out / "manifest.json").read_text())
     assert built["format"] == "semedge-engine"
     assert built["source"]["format"] == "semedge-calibrated"
+
+
+def test_unwritable_timing_cache_keeps_the_engines(fake, export_dir, tmp_path, caplog):
+    cache = tmp_path / "cache-dir"
+    cache.mkdir()  # a directory where the cache file should go: the write fails
+    out = build_engines(export_dir, tmp_path / "eng", EngineBuildConfig(timing_cache=cache))
+    assert (out / "prefill.plan").is_file() and (out / "decode.plan").is_file()
+    assert "timing cache was not saved" in caplog.text and cache.is_dir()
+
+
+def test_tampered_export_is_refused_before_building(fake, export_dir, tmp_path):
+    data = json.loads((export_dir / "manifest.json").read_text())
+    data["files"].pop("decode.onnx")
+    (export_dir / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="decode.onnx"):
+        build_engines(export_dir, tmp_path / "eng")
+    assert fake.calls == [] and not list(tmp_path.glob("*eng*"))

@@ -15,6 +15,8 @@ import onnxruntime as ort
 from semedge.runtime.backends.ort import ORT_DTYPES
 
 __version__ = "10.0.0"
+PROFILE_MAX = 4096  # every dynamic dimension's profile-0 maximum (tests lower it)
+REFUSE_ADDRESS = False  # make set_tensor_address return False, as TensorRT does on a bad pointer
 
 
 class Logger:
@@ -51,6 +53,13 @@ class _Engine:
         self.io = {i.name: (TensorIOMode.INPUT, i) for i in self.sess.get_inputs()}
         self.io |= {o.name: (TensorIOMode.OUTPUT, o) for o in self.sess.get_outputs()}
         self.num_io_tensors = len(self.io)
+        self.num_optimization_profiles = 1
+
+    def get_tensor_profile_shape(self, name: str, index: int) -> list[list[int]]:
+        """(min, opt, max) of profile `index`: dynamic dims 1..PROFILE_MAX, static dims fixed."""
+        assert index == 0 and self.get_tensor_mode(name) == TensorIOMode.INPUT
+        dims = self.get_tensor_shape(name)
+        return [[d if d > 0 else v for d in dims] for v in (1, 1, PROFILE_MAX)]
 
     def get_tensor_name(self, i: int) -> str:
         return list(self.io)[i]
@@ -78,10 +87,17 @@ class _Context:
         self.engine, self.shapes, self.addr, self.out = engine, {}, {}, None
 
     def set_input_shape(self, name: str, shape) -> bool:
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+        if len(shape) != len(lo) or not all(
+            a <= d <= b for d, a, b in zip(shape, lo, hi, strict=True)
+        ):
+            return False  # TensorRT logs an error and returns False
         self.shapes[name], self.out = tuple(shape), None
         return True
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
+        if REFUSE_ADDRESS:
+            return False
         self.addr[name] = int(ptr)
         return True
 

@@ -89,6 +89,8 @@ def test_with_adapter_matches_the_pytorch_compressor(tiny_export, tiny_models, t
     assert (got.spans[:, 1] - got.spans[:, 0]).max() > 8  # the far context really merged
     # the pipeline it came from is untouched, and an adapter of another model is refused
     assert base.compression != layout and base._adapter is None
+    pipe.close()  # the copy borrows base's sessions: closing it must leave base running
+    assert len(base.generate(text[:300], max_new_tokens=2).tokens) == 2
     qwen, _ = load_model(tiny_models["qwen2"])
     save_adapter(tmp_path / "other", ad, {**meta, "fingerprint": model_fingerprint(qwen)})
     with pytest.raises(InputError, match="trained for model"):

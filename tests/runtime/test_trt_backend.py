@@ -3,6 +3,7 @@ host-memory double of tensorrt/cuda-python; real engines run in the `trt` tests 
 
 from __future__ import annotations
 
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,4 +62,45 @@ def test_engine_backend_matches_onnx_runtime(toy_export, tmp_path, fake_gpu):
 def test_engine_for_another_gpu_is_refused(toy_export, tmp_path, fake_gpu):
     engines = _engine_dir(toy_export, tmp_path / "engines", gpu_name="NVIDIA A100")
     with pytest.raises(ArtifactError, match="tuned for NVIDIA A100 .* rebuild"):
+        Pipeline.from_pretrained(engines, providers="trt-engine")
+
+
+def test_shapes_outside_the_engine_profile_are_refused_naming_profile_and_dim(
+    toy_export, tmp_path, fake_gpu, monkeypatch
+):
+    from semedge.errors import InputError
+
+    engines = _engine_dir(toy_export, tmp_path / "engines")
+    trt = Pipeline.from_pretrained(engines, providers="trt-engine")
+    monkeypatch.setattr(fake_trt, "PROFILE_MAX", 16)  # engine "built" for <= 16 positions
+    trt.prefill.close()
+    trt.prefill.load()  # re-reads the profiles from the (fake) engine
+    with pytest.raises(InputError, match=r"prefill.plan input 'inputs_embeds' .* dimension 1 is \d+"
+                       r", outside optimization profile 0's range \[1, 16\]"):  # fmt: skip
+        trt.generate(TEXT, max_new_tokens=2)
+
+
+def test_false_from_set_input_shape_or_address_is_an_error(
+    toy_export, tmp_path, fake_gpu, monkeypatch
+):
+    from semedge.errors import BackendUnavailable, InputError
+
+    engines = _engine_dir(toy_export, tmp_path / "engines")
+    trt = Pipeline.from_pretrained(engines, providers="trt-engine")
+    monkeypatch.setattr(fake_trt, "REFUSE_ADDRESS", True)
+    with pytest.raises(BackendUnavailable, match="refused the device address of prefill.plan"):
+        trt.generate(TEXT, max_new_tokens=2)
+    monkeypatch.setattr(fake_trt, "REFUSE_ADDRESS", False)
+    monkeypatch.setattr(fake_trt, "PROFILE_MAX", 16)
+    monkeypatch.setattr(type(trt.prefill), "check_shape", lambda self, name, shape: None)
+    with pytest.raises(InputError, match="TensorRT refused shape .* prefill.plan input"):
+        trt.generate(TEXT, max_new_tokens=2)
+
+
+def test_engine_file_not_listed_is_refused(toy_export, tmp_path, fake_gpu):
+    engines = _engine_dir(toy_export, tmp_path / "engines")
+    data = json.loads((engines / "manifest.json").read_text())
+    data["files"].pop("decode.plan")
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="decode.plan.*not listed"):
         Pipeline.from_pretrained(engines, providers="trt-engine")
