@@ -272,14 +272,15 @@ class Pipeline:
         from semedge.compressor import spans as sp
 
         cfg = self.compression_config(ratio, query)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         with timer.span("encode", tokens=T):
             hidden = self.encode(ids)
-            query_sim = self._query_sim(hidden, query) if query else None
+            q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
             special = np.isin(ids, self._special_ids)
             texts = [text[s:e] for s, e in enc.offsets]
-            protected = sp.protected_mask(texts, special, cfg, text, np.asarray(enc.offsets))
-            spans, tau = sp.find_spans(hidden, protected, cfg, query_sim)
+            protected = sp.protected_mask(texts, special, cfg, text, offsets)
+            spans, tau = sp.find_spans(hidden, protected, cfg, *q)
             embeds = sp.merge_embeddings(self.embed(ids), spans, mode=cfg.span_repr)
             if self._adapter is not None:
                 embeds = self._adapter(embeds, spans)
@@ -287,14 +288,16 @@ class Pipeline:
         self._check_fits(T, len(positions), max_new_tokens, ratio)
         return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
 
-    def _query_sim(self, hidden: np.ndarray, query: str) -> np.ndarray:
-        """(T,) cosine of each prompt token's state to the query (spans.query_similarity)."""
+    def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
+        """find_spans' query arguments (spans.query_scores), or (None, None) without a query."""
         from semedge.compressor import spans as sp
 
+        if query is None:
+            return None, None
         q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
-        if len(q_ids) == 0:
+        if not query.strip() or len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")
-        return sp.query_similarity(hidden, self.encode(q_ids))
+        return sp.query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
         """The cache must hold T' + new positions (max_context) and the position ids run to

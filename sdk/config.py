@@ -6,6 +6,7 @@ Torch-free: imported by semedge.runtime.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ def replace_set(base: Any, **options: Any) -> Any:
     return dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
 
 
+AUTO_RECENCY = 0.5  # default recency window: this share of the output positions (docs/eval.md)
 SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
 SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
 
@@ -53,8 +55,8 @@ class CompressionConfig:
     target_tokens: int | None = None  # output positions wanted (overrides ratio when set)
     encoder: str = "lm"  # "lm" (the LM's own first layers) or "minilm"
     encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
-    max_span: int = 8  # longest run of tokens merged into one position
-    recency_window: int = 64  # the last N tokens are never merged
+    max_span: int = 16  # longest merged span (grows by itself when a high ratio needs it)
+    recency_window: int | None = None  # the last N tokens never merge; None: half the budget
     recency_fraction: float | None = None  # recency window = this share of the output positions
     protect_digits: bool = True  # tokens containing a digit never merge
     protect_special: bool = True  # special tokens never merge
@@ -65,15 +67,17 @@ class CompressionConfig:
     tolerance: float = 0.02  # achieved ratio must be within this relative error of `ratio`
     threshold: float | None = None  # a calibrated tau: skips the per-prompt search when set
     sink_tokens: int = 4  # the first N tokens never merge (attention sinks)
-    span_repr: str = "mean"  # span vector: "mean" | "norm_mean" | "first" | "last"
+    span_repr: str = "first"  # span vector: "first" (selection) | "mean" | "norm_mean" | "last"
     span_position: str = "first"  # span position id: its "first" | "last" token's position
     encoder_window: int = 1024  # encoder tokens per window for long texts (overlapping)
-    query_keep: float = 0.1  # query-aware: fraction of tokens most similar to the query kept
+    query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
+    query_share: float = 0.5  # query-aware: share of the free budget for relevant sentences
+    query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
-        if self.ratio is not None and not self.ratio >= 1.0:
+        if self.ratio is not None and not (self.ratio >= 1.0 and math.isfinite(self.ratio)):
             raise InputError(f"ratio must be >= 1.0 (2.4 = 2.4x fewer positions), got {self.ratio}")
         if self.target_tokens is not None and self.target_tokens < 1:
             raise InputError(f"target_tokens must be >= 1, got {self.target_tokens}")
@@ -83,7 +87,7 @@ class CompressionConfig:
             raise InputError(f"encoder must be 'lm' or 'minilm', got {self.encoder!r}")
         if self.max_span < 1:
             raise InputError(f"max_span must be >= 1, got {self.max_span}")
-        if self.recency_window < 0:
+        if self.recency_window is not None and self.recency_window < 0:
             raise InputError(f"recency_window must be >= 0, got {self.recency_window}")
         if self.recency_fraction is not None and not 0.0 <= self.recency_fraction < 1.0:
             raise InputError(
@@ -102,25 +106,45 @@ class CompressionConfig:
             )
         if self.encoder_window < 16:
             raise InputError(f"encoder_window must be >= 16 tokens, got {self.encoder_window}")
-        if not 0.0 <= self.query_keep <= 1.0:
-            raise InputError(f"query_keep must be in [0, 1], got {self.query_keep}")
+        for name in ("query_keep", "query_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # NaN fails too
+                raise InputError(f"{name} must be in [0, 1], got {value}")
+        if self.query_relevance not in ("maxsim", "cosine"):
+            raise InputError(
+                f"query_relevance must be 'maxsim' or 'cosine', got {self.query_relevance!r}"
+            )
+        if self.query is not None and not self.query.strip():
+            raise InputError("query is empty; give a question or leave it out")
 
     def recency_tokens(self, n_tokens: int) -> int:
         """Tokens at the end of an `n_tokens` prompt kept verbatim (never merged).
 
-        `recency_window` tokens, or with `recency_fraction` set that share of the output
-        positions (n_tokens / ratio, or target_tokens), so the window scales with the prompt.
+        With `recency_fraction` set, that share of the output positions (n_tokens / ratio, or
+        target_tokens), so the window scales with the budget; else `recency_window` tokens; with
+        neither (the default) AUTO_RECENCY (half) of the output positions.
         """
-        if self.recency_fraction is None:
+        fraction = self.recency_fraction
+        if fraction is None and self.recency_window is not None:
             return min(self.recency_window, n_tokens)
+        fraction = AUTO_RECENCY if fraction is None else fraction
         budget = self.target_tokens if self.target_tokens is not None else n_tokens / self.ratio
-        return min(n_tokens, int(round(self.recency_fraction * budget)))
+        return min(n_tokens, int(round(fraction * budget)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what exports and calibration store)."""
         d = dataclasses.asdict(self)
         d["protected_strings"] = list(self.protected_strings)
         return d
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> CompressionConfig:
+        """SemToken as the paper describes it: each span is the mean of its tokens' embeddings,
+        spans up to 8 tokens, a fixed 64-token recency window. Kept for comparison: on a frozen
+        LM it scores far below the default (docs/eval.md)."""
+        preset = {"span_repr": "mean", "recency_window": 64,
+                  "max_span": 8, "query_keep": 0.1, "query_share": 0.0}  # fmt: skip
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def frozen_lm(cls, **overrides: Any) -> CompressionConfig:
@@ -130,7 +154,9 @@ class CompressionConfig:
         noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
         the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
-        return cls(**{"span_repr": "first", "recency_window": 448, "max_span": 16, **overrides})
+        preset = {"span_repr": "first", "recency_window": 448,
+                  "max_span": 16}  # fmt: skip
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def adapter_default(cls, **overrides: Any) -> CompressionConfig:
@@ -143,7 +169,8 @@ class CompressionConfig:
         there would not fit the budget).
         """
         preset = {"recency_fraction": 0.96, "sink_tokens": 0, "max_span": 64,
-                  "protect_digits": False, "span_repr": "mean", "query_keep": 0.0}  # fmt: skip
+                  "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
+                  "query_share": 0.0}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod

@@ -21,7 +21,7 @@ from semedge.compressor.spans import (
     check_spans,
     find_spans,
     protected_mask,
-    query_similarity,
+    query_scores,
     span_positions,
 )
 from semedge.config import CompressionConfig
@@ -183,22 +183,23 @@ class SemTokenCompressor:
         return _Tokens(ids, texts, text, offsets, special)
 
     def _features(self, cfg: CompressionConfig, toks: _Tokens, query: str | None):
-        """(T, E) encoder states and, in query mode, (T,) cosine of each token to the query."""
+        """(T, E) encoder states and, in query mode, spans.query_scores' (sim, unit scores)."""
         enc = self.encoder(cfg.encoder)
         if cfg.encoder == "lm":
             hidden = encode_lm_windows(enc, toks.ids, cfg.encoder_window)
         else:
             hidden = enc.token_states(toks.text, toks.offsets)
-        if not query:
-            return hidden, None
+        if query is None:
+            return hidden, None, None
+        q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"], np.int64)
+        if not query.strip() or len(q_ids) == 0:
+            raise InputError("query has no tokens; give a non-empty --query")
         if cfg.encoder == "lm":
-            q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            if len(q_ids) == 0:
-                raise InputError("query has no tokens; give a non-empty --query")
             q = encode_lm_windows(enc, q_ids, cfg.encoder_window)
         else:
             q = enc.pieces(query)[0]
-        return hidden, query_similarity(hidden, q)
+        sim, units = query_scores(hidden, q, toks.ids, q_ids, toks.text, toks.offsets, cfg)
+        return hidden, sim, units
 
     def compress(
         self,
@@ -236,9 +237,9 @@ class SemTokenCompressor:
         if unit or (cfg.target_tokens is not None and cfg.target_tokens >= T):
             spans, tau = np.stack([np.arange(T), np.arange(1, T + 1)], axis=1), 1.0
         else:
-            hidden, query_sim = self._features(cfg, toks, query)
+            hidden, query_sim, unit_scores = self._features(cfg, toks, query)
             prot = protected_mask(toks.texts, toks.special, cfg, toks.text, toks.offsets)
-            spans, tau = find_spans(hidden, prot, cfg, query_sim)
+            spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores)
         t1 = time.perf_counter()
         embeds, positions = self.build_inputs(toks.ids, spans, cfg)
         stats = {
