@@ -61,10 +61,16 @@ class PreparedPrompt:
     positions: np.ndarray  # (T',) position ids (a merged span sits at its first token's position)
     spans: np.ndarray | None  # (T', 2) [start, end) token spans, None when uncompressed
     threshold: float | None = None  # the tau used (compressed only)
+    next_position: int | None = None  # position id of the first new token; None: len(ids)
 
     @property
     def prompt_tokens(self) -> int:
         return int(len(self.ids))
+
+    @property
+    def first_new_position(self) -> int:
+        """Where generation continues: T, or less when positions were compacted to fit."""
+        return self.prompt_tokens if self.next_position is None else int(self.next_position)
 
 
 class Pipeline:
@@ -265,7 +271,9 @@ class Pipeline:
             ids = np.asarray(enc.ids, dtype=np.int64)
         T = len(ids)
         compress = ratio is not None and ratio > 1.0
-        self._check_fits(T, T / ratio if compress else T, max_new_tokens, ratio)
+        self._check_fits(
+            T, T / ratio if compress else T, max_new_tokens, ratio if compress else None
+        )
         if not compress:
             with timer.span("merge", tokens=T, compressed=T):
                 return PreparedPrompt(ids, self.embed(ids), np.arange(T, dtype=np.int64), None)
@@ -286,7 +294,14 @@ class Pipeline:
                 embeds = self._adapter(embeds, spans)
             positions = sp.span_positions(spans, cfg.span_position)
         self._check_fits(T, len(positions), max_new_tokens, ratio)
-        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
+        pos_limit = int(self.config.get("max_positions") or self.max_context)
+        fitted = sp.compact_positions(positions, pos_limit - max_new_tokens)
+        nxt = (
+            None
+            if fitted is positions or np.array_equal(fitted, positions)
+            else int(fitted[-1]) + 1
+        )
+        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), fitted, spans, tau, nxt)
 
     def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
         """find_spans' query arguments (spans.query_scores), or (None, None) without a query."""
@@ -300,15 +315,18 @@ class Pipeline:
         return sp.query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
-        """The cache must hold T' + new positions (max_context) and the position ids run to
-        T + new (max_positions: the rotary/position table; max_context when not recorded)."""
+        """The cache must hold T' + new positions (max_context). Uncompressed, the position ids
+        run to T + new (max_positions: the rotary/position table; max_context when not
+        recorded); compressed, they are compacted to fit (spans.compact_positions)."""
         limit = self.max_context
         pos_limit = int(self.config.get("max_positions") or limit)
         bigger = lambda n: 1 << int(np.ceil(np.log2(n)))  # noqa: E731
-        if T + new > pos_limit:
+        if T + new > pos_limit and ratio is None:  # compressed prompts get compacted positions
+            suggest = T / max(min(limit, pos_limit) - new, 1) * 1.05
             raise InputError(
                 f"prompt has {T} tokens + {new} new tokens but this export's positions end at "
-                f"{pos_limit} (max_context); re-export with --max-context {bigger(T + new)}"
+                f"{pos_limit} (max_context); pass --ratio {max(suggest, 1.1):.1f} to compress it "
+                f"into them or re-export with --max-context {bigger(T + new)}"
             )
         need = int(np.ceil(kept)) + new
         if need <= limit:

@@ -39,6 +39,8 @@ def replace_set(base: Any, **options: Any) -> Any:
     return dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
 
 
+# What a stored config that lacks a field meant when it was written (older exports/adapters).
+_BEFORE_FIELD = {"query_share": 0.0}
 AUTO_RECENCY = 0.5  # default recency window: this share of the output positions (docs/eval.md)
 SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
 SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
@@ -168,7 +170,7 @@ class CompressionConfig:
         digits and query matches may merge (the far context is spans only, so protecting them
         there would not fit the budget).
         """
-        preset = {"recency_fraction": 0.96, "sink_tokens": 0, "max_span": 64,
+        preset = {"recency_fraction": 0.96, "recency_window": 64, "sink_tokens": 0, "max_span": 64,
                   "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
                   "query_share": 0.0}  # fmt: skip
         return cls(**{**preset, **overrides})
@@ -179,6 +181,8 @@ class CompressionConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names and k != "extra"}
         extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in names}}
+        for key, before in _BEFORE_FIELD.items():  # written before the field existed
+            known.setdefault(key, before)
         if "protected_strings" in known:
             known["protected_strings"] = tuple(known["protected_strings"])
         return cls(**known, extra=extra)

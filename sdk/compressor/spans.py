@@ -75,9 +75,10 @@ def protected_mask(
 ) -> np.ndarray:
     """Tokens that must stay singletons (never merged).
 
-    Protected: special tokens (config.protect_special), tokens containing a digit
-    (config.protect_digits), tokens overlapping any occurrence of config.protected_strings,
-    the first config.sink_tokens tokens (attention sinks) and the last config.recency_tokens(T).
+    Protected: special tokens (config.protect_special), tokens overlapping any occurrence of
+    config.protected_strings, the first config.sink_tokens tokens (attention sinks), the last
+    config.recency_tokens(T), and tokens containing a digit (config.protect_digits) as long as
+    all of them still fit the budget (a number-heavy text at a high ratio merges its digits).
 
     Args:
         token_texts: each token's text (decoded piece), T entries.
@@ -97,8 +98,6 @@ def protected_mask(
     if special.shape != (T,):
         raise InputError(f"special has {special.shape[0]} entries for {T} tokens")
     mask = special.copy() if config.protect_special else np.zeros(T, dtype=bool)
-    if config.protect_digits:
-        mask |= np.fromiter((any(c.isdigit() for c in t) for t in token_texts), bool, T)
     if config.protected_strings and T:
         if text is None or offsets is None:
             text, offsets = _offsets_from_tokens(token_texts)
@@ -110,6 +109,10 @@ def protected_mask(
     recent = config.recency_tokens(T)
     if recent:
         mask[T - recent :] = True
+    if config.protect_digits and T:  # soft: numbers stay only while the budget holds them
+        digits = mask | np.fromiter((any(c.isdigit() for c in t) for t in token_texts), bool, T)
+        if min_spans(digits, T) <= _budget(T, config)[2]:
+            mask = digits
     return mask
 
 
@@ -274,9 +277,9 @@ def _too_short(T: int, n_min: int, n_protected: int, config: CompressionConfig) 
     best = T / max(n_min, 1)
     return InputError(
         f"text has {T} tokens, too short for {asked}: {n_protected} are protected "
-        f"(recency window {config.recency_tokens(T)}, sink_tokens {config.sink_tokens}, digits, "
-        f"special, protected strings) so the best ratio is {best:.2f}; give a longer text, "
-        f"a lower ratio or a smaller recency_window"
+        f"(recency window {config.recency_tokens(T)}, sink_tokens {config.sink_tokens}, and "
+        f"special tokens, protected strings, digits where they fit) so the best ratio is "
+        f"{best:.2f}; give a longer text, a lower ratio or a smaller recency_window"
     )
 
 
@@ -322,6 +325,7 @@ def find_spans(
     if T == 0:
         raise InputError("text has no tokens; give some text")
     target, lo_n, hi_n = _budget(T, config)
+    base = protected.copy()  # without the query's protections
     if query_sim is not None:
         query_sim = np.asarray(query_sim, dtype=np.float64).reshape(T)
         k = int(round(config.query_keep * T))
@@ -330,6 +334,8 @@ def find_spans(
     if unit_scores is not None and config.query_share > 0 and config.threshold is None:
         units, scores = unit_scores
         protected = protect_relevant_units(protected, units, scores, target, config.query_share)
+    if min_spans(protected, max(T, 1)) > hi_n:  # the query's tokens would not fit: drop them
+        protected = base
     max_span = _fitting_max_span(protected, config.max_span, hi_n, T, config)
     offsets = threshold_offsets(
         semantic_density(x, config.window), config.density_alpha, query_sim, config.query_weight
@@ -512,11 +518,12 @@ def unit_relevance(
 ) -> np.ndarray:
     """(U,) relevance of each unit (sentence) to the query: IDF-weighted MaxSim.
 
-    score(u) = sum_j w_j max_{i in u} cos(q_j, h_i) / sum_j w_j, over the query's tokens j, as
-    ColBERT scores passages; w_j = log(1 + U / (1 + units whose tokens include q_j's id)), so
-    tokens that occur everywhere (function words, the instruction's words) count little. States
-    are centred on the prompt's median like normalize_features. Shared by the PyTorch compressor
-    and the runtime.
+    score(u) = sum_j w_j max_{i in u} sim(q_j, t_i) / sum_j w_j, over the query's tokens j, as
+    ColBERT scores passages: sim is 1 for the same token id, else the cosine of the encoder
+    states (centred on the prompt's median like normalize_features), so a sentence matches by
+    its words and by what the encoder finds alike; w_j = log(1 + U / (1 + units whose tokens
+    include q_j's id)), so tokens that occur everywhere (function words, the instruction's
+    words) count little. Shared by the PyTorch compressor and the runtime.
 
     Args:
         hidden: (T, E) encoder states of the prompt.
@@ -538,6 +545,8 @@ def unit_relevance(
     seen = np.searchsorted(vocab, qid).clip(0, max(len(vocab) - 1, 0))
     doc_freq = np.where(vocab[seen] == qid, df[seen], 0) if len(vocab) else np.zeros(len(qid))
     w = np.log1p(n_units / (1.0 + doc_freq))
+    for j, token in enumerate(qid.tolist()):  # the same token id is a perfect match
+        sim[pairs[pairs[:, 1] == token, 0], j] = 1.0
     scores = sim @ w / max(float(w.sum()), 1e-12)  # (U',)
     full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
     full[units[starts]] = scores

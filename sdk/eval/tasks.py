@@ -165,7 +165,7 @@ def _multikey(rng: np.random.Generator) -> _Spec:
     taken: set[str] = set()
     keys = [_key(rng, taken) for _ in range(4)]
     values = [_number(rng) for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
+    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values, strict=False)]
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "
         "them. I will quiz you about the numbers afterwards.\n\n",
@@ -195,7 +195,7 @@ def _multiquery(rng: np.random.Generator) -> _Spec:
     taken: set[str] = set()
     keys = [_key(rng, taken) for _ in range(4)]
     values = [_number(rng) for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
+    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values, strict=False)]
     asked = keys[:2]
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "
@@ -220,8 +220,7 @@ def _variable_tracking(rng: np.random.Generator) -> _Spec:
         f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, len(names))
     ]
     return _Spec(
-        "Memorize and track the chain(s) of variable assignment hidden in the following text."
-        "\n\n",
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n",
         chain,
         f"Question: Find all variables that are assigned the value {value} in the text above. "
         f"Answer: According to the chain(s) of variable assignment in the text above, "
@@ -307,12 +306,18 @@ def _common_words(context: int, filler: FillerText, rng, count) -> TaskSample:
     budget = context - count([head + question])[0]
     per_item = max(1, count([" 100. " + rare[0]])[0])
     n_items = max(30, budget // per_item)
-    n_common = max(3, n_items // 10)  # each common word this often; rare ones once or twice
-    items = [w for w in common for _ in range(n_common)]
-    items += [rare[i % len(rare)] for i in range(max(0, n_items - len(items)))]
-    items = [items[i] for i in rng.permutation(len(items))]
-    body = "\n".join(f"{i + 1}. {w}" for i, w in enumerate(items))
-    prompt = head + body + question
+    order = rng.permutation(10 * n_items)
+    for _ in range(4):  # shrink the list until the prompt fits the budget
+        n_common = max(3, n_items // 10)  # each common word this often; rare ones once or twice
+        items = [w for w in common for _ in range(n_common)]
+        items += [rare[i % len(rare)] for i in range(max(0, n_items - len(items)))]
+        items = [items[i] for i in order[order < len(items)]]
+        body = "\n".join(f"{i + 1}. {w}" for i, w in enumerate(items))
+        prompt = head + body + question
+        used = count([prompt])[0]
+        if used <= context:
+            break
+        n_items = max(30, int(n_items * context / used) - 2)
     return TaskSample("common_words", prompt, question, tuple(common), (), 0.5, 40)
 
 
@@ -329,9 +334,14 @@ def _recall(context: int, filler: FillerText, depth: float, rng, count) -> TaskS
     words = sentences[target].split()
     cut = max(4, len(words) // 3)
     cue, rest = " ".join(words[:cut]), words[cut:]
-    refs = tuple(dict.fromkeys(w.strip(".,;:'\"()") for w in rest if len(w.strip(".,;:'\"()")) >= 4))
+    refs = tuple(
+        dict.fromkeys(w.strip(".,;:'\"()") for w in rest if len(w.strip(".,;:'\"()")) >= 4)
+    )
     question = f'{probe}"{cue}". Continue that sentence exactly as it appeared. Answer: "{cue}'
     prompt, _, q = _assemble(instruction, sentences, [], question)
+    while count([prompt])[0] > context and len(sentences) > target + 1:  # the cue's cost
+        sentences.pop()
+        prompt, _, q = _assemble(instruction, sentences, [], question)
     start = prompt.find(sentences[target])
     needle = (start, start + len(sentences[target]))
     return TaskSample("recall", prompt, q, refs[:4], (needle,), target / len(sentences), 24)
@@ -359,6 +369,6 @@ def make_sample(task: str, context: int, filler: FillerText, depth: float, seed:
     fixed = count_tokens([spec.instruction + spec.question + " ".join(spec.needles)])[0]
     sentences = filler.take(context - fixed - 8, rng)
     where = _place(len(sentences), len(spec.needles), depth, spec.spread, rng)
-    prompt, spans, q = _assemble(spec.instruction, sentences, list(zip(where, spec.needles)),
+    prompt, spans, q = _assemble(spec.instruction, sentences, list(zip(where, spec.needles, strict=False)),
                                  spec.question)  # fmt: skip
     return TaskSample(task, prompt, q, spec.answers, tuple(spans), depth, spec.max_new_tokens)

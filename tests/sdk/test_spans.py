@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -125,7 +127,8 @@ def test_protected_mask_rules():
     special = np.zeros(len(toks), bool)
     special[-1] = True
     cfg = CompressionConfig(
-        protected_strings=("Smith",), recency_window=0, sink_tokens=1, protect_special=True
+        protected_strings=("Smith",), recency_window=0, sink_tokens=1, protect_special=True,
+        ratio=1.0,
     )
     text = "".join(toks)
     ends = np.cumsum([len(t) for t in toks])
@@ -135,6 +138,9 @@ def test_protected_mask_rules():
     assert np.array_equal(mask, protected_mask(toks, special, cfg))  # offsets from the tokens
     recent = protected_mask(toks, special, CompressionConfig(recency_window=3, sink_tokens=0))
     assert recent[-3:].all() and not recent[4:6].any()
+    # digits are protected only while they fit the budget: at 6x the year merges
+    tight = protected_mask(toks, special, dataclasses.replace(cfg, ratio=6.0), text, offsets)
+    assert tight.tolist() == [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
 
 
 def test_protected_string_spanning_tokens_protects_each_piece():
