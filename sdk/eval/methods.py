@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
 
@@ -71,6 +72,7 @@ class ContextPlan:
     source: np.ndarray  # (n,) int64 token index whose embedding fills position k
     positions: np.ndarray  # (n,) int64 position ids, strictly increasing
     next_position: int  # position id of the first generated token
+    spans: np.ndarray | None = None  # (n, 2) spans tiling 0..T when merged (span baselines)
 
     @property
     def tokens(self) -> int:
@@ -107,7 +109,7 @@ def plan_spans(spans: np.ndarray, n_tokens: int) -> ContextPlan:
     """Merged spans represented by their first token at its original position (SemToken's
     default rule), generation continuing at T."""
     spans = np.asarray(spans, dtype=np.int64)
-    return ContextPlan(spans[:, 0].copy(), spans[:, 0].copy(), n_tokens)
+    return ContextPlan(spans[:, 0].copy(), spans[:, 0].copy(), n_tokens, spans)
 
 
 def spans_for(kind: str, n_tokens: int, ratio: float, protected: np.ndarray, seed: int = 0):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from semedge.compressor.spans import protected_mask, sentence_units
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
@@ -118,24 +119,22 @@ class TorchRunner(_Runner):
         return self._info[1]
 
     def semtoken(self, tok: Tokenized, ratio: float, query: str | None):
-        from semedge.eval.prompts import ContextPrompt
-
-        cp = self.compressor.compress(tok.text, ratio=ratio, query=query)
-        return ContextPrompt(cp.inputs_embeds, cp.position_ids, cp.original_tokens)
+        return self.compressor.compress(tok.text, ratio=ratio, query=query)
 
     def inputs(self, tok: Tokenized, plan: M.ContextPlan):
-        import torch
-        from semedge.eval.prompts import ContextPrompt
+        from semedge.compressor.compressor import CompressedPrompt
+        from semedge.compressor.inference import plain_prompt
 
-        with torch.inference_mode():
-            emb = self.model.get_input_embeddings()(torch.as_tensor(tok.ids[plan.source]))
-        return ContextPrompt(emb[None], torch.as_tensor(plan.positions)[None], plan.next_position)
+        if plan.spans is None:  # kept tokens read as a shorter text
+            return plain_prompt(self.model, tok.ids[plan.source])
+        embeds, positions = self.compressor.build_inputs(tok.ids, plan.spans, self.config)
+        return CompressedPrompt(tok.ids, plan.spans, embeds, positions)
 
     def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:
-        from semedge.eval.passkey import greedy_generate
+        from semedge.compressor.inference import generate_compressed
 
-        out = greedy_generate(self.model, prompt, max_new_tokens)
-        return self.tokenizer.decode(out, skip_special_tokens=True), prompt.tokens
+        out = generate_compressed(self.model, self.tokenizer, prompt, max_new_tokens)
+        return self.tokenizer.decode(out, skip_special_tokens=True), prompt.compressed_tokens
 
 
 class RuntimeRunner(_Runner):
@@ -169,11 +168,16 @@ class RuntimeRunner(_Runner):
         return self.pipe.prepare(tok.text, ratio, query, max_new_tokens=64)
 
     def inputs(self, tok: Tokenized, plan: M.ContextPlan):
+        from semedge.compressor.spans import merge_embeddings
         from semedge.runtime.pipeline import PreparedPrompt
 
-        embeds = self.pipe.embed(tok.ids)[plan.source]
+        table = self.pipe.embed(tok.ids)
+        if plan.spans is None:
+            embeds = table[plan.source]
+        else:
+            embeds = merge_embeddings(table, plan.spans, self.config.span_repr)
         return PreparedPrompt(tok.ids, embeds.astype(self.pipe.embed_dtype), plan.positions,
-                              None, next_position=plan.next_position)  # fmt: skip
+                              plan.spans, next_position=plan.next_position)  # fmt: skip
 
     def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:
         from semedge.runtime.generator import Generator

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from semedge.artifacts import atomic_write_bytes
 from semedge.deps import require
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from semedge.errors import InputError
 
 __all__ = [
@@ -165,7 +166,10 @@ def _multikey(rng: np.random.Generator) -> _Spec:
     taken: set[str] = set()
     keys = [_key(rng, taken) for _ in range(4)]
     values = [_number(rng) for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values, strict=False)]
+    needles = [
+        f"One of the special magic numbers for {k} is: {v}."
+        for k, v in zip(keys, values, strict=False)
+    ]
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "
         "them. I will quiz you about the numbers afterwards.\n\n",
@@ -195,7 +199,10 @@ def _multiquery(rng: np.random.Generator) -> _Spec:
     taken: set[str] = set()
     keys = [_key(rng, taken) for _ in range(4)]
     values = [_number(rng) for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values, strict=False)]
+    needles = [
+        f"One of the special magic numbers for {k} is: {v}."
+        for k, v in zip(keys, values, strict=False)
+    ]
     asked = keys[:2]
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "

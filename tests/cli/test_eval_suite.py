@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from semedge.eval.methods import SUITE_METHODS
 
+from semedge.eval.methods import SUITE_METHODS
 from tests.conftest import assert_one_line_error
 
 FIELDS = {"task", "context", "ratio", "method", "accuracy", "accuracy_far", "positions", "samples"}
@@ -45,7 +45,11 @@ def test_suite_on_the_export_runs_through_the_runtime(cli, tiny_export):
     )  # fmt: skip
     out = json.loads(res.stdout)
     assert {r["method"] for r in out["results"]} == {
-        "full", "truncate", "retrieve", "semtoken", "semtoken_query"
+        "full",
+        "truncate",
+        "retrieve",
+        "semtoken",
+        "semtoken_query",
     }
     assert out["model"].startswith("export:")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from semedge.errors import InputError
 from semedge.runtime import Pipeline
-
 from tests.runtime.toy_export import sample_text
 
 NEEDLE = "The special magic number for amber-falcon is: 4817263."

@@ -127,7 +127,10 @@ def test_protected_mask_rules():
     special = np.zeros(len(toks), bool)
     special[-1] = True
     cfg = CompressionConfig(
-        protected_strings=("Smith",), recency_window=0, sink_tokens=1, protect_special=True,
+        protected_strings=("Smith",),
+        recency_window=0,
+        sink_tokens=1,
+        protect_special=True,
         ratio=1.0,
     )
     text = "".join(toks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from semedge.errors import InputError
 from semedge.eval import methods as M
 from semedge.eval.passkey import default_filler
