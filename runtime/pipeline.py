@@ -22,7 +22,7 @@ from semedge.artifacts import (
     load_manifest,
     verify_manifest,
 )
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, effective_compression
 from semedge.constants import (
     ATTENTION_MASK,
     ENCODER_HIDDEN,
@@ -225,7 +225,8 @@ class Pipeline:
         pipe = copy.copy(self)
         pipe._owns_backends = False  # closing the copy must not close this pipeline's sessions
         pipe._adapter = span_adapter_fn(weights)
-        pipe.compression = adapter_math.adapter_compression(meta) or self.compression
+        trained = adapter_math.adapter_compression(meta)
+        pipe.compression = effective_compression(self.compression, trained)
         return pipe
 
     def embed(self, ids: np.ndarray) -> np.ndarray:

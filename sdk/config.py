@@ -14,7 +14,15 @@ from typing import Any
 
 from semedge.errors import InputError
 
-__all__ = ["CompressionConfig", "cache_dir", "debug_enabled", "replace_set", "triton_home"]
+__all__ = [
+    "CompressionConfig",
+    "PRESETS",
+    "cache_dir",
+    "debug_enabled",
+    "effective_compression",
+    "replace_set",
+    "triton_home",
+]
 
 
 def cache_dir() -> Path:
@@ -186,3 +194,37 @@ class CompressionConfig:
         if "protected_strings" in known:
             known["protected_strings"] = tuple(known["protected_strings"])
         return cls(**known, extra=extra)
+
+
+PRESETS = {  # --preset name -> CompressionConfig constructor
+    "default": CompressionConfig,
+    "paper": CompressionConfig.paper,
+    "frozen-lm": CompressionConfig.frozen_lm,
+    "adapter": CompressionConfig.adapter_default,
+}
+
+
+def effective_compression(
+    stored: CompressionConfig | None = None,
+    trained: CompressionConfig | None = None,
+    preset: str | None = None,
+    **options: Any,
+) -> CompressionConfig:
+    """The one rule for which CompressionConfig applies (export, runtime and CLI use it).
+
+    A named `preset`, else the layout an adapter was `trained` with, else the `stored` config
+    (an export's), else the defaults; then the explicit `options` (None = not given). An
+    explicit recency_window replaces a recorded recency_fraction.
+
+    Raises:
+        InputError: unknown preset or a bad option value.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if preset is not None:
+        base = PRESETS[preset]()
+    else:
+        base = trained or stored or CompressionConfig()
+    if options.get("recency_window") is not None:
+        base = dataclasses.replace(base, recency_fraction=None)
+    return replace_set(base, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from semedge.cli.common import echo_json, echo_table, show_progress
-from semedge.config import CompressionConfig
+from semedge.config import PRESETS
 
 __all__ = ["command"]
 
@@ -17,12 +17,6 @@ __all__ = ["command"]
 def command() -> None:
     pass
 
-
-PRESETS = {  # --preset name -> CompressionConfig constructor
-    "default": CompressionConfig,
-    "frozen-lm": CompressionConfig.frozen_lm,
-    "adapter": CompressionConfig.adapter_default,
-}
 
 _ADAPTER_HELP = "SemToken span adapter for the semtoken method: DEFAULT (shipped) or a directory."
 
@@ -36,24 +30,14 @@ def _adapter(spec: str | None, lm):
 
 
 def _config(ratio: float, encoder: str | None, knobs: dict, adapter=None):
-    """CompressionConfig: --preset, else the adapter's training settings if it recorded them,
-    else the defaults; then the options the user gave (--recency-window replaces a fraction)."""
-    import dataclasses
+    """config.effective_compression: --preset, else the adapter's layout, else the defaults;
+    then the options the user gave."""
+    from semedge.config import effective_compression
 
-    from semedge.config import replace_set
-
-    preset = knobs.get("preset")
-    knobs = {k: v for k, v in knobs.items() if k != "preset"}
+    knobs = dict(knobs)
+    preset = knobs.pop("preset", None)
     trained = getattr(adapter, "compression", None)
-    if preset is not None:
-        base = PRESETS[preset](ratio=ratio)
-    elif trained is not None:
-        base = replace_set(trained, ratio=ratio)
-    else:
-        base = CompressionConfig(ratio=ratio)
-    if knobs.get("recency_window") is not None:
-        base = dataclasses.replace(base, recency_fraction=None)
-    return replace_set(base, encoder=encoder, **knobs)
+    return effective_compression(None, trained, preset, ratio=ratio, encoder=encoder, **knobs)
 
 
 def _knobs(f):
@@ -62,7 +46,7 @@ def _knobs(f):
         click.option(
             "--preset",
             type=click.Choice(sorted(PRESETS)),
-            help="Start from CompressionConfig.frozen_lm() / .adapter_default() "
+            help="Start from a named CompressionConfig preset (paper = mean spans) "
             "(default: the adapter's own settings, else the defaults).",
         ),
         click.option("--span-repr", type=click.Choice(["mean", "norm_mean", "first", "last"])),
