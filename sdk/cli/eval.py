@@ -213,14 +213,18 @@ def _numbers(spec: str, kind, name: str) -> list:
               help="Filler text (default: the shipped WikiText-2 excerpt).")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="PyTorch path: run the LM in this precision.")  # fmt: skip
+@click.option("--fit-positions", type=int, default=None,
+              help="PyTorch path: compact compressed positions below N, as an export with "
+              "--max-context N would (measures the cost of compaction).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write the depth heatmaps + accuracy-vs-ratio PNG.")  # fmt: skip
 @_knobs
-def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dtype, seed,
-          as_json, plot, **kw):  # noqa: PLR0913  # fmt: skip
+def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dtype,
+          fit_positions, seed, as_json, plot, **kw):  # noqa: PLR0913  # fmt: skip
     """Long-context tasks (RULER-style) per method, context and ratio, at equal budgets."""
+    from semedge.errors import InputError
     from semedge.eval.methods import parse_suite_methods
     from semedge.eval.passkey import default_filler
     from semedge.eval.suite import run_suite
@@ -248,7 +252,9 @@ def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dt
         lm, tok = load_model(model)
         if dtype == "bf16":
             lm = lm.to(__import__("torch").bfloat16)
-        runner, name = TorchRunner(lm, tok, config), model_id(model)
+        if fit_positions is not None and fit_positions < 128:
+            raise InputError(f"--fit-positions must be >= 128, got {fit_positions}")
+        runner, name = TorchRunner(lm, tok, config, fit_positions), model_id(model)
     report = run_suite(runner, tasks, contexts, ratios, methods, samples, filler, name, seed,
                        progress=show_progress())  # fmt: skip
     if plot:

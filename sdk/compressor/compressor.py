@@ -56,6 +56,7 @@ class CompressedPrompt:
     inputs_embeds: torch.Tensor
     position_ids: torch.Tensor
     stats: dict[str, Any] = field(default_factory=dict)
+    first_new_position: int | None = None  # set when positions were compacted to fit
 
     @property
     def original_tokens(self) -> int:
@@ -69,8 +70,20 @@ class CompressedPrompt:
 
     @property
     def next_position(self) -> int:
-        """Position id of the first token after this context (T: merging leaves gaps)."""
-        return self.original_tokens
+        """Position id of the first token after this context (T: merging leaves gaps; less
+        when the positions were compacted to fit a model, `fit_positions`)."""
+        return self.original_tokens if self.first_new_position is None else self.first_new_position
+
+    def fit_positions(self, limit: int) -> CompressedPrompt:
+        """This prompt with its position ids compacted to end before `limit`
+        (spans.compact_positions), as the runtime does for a prompt longer than its export."""
+        from semedge.compressor.spans import compact_positions
+
+        pos = compact_positions(self.position_ids[0].numpy(), limit)
+        if int(pos[-1]) + 1 >= self.next_position:
+            return self
+        return dataclasses.replace(self, position_ids=torch.as_tensor(pos)[None],
+                                   first_new_position=int(pos[-1]) + 1)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the stats plus `spans` as a list of [start, end) pairs."""

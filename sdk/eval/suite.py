@@ -82,11 +82,13 @@ class _Runner:
 class TorchRunner(_Runner):
     """A PyTorch causal LM: semtoken through `SemTokenCompressor`, greedy decoding."""
 
-    def __init__(self, model, tokenizer, config: CompressionConfig) -> None:
+    def __init__(self, model, tokenizer, config: CompressionConfig,
+                 fit_positions: int | None = None) -> None:  # fmt: skip
         from semedge.compressor import SemTokenCompressor
         from semedge.eval.perplexity import _max_positions
 
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.fit = fit_positions  # compact compressed positions below this, as a small export
         self.compressor = SemTokenCompressor(model, tokenizer, config)
         self.max_positions = _max_positions(model)
         self._info: tuple[int, np.ndarray] | None = None
@@ -119,7 +121,8 @@ class TorchRunner(_Runner):
         return self._info[1]
 
     def semtoken(self, tok: Tokenized, ratio: float, query: str | None):
-        return self.compressor.compress(tok.text, ratio=ratio, query=query)
+        prompt = self.compressor.compress(tok.text, ratio=ratio, query=query)
+        return prompt.fit_positions(self.fit - 64) if self.fit else prompt
 
     def inputs(self, tok: Tokenized, plan: M.ContextPlan):
         from semedge.compressor.compressor import CompressedPrompt
@@ -128,7 +131,8 @@ class TorchRunner(_Runner):
         if plan.spans is None:  # kept tokens read as a shorter text
             return plain_prompt(self.model, tok.ids[plan.source])
         embeds, positions = self.compressor.build_inputs(tok.ids, plan.spans, self.config)
-        return CompressedPrompt(tok.ids, plan.spans, embeds, positions)
+        prompt = CompressedPrompt(tok.ids, plan.spans, embeds, positions)
+        return prompt.fit_positions(self.fit - 64) if self.fit else prompt
 
     def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:
         from semedge.compressor.inference import generate_compressed

@@ -128,3 +128,16 @@ def test_unknown_methods_are_refused():
     with pytest.raises(InputError, match="unknown method"):
         M.parse_suite_methods("full,magic")
     assert M.parse_suite_methods("all") == M.SUITE_METHODS
+
+
+def test_compact_positions_fit_the_limit_and_keep_the_recent_spacing():
+    from semedge.compressor.spans import compact_positions
+
+    pos = np.concatenate([np.arange(0, 6000, 10), np.arange(6000, 6400)])  # far spans + recent
+    out = compact_positions(pos, 2048)
+    assert out[-1] == 2047 and np.all(np.diff(out) > 0)
+    np.testing.assert_array_equal(np.diff(out[-400:]), 1)  # the recent tokens stay contiguous
+    assert np.all(out >= np.arange(len(out)))
+    np.testing.assert_array_equal(compact_positions(pos, 10_000), pos)  # fits: unchanged
+    with pytest.raises(InputError):
+        compact_positions(np.arange(3000), 2048)
