@@ -49,7 +49,12 @@ def replace_set(base: Any, **options: Any) -> Any:
 
 # What a stored config that lacks a field meant when it was written (older exports/adapters).
 _BEFORE_FIELD = {"query_share": 0.0}
-AUTO_RECENCY = 0.5  # default recency window: this share of the output positions (docs/eval.md)
+# Default recency window, as a share of the output positions (docs/eval.md): without a query
+# the recent text is what a frozen LM continues from (at 0.5 SmolLM2's continuation of the demo
+# article degenerates, at 0.75 it stays on topic); with one, half the budget goes to the
+# sentences most relevant to it instead.
+AUTO_RECENCY = 0.75
+AUTO_RECENCY_QUERY = 0.5
 SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
 SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
 
@@ -66,7 +71,7 @@ class CompressionConfig:
     encoder: str = "lm"  # "lm" (the LM's own first layers) or "minilm"
     encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
     max_span: int = 16  # longest merged span (grows by itself when a high ratio needs it)
-    recency_window: int | None = None  # the last N tokens never merge; None: half the budget
+    recency_window: int | None = None  # the last N tokens never merge; None: AUTO_RECENCY
     recency_fraction: float | None = None  # recency window = this share of the output positions
     protect_digits: bool = True  # tokens containing a digit never merge
     protect_special: bool = True  # special tokens never merge
@@ -132,12 +137,14 @@ class CompressionConfig:
 
         With `recency_fraction` set, that share of the output positions (n_tokens / ratio, or
         target_tokens), so the window scales with the budget; else `recency_window` tokens; with
-        neither (the default) AUTO_RECENCY (half) of the output positions.
+        neither (the default) AUTO_RECENCY (3/4) of the output positions, AUTO_RECENCY_QUERY
+        (1/2) when `query` is set.
         """
         fraction = self.recency_fraction
         if fraction is None and self.recency_window is not None:
             return min(self.recency_window, n_tokens)
-        fraction = AUTO_RECENCY if fraction is None else fraction
+        if fraction is None:
+            fraction = AUTO_RECENCY_QUERY if self.query else AUTO_RECENCY
         budget = self.target_tokens if self.target_tokens is not None else n_tokens / self.ratio
         return min(n_tokens, int(round(fraction * budget)))
 

@@ -243,6 +243,7 @@ class SemTokenCompressor:
         elif ratio is not None:
             cfg = dataclasses.replace(cfg, ratio=ratio, target_tokens=None)
         query = query if query is not None else cfg.query
+        cfg = dataclasses.replace(cfg, query=query)  # the recency window depends on it
         t0 = time.perf_counter()
         toks = self._tokenize(text, input_ids)
         T = len(toks.ids)

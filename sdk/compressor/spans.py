@@ -542,12 +542,18 @@ def unit_relevance(
     pairs = np.unique(np.stack([unit_of, np.asarray(ids, np.int64)], axis=1), axis=0)
     vocab, df = np.unique(pairs[:, 1], return_counts=True)
     qid = np.asarray(query_ids, dtype=np.int64)
+    if len(qid) != q.shape[0]:  # states of another tokenizer (minilm): no id matching
+        return _scatter_units(units, starts, sim.mean(axis=1))
     seen = np.searchsorted(vocab, qid).clip(0, max(len(vocab) - 1, 0))
     doc_freq = np.where(vocab[seen] == qid, df[seen], 0) if len(vocab) else np.zeros(len(qid))
     w = np.log1p(n_units / (1.0 + doc_freq))
     for j, token in enumerate(qid.tolist()):  # the same token id is a perfect match
         sim[pairs[pairs[:, 1] == token, 0], j] = 1.0
-    scores = sim @ w / max(float(w.sum()), 1e-12)  # (U',)
+    return _scatter_units(units, starts, sim @ w / max(float(w.sum()), 1e-12))
+
+
+def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(U,) scores by unit id from one score per run of equal ids (-inf for absent ids)."""
     full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
     full[units[starts]] = scores
     return full
@@ -630,8 +636,7 @@ def query_scores(
     units = sentence_units(text, offsets)
     if config.query_relevance == "cosine":
         starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
-        scores = np.full(int(units.max()) + 1, -np.inf)
-        scores[units[starts]] = np.maximum.reduceat(sim, starts)
+        scores = _scatter_units(units, starts, np.maximum.reduceat(sim, starts))
     else:
         scores = unit_relevance(hidden, query_states, units, ids, query_ids)
     return sim, (units, scores)

@@ -41,12 +41,13 @@ class _Runner:
     config: CompressionConfig
     max_positions: int | None = None
 
-    def _cfg(self, ratio: float) -> CompressionConfig:
-        return dataclasses.replace(self.config, ratio=float(ratio), target_tokens=None)
+    def _cfg(self, ratio: float, query: str | None = None) -> CompressionConfig:
+        return dataclasses.replace(self.config, ratio=float(ratio), target_tokens=None, query=query)
 
-    def must_keep(self, tok: Tokenized, ratio: float) -> np.ndarray:
-        """Sinks + the recent window SemToken keeps at this ratio (dropping baselines keep them)."""
-        cfg, T = self._cfg(ratio), len(tok.ids)
+    def must_keep(self, tok: Tokenized, ratio: float, query: str | None = None) -> np.ndarray:
+        """Sinks + the recent window SemToken keeps at this ratio, with or without a query (the
+        dropping baselines keep them too)."""
+        cfg, T = self._cfg(ratio, query), len(tok.ids)
         must = np.zeros(T, dtype=bool)
         must[: cfg.sink_tokens] = True
         recent = cfg.recency_tokens(T)
@@ -58,7 +59,7 @@ class _Runner:
         texts = [tok.text[a:b] for a, b in tok.offsets.tolist()]
         return protected_mask(texts, tok.special, self._cfg(ratio), tok.text, tok.offsets)
 
-    def plan(self, method: str, tok: Tokenized, ratio: float, query_ids: np.ndarray, seed: int):
+    def plan(self, method: str, tok: Tokenized, ratio: float, query: str, seed: int):
         T = len(tok.ids)
         if method == "full":
             return M.plan_full(T)
@@ -75,7 +76,8 @@ class _Runner:
             )
         if method == "retrieve":
             units = sentence_units(tok.text, tok.offsets)
-            return M.plan_retrieve(tok.ids, units, query_ids, self.must_keep(tok, ratio), ratio)
+            must = self.must_keep(tok, ratio, query)
+            return M.plan_retrieve(tok.ids, units, self.query_ids(query), must, ratio)
         raise InputError(f"unknown method {method!r}")
 
 
@@ -293,7 +295,6 @@ def run_suite(
                              runner.count_tokens)  # fmt: skip
         tok = runner.tokenize(sample.prompt)
         needle = _needle_tokens(sample, tok)
-        q_ids = runner.query_ids(sample.question)
         for method in methods:
             done = None  # full: generated once, reported at every ratio (its far subset differs)
             for ratio in ratios:
@@ -304,7 +305,7 @@ def run_suite(
                     query = sample.question if method == "semtoken_query" else None
                     prompt = runner.semtoken(tok, ratio, query)
                 else:
-                    plan = runner.plan(method, tok, ratio, q_ids, seed + i)
+                    plan = runner.plan(method, tok, ratio, sample.question, seed + i)
                     prompt = runner.inputs(tok, plan)
                 if done is None:
                     answer, used = runner.generate(prompt, sample.max_new_tokens)
