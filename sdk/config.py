@@ -87,7 +87,7 @@ class CompressionConfig:
     encoder_window: int = 1024  # encoder tokens per window for long texts (overlapping)
     query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
-    query_share: float = 0.5  # query-aware: share of the free budget for relevant sentences
+    query_share: float = 0.8  # query-aware: share of the free budget for relevant sentences
     query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
