@@ -19,7 +19,7 @@ from typing import Any
 from semedge import constants as C
 from semedge.artifacts import Manifest, atomic_write_text, staged_dir, write_manifest
 from semedge.checks import check_number
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, effective_compression
 from semedge.deps import require
 from semedge.errors import AccuracyError, ArtifactError, InputError
 from semedge.export.graphs import GraphSpec, graph_specs
@@ -235,11 +235,10 @@ def _with_adapter_settings(cfg: ExportConfig) -> ExportConfig:
 
     directory = resolve_adapter_dir(cfg.adapter)
     _, meta = read_adapter_dir(directory)  # ArtifactError if it is not an adapter
-    trained = adapter_compression(meta)
-    keep = cfg.compression != CompressionConfig() or trained is None
-    return dataclasses.replace(
-        cfg, adapter=str(directory), compression=cfg.compression if keep else trained
-    )
+    explicit = cfg.compression if cfg.compression != CompressionConfig() else None
+    trained = None if explicit else adapter_compression(meta)  # an explicit config wins
+    compression = effective_compression(explicit, trained)
+    return dataclasses.replace(cfg, adapter=str(directory), compression=compression)
 
 
 def _check_model(model, cfg: ExportConfig) -> tuple[Any, int, int]:

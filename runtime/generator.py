@@ -114,7 +114,7 @@ class Generator:
             self.cache.advance(L)
         self._logits = out[LOGITS][:, -1, :]  # (B, 1|T, V) -> (B, V): last (real) position
         self._mask = mask
-        self._next_pos = np.array([x.prompt_tokens for x in prompts], dtype=np.int64)
+        self._next_pos = np.array([x.first_new_position for x in prompts], dtype=np.int64)
         return out[LOGITS]
 
     def _decode(self, tokens: np.ndarray) -> np.ndarray:

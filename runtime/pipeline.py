@@ -22,7 +22,7 @@ from semedge.artifacts import (
     load_manifest,
     verify_manifest,
 )
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, effective_compression
 from semedge.constants import (
     ATTENTION_MASK,
     ENCODER_HIDDEN,
@@ -61,10 +61,16 @@ class PreparedPrompt:
     positions: np.ndarray  # (T',) position ids (a merged span sits at its first token's position)
     spans: np.ndarray | None  # (T', 2) [start, end) token spans, None when uncompressed
     threshold: float | None = None  # the tau used (compressed only)
+    next_position: int | None = None  # position id of the first new token; None: len(ids)
 
     @property
     def prompt_tokens(self) -> int:
         return int(len(self.ids))
+
+    @property
+    def first_new_position(self) -> int:
+        """Where generation continues: T, or less when positions were compacted to fit."""
+        return self.prompt_tokens if self.next_position is None else int(self.next_position)
 
 
 class Pipeline:
@@ -219,7 +225,8 @@ class Pipeline:
         pipe = copy.copy(self)
         pipe._owns_backends = False  # closing the copy must not close this pipeline's sessions
         pipe._adapter = span_adapter_fn(weights)
-        pipe.compression = adapter_math.adapter_compression(meta) or self.compression
+        trained = adapter_math.adapter_compression(meta)
+        pipe.compression = effective_compression(self.compression, trained)
         return pipe
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -265,47 +272,62 @@ class Pipeline:
             ids = np.asarray(enc.ids, dtype=np.int64)
         T = len(ids)
         compress = ratio is not None and ratio > 1.0
-        self._check_fits(T, T / ratio if compress else T, max_new_tokens, ratio)
+        self._check_fits(
+            T, T / ratio if compress else T, max_new_tokens, ratio if compress else None
+        )
         if not compress:
             with timer.span("merge", tokens=T, compressed=T):
                 return PreparedPrompt(ids, self.embed(ids), np.arange(T, dtype=np.int64), None)
         from semedge.compressor import spans as sp
 
         cfg = self.compression_config(ratio, query)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         with timer.span("encode", tokens=T):
             hidden = self.encode(ids)
-            query_sim = self._query_sim(hidden, query) if query else None
+            q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
             special = np.isin(ids, self._special_ids)
             texts = [text[s:e] for s, e in enc.offsets]
-            protected = sp.protected_mask(texts, special, cfg, text, np.asarray(enc.offsets))
-            spans, tau = sp.find_spans(hidden, protected, cfg, query_sim)
+            protected = sp.protected_mask(texts, special, cfg, text, offsets)
+            spans, tau = sp.find_spans(hidden, protected, cfg, *q)
             embeds = sp.merge_embeddings(self.embed(ids), spans, mode=cfg.span_repr)
             if self._adapter is not None:
                 embeds = self._adapter(embeds, spans)
             positions = sp.span_positions(spans, cfg.span_position)
         self._check_fits(T, len(positions), max_new_tokens, ratio)
-        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), positions, spans, tau)
+        pos_limit = int(self.config.get("max_positions") or self.max_context)
+        fitted = sp.compact_positions(positions, pos_limit - max_new_tokens)
+        nxt = (
+            None
+            if fitted is positions or np.array_equal(fitted, positions)
+            else int(fitted[-1]) + 1
+        )
+        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), fitted, spans, tau, nxt)
 
-    def _query_sim(self, hidden: np.ndarray, query: str) -> np.ndarray:
-        """(T,) cosine of each prompt token's state to the query (spans.query_similarity)."""
+    def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
+        """find_spans' query arguments (spans.query_scores), or (None, None) without a query."""
         from semedge.compressor import spans as sp
 
+        if query is None:
+            return None, None
         q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
-        if len(q_ids) == 0:
+        if not query.strip() or len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")
-        return sp.query_similarity(hidden, self.encode(q_ids))
+        return sp.query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
-        """The cache must hold T' + new positions (max_context) and the position ids run to
-        T + new (max_positions: the rotary/position table; max_context when not recorded)."""
+        """The cache must hold T' + new positions (max_context). Uncompressed, the position ids
+        run to T + new (max_positions: the rotary/position table; max_context when not
+        recorded); compressed, they are compacted to fit (spans.compact_positions)."""
         limit = self.max_context
         pos_limit = int(self.config.get("max_positions") or limit)
         bigger = lambda n: 1 << int(np.ceil(np.log2(n)))  # noqa: E731
-        if T + new > pos_limit:
+        if T + new > pos_limit and ratio is None:  # compressed prompts get compacted positions
+            suggest = T / max(min(limit, pos_limit) - new, 1) * 1.05
             raise InputError(
                 f"prompt has {T} tokens + {new} new tokens but this export's positions end at "
-                f"{pos_limit} (max_context); re-export with --max-context {bigger(T + new)}"
+                f"{pos_limit} (max_context); pass --ratio {max(suggest, 1.1):.1f} to compress it "
+                f"into them or re-export with --max-context {bigger(T + new)}"
             )
         need = int(np.ceil(kept)) + new
         if need <= limit:

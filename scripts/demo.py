@@ -1,8 +1,9 @@
 """`make demo`: SemToken on the embedded SmolLM2, on the torch-free runtime users deploy.
 
-Exports SmolLM2 once (parity-gated; cached in ~/.cache/semedge/exports), then continues a
-WikiText-2 article from the full and from the 2.4x-compressed context side by side (default
-SemToken, and the shipped MT2ST span adapter with the layout it was trained for), and prints a
+Exports SmolLM2 once (parity-gated; cached in ~/.cache/semedge/exports), then does the main
+job: a long document and a question, answered from the full context, from SemToken with the
+question as its query (4x fewer positions) and from plain truncation to the same budget; then
+continues the article from the full and the 2.4x default context side by side, and prints a
 short per-stage profile.
 """
 
@@ -42,46 +43,59 @@ def cached_export(model: str = "smollm2"):
     return out
 
 
+QUESTION = "Where did the hurricane make landfall in Florida?"
+ANSWER_PREFIX = "\n\nQuestion: " + QUESTION + "\nAnswer: The hurricane made landfall at"
+QA_RATIO = 4.0
+
+
+def _timed(pipe, text, **kw):
+    from semedge.runtime.trace import StageTimer
+
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    res = pipe.generate(text, timer=timer, **kw)
+    return res, time.perf_counter() - t0
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from semedge.runtime import Pipeline
     from semedge.runtime.profiling import profile_export
-    from semedge.runtime.trace import StageTimer
 
     text = resources.files("semedge").joinpath("assets/sample_article.txt").read_text("utf-8")
     export = cached_export()
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(export, providers="cpu")
     print(f"loaded {export.name} on the runtime (no torch) in {time.perf_counter() - t0:.1f} s")
-    adapted = pipe.with_adapter("DEFAULT")  # same sessions, numpy span adapter + its layout
-    results = {}
-    for name, runner, ratio in (("full", pipe, None), ("semtoken", pipe, RATIO),
-                                ("+adapter", adapted, RATIO)):  # fmt: skip
-        timer = StageTimer()
-        t0 = time.perf_counter()
-        res = runner.generate(text, max_new_tokens=NEW_TOKENS, ratio=ratio, timer=timer)
-        s = {
-            k: sum(timer.durations_ms(k)) / 1000
-            for k in ("encode", "merge", "prefill", "decode_token")
-        }
-        results[name] = (res, s, time.perf_counter() - t0)
 
-    print(f"\nWikiText-2 test article '1933 Treasure Coast hurricane' ({len(text)} chars)")
-    print(f"{'context':<10}{'positions':>10}{'ratio':>8}{'compress s':>12}{'prefill s':>11}"
-          f"{'decode s':>10}{'total s':>9}")  # fmt: skip
-    for name, (res, s, total) in results.items():
-        print(f"{name:<10}{res.compressed_tokens:>10}{res.token_reduction:>8.2f}"
-              f"{s['encode'] + s['merge']:>12.2f}{s['prefill']:>11.2f}{s['decode_token']:>10.2f}"
-              f"{total:>9.2f}")  # fmt: skip
-    full, sem = results["full"][0], results["semtoken"][0]
+    # 1. the main job: a long document and a question, from the full and the compressed context
+    doc = text + ANSWER_PREFIX
+    runs = {
+        "full context": _timed(pipe, doc, max_new_tokens=12),
+        f"SemToken {QA_RATIO:g}x + query": _timed(
+            pipe, doc, max_new_tokens=12, ratio=QA_RATIO, query=QUESTION
+        ),
+        "truncated to the same budget": None,
+    }
+    n_q = runs[f"SemToken {QA_RATIO:g}x + query"][0].compressed_tokens
+    ids = pipe.tokenize(doc).ids
+    runs["truncated to the same budget"] = _timed(
+        pipe, pipe.decode_tokens(ids[-n_q:]), max_new_tokens=12
+    )
+    print(f"\nWikiText-2 article '1933 Treasure Coast hurricane' ({len(ids)} tokens) + a question:")
+    print(f"  Q: {QUESTION}   (the answer is in the article's first fifth)")
+    print(f"{'context':<32}{'positions':>10}{'seconds':>9}  answer")
+    for name, (res, secs) in runs.items():
+        answer = " ".join(res.text.split())[:60]
+        print(f"{name:<32}{res.compressed_tokens:>10}{secs:>9.2f}  ...made landfall at {answer}")
+
+    # 2. continuing the article: full context vs SemToken's defaults (no query)
+    full, _ = _timed(pipe, text, max_new_tokens=NEW_TOKENS)
+    sem, _ = _timed(pipe, text, max_new_tokens=NEW_TOKENS, ratio=RATIO)
     print(f"\nthe article ends: ...{' '.join(text.split()[-25:])}\n")
     titles = (f"full context ({full.compressed_tokens} positions)",
-              f"SemToken {RATIO}x ({sem.compressed_tokens} positions)")  # fmt: skip
+              f"SemToken {RATIO}x defaults ({sem.compressed_tokens} positions)")  # fmt: skip
     print(side_by_side(full.text, sem.text, titles))
-    ad = results["+adapter"][0]
-    print(f"\nSemToken {RATIO}x + the shipped MT2ST span adapter ({ad.compressed_tokens} positions: "
-          "the last 96 % verbatim, the older text in ~60-token spans):")  # fmt: skip
-    print(textwrap.fill(" ".join(ad.text.split()), 2 * COL + 3))
 
     print("\nprofile (semedge profile EXPORT --lengths 1024 --runs 1), p50 ms per stage:")
     rep = profile_export(pipe, lengths=(1024,), ratios=(1.0, RATIO), warmup=0, runs=1,

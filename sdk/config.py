@@ -6,6 +6,7 @@ Torch-free: imported by semedge.runtime.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,15 @@ from typing import Any
 
 from semedge.errors import InputError
 
-__all__ = ["CompressionConfig", "cache_dir", "debug_enabled", "replace_set", "triton_home"]
+__all__ = [
+    "CompressionConfig",
+    "PRESETS",
+    "cache_dir",
+    "debug_enabled",
+    "effective_compression",
+    "replace_set",
+    "triton_home",
+]
 
 
 def cache_dir() -> Path:
@@ -38,6 +47,14 @@ def replace_set(base: Any, **options: Any) -> Any:
     return dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
 
 
+# What a stored config that lacks a field meant when it was written (older exports/adapters).
+_BEFORE_FIELD = {"query_share": 0.0}
+# Default recency window, as a share of the output positions (docs/eval.md): without a query
+# the recent text is what a frozen LM continues from (at 0.5 SmolLM2's continuation of the demo
+# article degenerates, at 0.75 it stays on topic); with one, half the budget goes to the
+# sentences most relevant to it instead.
+AUTO_RECENCY = 0.75
+AUTO_RECENCY_QUERY = 0.5
 SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
 SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
 
@@ -53,8 +70,8 @@ class CompressionConfig:
     target_tokens: int | None = None  # output positions wanted (overrides ratio when set)
     encoder: str = "lm"  # "lm" (the LM's own first layers) or "minilm"
     encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
-    max_span: int = 8  # longest run of tokens merged into one position
-    recency_window: int = 64  # the last N tokens are never merged
+    max_span: int = 16  # longest merged span (grows by itself when a high ratio needs it)
+    recency_window: int | None = None  # the last N tokens never merge; None: AUTO_RECENCY
     recency_fraction: float | None = None  # recency window = this share of the output positions
     protect_digits: bool = True  # tokens containing a digit never merge
     protect_special: bool = True  # special tokens never merge
@@ -65,15 +82,17 @@ class CompressionConfig:
     tolerance: float = 0.02  # achieved ratio must be within this relative error of `ratio`
     threshold: float | None = None  # a calibrated tau: skips the per-prompt search when set
     sink_tokens: int = 4  # the first N tokens never merge (attention sinks)
-    span_repr: str = "mean"  # span vector: "mean" | "norm_mean" | "first" | "last"
+    span_repr: str = "first"  # span vector: "first" (selection) | "mean" | "norm_mean" | "last"
     span_position: str = "first"  # span position id: its "first" | "last" token's position
     encoder_window: int = 1024  # encoder tokens per window for long texts (overlapping)
-    query_keep: float = 0.1  # query-aware: fraction of tokens most similar to the query kept
+    query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
+    query_share: float = 0.8  # query-aware: share of the free budget for relevant sentences
+    query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
-        if self.ratio is not None and not self.ratio >= 1.0:
+        if self.ratio is not None and not (self.ratio >= 1.0 and math.isfinite(self.ratio)):
             raise InputError(f"ratio must be >= 1.0 (2.4 = 2.4x fewer positions), got {self.ratio}")
         if self.target_tokens is not None and self.target_tokens < 1:
             raise InputError(f"target_tokens must be >= 1, got {self.target_tokens}")
@@ -83,7 +102,7 @@ class CompressionConfig:
             raise InputError(f"encoder must be 'lm' or 'minilm', got {self.encoder!r}")
         if self.max_span < 1:
             raise InputError(f"max_span must be >= 1, got {self.max_span}")
-        if self.recency_window < 0:
+        if self.recency_window is not None and self.recency_window < 0:
             raise InputError(f"recency_window must be >= 0, got {self.recency_window}")
         if self.recency_fraction is not None and not 0.0 <= self.recency_fraction < 1.0:
             raise InputError(
@@ -102,25 +121,47 @@ class CompressionConfig:
             )
         if self.encoder_window < 16:
             raise InputError(f"encoder_window must be >= 16 tokens, got {self.encoder_window}")
-        if not 0.0 <= self.query_keep <= 1.0:
-            raise InputError(f"query_keep must be in [0, 1], got {self.query_keep}")
+        for name in ("query_keep", "query_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # NaN fails too
+                raise InputError(f"{name} must be in [0, 1], got {value}")
+        if self.query_relevance not in ("maxsim", "cosine"):
+            raise InputError(
+                f"query_relevance must be 'maxsim' or 'cosine', got {self.query_relevance!r}"
+            )
+        if self.query is not None and not self.query.strip():
+            raise InputError("query is empty; give a question or leave it out")
 
     def recency_tokens(self, n_tokens: int) -> int:
         """Tokens at the end of an `n_tokens` prompt kept verbatim (never merged).
 
-        `recency_window` tokens, or with `recency_fraction` set that share of the output
-        positions (n_tokens / ratio, or target_tokens), so the window scales with the prompt.
+        With `recency_fraction` set, that share of the output positions (n_tokens / ratio, or
+        target_tokens), so the window scales with the budget; else `recency_window` tokens; with
+        neither (the default) AUTO_RECENCY (3/4) of the output positions, AUTO_RECENCY_QUERY
+        (1/2) when `query` is set.
         """
-        if self.recency_fraction is None:
+        fraction = self.recency_fraction
+        if fraction is None and self.recency_window is not None:
             return min(self.recency_window, n_tokens)
+        if fraction is None:
+            fraction = AUTO_RECENCY_QUERY if self.query else AUTO_RECENCY
         budget = self.target_tokens if self.target_tokens is not None else n_tokens / self.ratio
-        return min(n_tokens, int(round(self.recency_fraction * budget)))
+        return min(n_tokens, int(round(fraction * budget)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what exports and calibration store)."""
         d = dataclasses.asdict(self)
         d["protected_strings"] = list(self.protected_strings)
         return d
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> CompressionConfig:
+        """SemToken as the paper describes it: each span is the mean of its tokens' embeddings,
+        spans up to 8 tokens, a fixed 64-token recency window. Kept for comparison: on a frozen
+        LM it scores far below the default (docs/eval.md)."""
+        preset = {"span_repr": "mean", "recency_window": 64,
+                  "max_span": 8, "query_keep": 0.1, "query_share": 0.0}  # fmt: skip
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def frozen_lm(cls, **overrides: Any) -> CompressionConfig:
@@ -130,7 +171,9 @@ class CompressionConfig:
         noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
         the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
-        return cls(**{"span_repr": "first", "recency_window": 448, "max_span": 16, **overrides})
+        preset = {"span_repr": "first", "recency_window": 448,
+                  "max_span": 16}  # fmt: skip
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def adapter_default(cls, **overrides: Any) -> CompressionConfig:
@@ -142,8 +185,9 @@ class CompressionConfig:
         digits and query matches may merge (the far context is spans only, so protecting them
         there would not fit the budget).
         """
-        preset = {"recency_fraction": 0.96, "sink_tokens": 0, "max_span": 64,
-                  "protect_digits": False, "span_repr": "mean", "query_keep": 0.0}  # fmt: skip
+        preset = {"recency_fraction": 0.96, "recency_window": 64, "sink_tokens": 0, "max_span": 64,
+                  "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
+                  "query_share": 0.0}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -152,6 +196,42 @@ class CompressionConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names and k != "extra"}
         extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in names}}
+        for key, before in _BEFORE_FIELD.items():  # written before the field existed
+            known.setdefault(key, before)
         if "protected_strings" in known:
             known["protected_strings"] = tuple(known["protected_strings"])
         return cls(**known, extra=extra)
+
+
+PRESETS = {  # --preset name -> CompressionConfig constructor
+    "default": CompressionConfig,
+    "paper": CompressionConfig.paper,
+    "frozen-lm": CompressionConfig.frozen_lm,
+    "adapter": CompressionConfig.adapter_default,
+}
+
+
+def effective_compression(
+    stored: CompressionConfig | None = None,
+    trained: CompressionConfig | None = None,
+    preset: str | None = None,
+    **options: Any,
+) -> CompressionConfig:
+    """The one rule for which CompressionConfig applies (export, runtime and CLI use it).
+
+    A named `preset`, else the layout an adapter was `trained` with, else the `stored` config
+    (an export's), else the defaults; then the explicit `options` (None = not given). An
+    explicit recency_window replaces a recorded recency_fraction.
+
+    Raises:
+        InputError: unknown preset or a bad option value.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if preset is not None:
+        base = PRESETS[preset]()
+    else:
+        base = trained or stored or CompressionConfig()
+    if options.get("recency_window") is not None:
+        base = dataclasses.replace(base, recency_fraction=None)
+    return replace_set(base, **options)

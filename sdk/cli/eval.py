@@ -5,23 +5,18 @@ from __future__ import annotations
 import click
 
 from semedge.cli.common import echo_json, echo_table, show_progress
-from semedge.config import CompressionConfig
+from semedge.config import PRESETS
 
 __all__ = ["command"]
 
 
 @click.group(
-    name="eval", help="Measure quality: perplexity and passkey retrieval under compression."
+    name="eval",
+    help="Measure quality: perplexity, passkey and the long-context task suite under compression.",
 )
 def command() -> None:
     pass
 
-
-PRESETS = {  # --preset name -> CompressionConfig constructor
-    "default": CompressionConfig,
-    "frozen-lm": CompressionConfig.frozen_lm,
-    "adapter": CompressionConfig.adapter_default,
-}
 
 _ADAPTER_HELP = "SemToken span adapter for the semtoken method: DEFAULT (shipped) or a directory."
 
@@ -35,24 +30,14 @@ def _adapter(spec: str | None, lm):
 
 
 def _config(ratio: float, encoder: str | None, knobs: dict, adapter=None):
-    """CompressionConfig: --preset, else the adapter's training settings if it recorded them,
-    else the defaults; then the options the user gave (--recency-window replaces a fraction)."""
-    import dataclasses
+    """config.effective_compression: --preset, else the adapter's layout, else the defaults;
+    then the options the user gave."""
+    from semedge.config import effective_compression
 
-    from semedge.config import replace_set
-
-    preset = knobs.get("preset")
-    knobs = {k: v for k, v in knobs.items() if k != "preset"}
+    knobs = dict(knobs)
+    preset = knobs.pop("preset", None)
     trained = getattr(adapter, "compression", None)
-    if preset is not None:
-        base = PRESETS[preset](ratio=ratio)
-    elif trained is not None:
-        base = replace_set(trained, ratio=ratio)
-    else:
-        base = CompressionConfig(ratio=ratio)
-    if knobs.get("recency_window") is not None:
-        base = dataclasses.replace(base, recency_fraction=None)
-    return replace_set(base, encoder=encoder, **knobs)
+    return effective_compression(None, trained, preset, ratio=ratio, encoder=encoder, **knobs)
 
 
 def _knobs(f):
@@ -61,7 +46,7 @@ def _knobs(f):
         click.option(
             "--preset",
             type=click.Choice(sorted(PRESETS)),
-            help="Start from CompressionConfig.frozen_lm() / .adapter_default() "
+            help="Start from a named CompressionConfig preset (paper = mean spans) "
             "(default: the adapter's own settings, else the defaults).",
         ),
         click.option("--span-repr", type=click.Choice(["mean", "norm_mean", "first", "last"])),
@@ -195,3 +180,86 @@ def passkey(context, ratio, samples, model, encoder, data, methods, no_query, se
         echo_json(report.to_dict())
     else:
         echo_table(*passkey_table(report))
+
+
+def _numbers(spec: str, kind, name: str) -> list:
+    """'2.4,4,8' -> [2.4, 4.0, 8.0] (one clear line for anything else)."""
+    from semedge.errors import InputError
+
+    try:
+        values = [kind(x) for x in spec.split(",") if x.strip()]
+    except ValueError as err:
+        raise InputError(f"--{name} takes comma-separated numbers, got {spec!r}") from err
+    if not values:
+        raise InputError(f"--{name} is empty")
+    return values
+
+
+@command.command("suite")
+@click.option("-m", "--model", "model", default="smollm2", show_default=True,
+              help="'smollm2' or a HF model dir (the PyTorch path).")  # fmt: skip
+@click.option("--export", "export_dir", type=click.Path(path_type=str), default=None,
+              help="Evaluate a deployed export through semedge.runtime instead of --model.")  # fmt: skip
+@click.option("--context", "contexts", default="2048", show_default=True,
+              help="Prompt lengths in tokens, comma-separated.")  # fmt: skip
+@click.option("--ratio", "ratios", default="2.4,4,8", show_default=True,
+              help="Compression ratios, comma-separated (full runs once, reported at each).")  # fmt: skip
+@click.option("--tasks", default="all", show_default=True, help="Comma-separated task names.")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma-separated: full, truncate, head_tail, random, uniform, selective, "
+              "retrieve, semtoken, semtoken_query.")  # fmt: skip
+@click.option("--samples", type=int, default=10, show_default=True, help="Per task and context.")
+@click.option("--data", "data", type=click.Path(path_type=str), default=None,
+              help="Filler text (default: the shipped WikiText-2 excerpt).")  # fmt: skip
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="PyTorch path: run the LM in this precision.")  # fmt: skip
+@click.option("--fit-positions", type=int, default=None,
+              help="PyTorch path: compact compressed positions below N, as an export with "
+              "--max-context N would (measures the cost of compaction).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(path_type=str), default=None,
+              help="Write the depth heatmaps + accuracy-vs-ratio PNG.")  # fmt: skip
+@_knobs
+def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dtype,
+          fit_positions, seed, as_json, plot, **kw):  # noqa: PLR0913  # fmt: skip
+    """Long-context tasks (RULER-style) per method, context and ratio, at equal budgets."""
+    from semedge.errors import InputError
+    from semedge.eval.methods import parse_suite_methods
+    from semedge.eval.passkey import default_filler
+    from semedge.eval.suite import run_suite
+    from semedge.eval.suite_report import suite_table, write_suite_plot
+    from semedge.eval.tasks import parse_tasks
+    from semedge.textio import read_text_file
+
+    contexts = _numbers(contexts, int, "context")
+    ratios = _numbers(ratios, float, "ratio")
+    tasks, methods = parse_tasks(tasks), parse_suite_methods(methods)
+    knobs = _pop_knobs(kw)
+    config = _config(2.4, None, knobs)  # each method call sets its own ratio
+    filler = read_text_file(data) if data else default_filler()
+    if export_dir:
+        from semedge.eval.suite import RuntimeRunner
+        from semedge.runtime import Pipeline
+
+        pipe = Pipeline.from_pretrained(export_dir, providers="cpu")
+        base = pipe.compression if not any(v is not None for v in knobs.values()) else config
+        runner, name = RuntimeRunner(pipe, base), f"export:{pipe.config.get('model', export_dir)}"
+    else:
+        from semedge.eval.suite import TorchRunner
+        from semedge.models import load_model, model_id
+
+        lm, tok = load_model(model)
+        if dtype == "bf16":
+            lm = lm.to(__import__("torch").bfloat16)
+        if fit_positions is not None and fit_positions < 128:
+            raise InputError(f"--fit-positions must be >= 128, got {fit_positions}")
+        runner, name = TorchRunner(lm, tok, config, fit_positions), model_id(model)
+    report = run_suite(runner, tasks, contexts, ratios, methods, samples, filler, name, seed,
+                       progress=show_progress())  # fmt: skip
+    if plot:
+        write_suite_plot(report, plot)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        echo_table(*suite_table(report))

@@ -21,7 +21,7 @@ from semedge.compressor.spans import (
     check_spans,
     find_spans,
     protected_mask,
-    query_similarity,
+    query_scores,
     span_positions,
 )
 from semedge.config import CompressionConfig
@@ -56,6 +56,7 @@ class CompressedPrompt:
     inputs_embeds: torch.Tensor
     position_ids: torch.Tensor
     stats: dict[str, Any] = field(default_factory=dict)
+    first_new_position: int | None = None  # set when positions were compacted to fit
 
     @property
     def original_tokens(self) -> int:
@@ -69,8 +70,20 @@ class CompressedPrompt:
 
     @property
     def next_position(self) -> int:
-        """Position id of the first token after this context (T: merging leaves gaps)."""
-        return self.original_tokens
+        """Position id of the first token after this context (T: merging leaves gaps; less
+        when the positions were compacted to fit a model, `fit_positions`)."""
+        return self.original_tokens if self.first_new_position is None else self.first_new_position
+
+    def fit_positions(self, limit: int) -> CompressedPrompt:
+        """This prompt with its position ids compacted to end before `limit`
+        (spans.compact_positions), as the runtime does for a prompt longer than its export."""
+        from semedge.compressor.spans import compact_positions
+
+        pos = compact_positions(self.position_ids[0].numpy(), limit)
+        if int(pos[-1]) + 1 >= self.next_position:
+            return self
+        return dataclasses.replace(self, position_ids=torch.as_tensor(pos)[None],
+                                   first_new_position=int(pos[-1]) + 1)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the stats plus `spans` as a list of [start, end) pairs."""
@@ -183,22 +196,23 @@ class SemTokenCompressor:
         return _Tokens(ids, texts, text, offsets, special)
 
     def _features(self, cfg: CompressionConfig, toks: _Tokens, query: str | None):
-        """(T, E) encoder states and, in query mode, (T,) cosine of each token to the query."""
+        """(T, E) encoder states and, in query mode, spans.query_scores' (sim, unit scores)."""
         enc = self.encoder(cfg.encoder)
         if cfg.encoder == "lm":
             hidden = encode_lm_windows(enc, toks.ids, cfg.encoder_window)
         else:
             hidden = enc.token_states(toks.text, toks.offsets)
-        if not query:
-            return hidden, None
+        if query is None:
+            return hidden, None, None
+        q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"], np.int64)
+        if not query.strip() or len(q_ids) == 0:
+            raise InputError("query has no tokens; give a non-empty --query")
         if cfg.encoder == "lm":
-            q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            if len(q_ids) == 0:
-                raise InputError("query has no tokens; give a non-empty --query")
             q = encode_lm_windows(enc, q_ids, cfg.encoder_window)
         else:
             q = enc.pieces(query)[0]
-        return hidden, query_similarity(hidden, q)
+        sim, units = query_scores(hidden, q, toks.ids, q_ids, toks.text, toks.offsets, cfg)
+        return hidden, sim, units
 
     def compress(
         self,
@@ -229,6 +243,7 @@ class SemTokenCompressor:
         elif ratio is not None:
             cfg = dataclasses.replace(cfg, ratio=ratio, target_tokens=None)
         query = query if query is not None else cfg.query
+        cfg = dataclasses.replace(cfg, query=query)  # the recency window depends on it
         t0 = time.perf_counter()
         toks = self._tokenize(text, input_ids)
         T = len(toks.ids)
@@ -236,9 +251,9 @@ class SemTokenCompressor:
         if unit or (cfg.target_tokens is not None and cfg.target_tokens >= T):
             spans, tau = np.stack([np.arange(T), np.arange(1, T + 1)], axis=1), 1.0
         else:
-            hidden, query_sim = self._features(cfg, toks, query)
+            hidden, query_sim, unit_scores = self._features(cfg, toks, query)
             prot = protected_mask(toks.texts, toks.special, cfg, toks.text, toks.offsets)
-            spans, tau = find_spans(hidden, prot, cfg, query_sim)
+            spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores)
         t1 = time.perf_counter()
         embeds, positions = self.build_inputs(toks.ids, spans, cfg)
         stats = {

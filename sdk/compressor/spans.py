@@ -28,6 +28,11 @@ __all__ = [
     "merge_embeddings",
     "span_positions",
     "check_spans",
+    "sentence_units",
+    "unit_relevance",
+    "protect_relevant_units",
+    "compact_positions",
+    "query_scores",
 ]
 
 DENSITY_SCALE = 0.05  # tau shift per standard deviation of local entropy, at density_alpha=1
@@ -70,9 +75,10 @@ def protected_mask(
 ) -> np.ndarray:
     """Tokens that must stay singletons (never merged).
 
-    Protected: special tokens (config.protect_special), tokens containing a digit
-    (config.protect_digits), tokens overlapping any occurrence of config.protected_strings,
-    the first config.sink_tokens tokens (attention sinks) and the last config.recency_tokens(T).
+    Protected: special tokens (config.protect_special), tokens overlapping any occurrence of
+    config.protected_strings, the first config.sink_tokens tokens (attention sinks), the last
+    config.recency_tokens(T), and tokens containing a digit (config.protect_digits) as long as
+    all of them still fit the budget (a number-heavy text at a high ratio merges its digits).
 
     Args:
         token_texts: each token's text (decoded piece), T entries.
@@ -92,8 +98,6 @@ def protected_mask(
     if special.shape != (T,):
         raise InputError(f"special has {special.shape[0]} entries for {T} tokens")
     mask = special.copy() if config.protect_special else np.zeros(T, dtype=bool)
-    if config.protect_digits:
-        mask |= np.fromiter((any(c.isdigit() for c in t) for t in token_texts), bool, T)
     if config.protected_strings and T:
         if text is None or offsets is None:
             text, offsets = _offsets_from_tokens(token_texts)
@@ -105,6 +109,10 @@ def protected_mask(
     recent = config.recency_tokens(T)
     if recent:
         mask[T - recent :] = True
+    if config.protect_digits and T:  # soft: numbers stay only while the budget holds them
+        digits = mask | np.fromiter((any(c.isdigit() for c in t) for t in token_texts), bool, T)
+        if min_spans(digits, T) <= _budget(T, config)[2]:
+            mask = digits
     return mask
 
 
@@ -269,9 +277,9 @@ def _too_short(T: int, n_min: int, n_protected: int, config: CompressionConfig) 
     best = T / max(n_min, 1)
     return InputError(
         f"text has {T} tokens, too short for {asked}: {n_protected} are protected "
-        f"(recency window {config.recency_tokens(T)}, sink_tokens {config.sink_tokens}, digits, "
-        f"special, protected strings) so the best ratio is {best:.2f}; give a longer text, "
-        f"a lower ratio or a smaller recency_window"
+        f"(recency window {config.recency_tokens(T)}, sink_tokens {config.sink_tokens}, and "
+        f"special tokens, protected strings, digits where they fit) so the best ratio is "
+        f"{best:.2f}; give a longer text, a lower ratio or a smaller recency_window"
     )
 
 
@@ -280,6 +288,7 @@ def find_spans(
     protected: np.ndarray,
     config: CompressionConfig,
     query_sim: np.ndarray | None = None,
+    unit_scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Spans for one prompt at the asked ratio (or target_tokens): the single control knob.
 
@@ -295,6 +304,12 @@ def find_spans(
             query_keep, query_weight.
         query_sim: (T,) similarity of each token to the query, or None. The top
             config.query_keep fraction is protected and tau rises with similarity.
+        unit_scores: (units (T,) int unit id per token, scores (U,) relevance per unit) in
+            query mode: the most relevant units stay verbatim within config.query_share of the
+            budget the protected tokens leave (protect_relevant_units).
+
+    max_span grows past config.max_span when the budget needs longer spans (high ratios), so
+    any ratio works unless the protected tokens alone exceed the budget.
 
     Returns:
         (spans (n, 2) int64, tau_base float).
@@ -309,27 +324,34 @@ def find_spans(
         raise InputError(f"protected has {protected.shape[0]} entries for {T} tokens")
     if T == 0:
         raise InputError("text has no tokens; give some text")
+    target, lo_n, hi_n = _budget(T, config)
+    base = protected.copy()  # without the query's protections
     if query_sim is not None:
         query_sim = np.asarray(query_sim, dtype=np.float64).reshape(T)
         k = int(round(config.query_keep * T))
         if k:
             protected[np.argsort(-query_sim, kind="stable")[:k]] = True
+    if unit_scores is not None and config.query_share > 0 and config.threshold is None:
+        units, scores = unit_scores
+        protected = protect_relevant_units(protected, units, scores, target, config.query_share)
+    if min_spans(protected, max(T, 1)) > hi_n:  # the query's tokens would not fit: drop them
+        protected = base
+    max_span = _fitting_max_span(protected, config.max_span, hi_n, T, config)
     offsets = threshold_offsets(
         semantic_density(x, config.window), config.density_alpha, query_sim, config.query_weight
     )
-    cos = _neighbour_cos(x, config.max_span)
+    cos = _neighbour_cos(x, max_span)
 
     def spans_at(base: float) -> np.ndarray:
         return _walk(_span_lengths(cos, base + offsets, protected))
 
     if config.threshold is not None:
         return spans_at(float(config.threshold)), float(config.threshold)
-    target, lo_n, hi_n = _budget(T, config)
     if lo_n > hi_n:  # too few tokens for any count to be within the tolerance: take the nearest
         lo_n = hi_n = min(T, max(1, round(target)))
     if lo_n >= T:
         return _walk(np.ones(T, dtype=np.int64)), 1.0
-    n_min = min_spans(protected, config.max_span)
+    n_min = min_spans(protected, max_span)
     if n_min > hi_n:
         raise _too_short(T, n_min, int(protected.sum()), config)
     lo_b, hi_b = -3.0, 3.0  # n(lo_b) = n_min, n(hi_b) = T; n(base) grows with base
@@ -344,7 +366,7 @@ def find_spans(
             return spans, mid
         lo_b, hi_b = (mid, hi_b) if n < lo_n else (lo_b, mid)
     want = min(max(round(target), lo_n), hi_n)
-    return _repair(best, want, x, protected, config.max_span), best_base
+    return _repair(best, want, x, protected, max_span), best_base
 
 
 def _repair(
@@ -446,3 +468,175 @@ def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "m
         scale = np.where(ends - starts > 1, target / np.maximum(cur, 1e-12), 1.0)
         mean = (mean * scale[:, None]).astype(emb.dtype)
     return mean
+
+
+def _fitting_max_span(
+    protected: np.ndarray, max_span: int, hi_n: int, T: int, config: CompressionConfig
+) -> int:
+    """The smallest span limit >= max_span that lets the spans fit hi_n positions.
+
+    Raises:
+        InputError: even unlimited spans cannot fit (the protected tokens alone fill the budget).
+    """
+    if min_spans(protected, max_span) <= hi_n:
+        return max_span
+    if min_spans(protected, max(T, 1)) > hi_n:
+        n_min = min_spans(protected, max(T, 1))
+        raise _too_short(T, n_min, int(protected.sum()), config)
+    lo, hi = max_span, max(T, 1)  # min_spans is non-increasing in the limit: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if min_spans(protected, mid) > hi_n else (lo, mid)
+    return lo
+
+
+_SENTENCE_END = (".", "!", "?", "\n")
+
+
+def sentence_units(text: str, offsets: np.ndarray) -> np.ndarray:
+    """(T,) int64 sentence index of each token: a sentence ends after '.', '!', '?' or a newline.
+
+    Args:
+        text: the text `offsets` index into.
+        offsets: (T, 2) character [start, end) of each token.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    ends = np.zeros(len(text) + 1, dtype=np.int64)
+    for i, c in enumerate(text):
+        if c in _SENTENCE_END and (i + 1 == len(text) or text[i + 1].isspace() or c == "\n"):
+            ends[i + 1] = 1
+    before = np.cumsum(ends)  # sentence ends at or before each character boundary
+    return before[np.clip(offsets[:, 0], 0, len(text))].astype(np.int64)
+
+
+def unit_relevance(
+    hidden: np.ndarray,
+    query_states: np.ndarray,
+    units: np.ndarray,
+    ids: np.ndarray,
+    query_ids: np.ndarray,
+) -> np.ndarray:
+    """(U,) relevance of each unit (sentence) to the query: IDF-weighted MaxSim.
+
+    score(u) = sum_j w_j max_{i in u} sim(q_j, t_i) / sum_j w_j, over the query's tokens j, as
+    ColBERT scores passages: sim is 1 for the same token id, else the cosine of the encoder
+    states (centred on the prompt's median like normalize_features), so a sentence matches by
+    its words and by what the encoder finds alike; w_j = log(1 + U / (1 + units whose tokens
+    include q_j's id)), so tokens that occur everywhere (function words, the instruction's
+    words) count little. Shared by the PyTorch compressor and the runtime.
+
+    Args:
+        hidden: (T, E) encoder states of the prompt.
+        query_states: (Q, E) encoder states of the query.
+        units: (T,) non-decreasing unit id per token (sentence_units).
+        ids: (T,) prompt token ids; query_ids: (Q,) query token ids.
+    """
+    h = normalize_features(hidden)
+    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    units = np.asarray(units, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
+    sim = np.maximum.reduceat(h @ q.T, starts, axis=0)  # (U', Q) best match of q_j per unit
+    n_units = len(starts)
+    unit_of = np.repeat(np.arange(n_units), np.diff(np.append(starts, len(units))))
+    pairs = np.unique(np.stack([unit_of, np.asarray(ids, np.int64)], axis=1), axis=0)
+    vocab, df = np.unique(pairs[:, 1], return_counts=True)
+    qid = np.asarray(query_ids, dtype=np.int64)
+    if len(qid) != q.shape[0]:  # states of another tokenizer (minilm): no id matching
+        return _scatter_units(units, starts, sim.mean(axis=1))
+    seen = np.searchsorted(vocab, qid).clip(0, max(len(vocab) - 1, 0))
+    doc_freq = np.where(vocab[seen] == qid, df[seen], 0) if len(vocab) else np.zeros(len(qid))
+    w = np.log1p(n_units / (1.0 + doc_freq))
+    for j, token in enumerate(qid.tolist()):  # the same token id is a perfect match
+        sim[pairs[pairs[:, 1] == token, 0], j] = 1.0
+    return _scatter_units(units, starts, sim @ w / max(float(w.sum()), 1e-12))
+
+
+def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(U,) scores by unit id from one score per run of equal ids (-inf for absent ids)."""
+    full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
+    full[units[starts]] = scores
+    return full
+
+
+def protect_relevant_units(
+    protected: np.ndarray, units: np.ndarray, scores: np.ndarray, budget: float, share: float
+) -> np.ndarray:
+    """Protect whole units, most relevant first, within `share` of the free budget.
+
+    The free budget is `budget` positions less the protected tokens and one position per
+    remaining free run (what merging the rest needs at least). A unit is taken when its free
+    tokens fit; units that are already fully protected cost nothing and are skipped.
+
+    Args:
+        protected: (T,) bool, the mask before query protection.
+        units: (T,) unit id per token; scores: (U,) relevance (-inf = never).
+        budget: the target number of output positions.
+        share: fraction of the free budget the relevant units may take, in [0, 1].
+
+    Returns:
+        (T,) bool, a new mask.
+    """
+    out = np.asarray(protected, dtype=bool).copy()
+    units = np.asarray(units, dtype=np.int64)
+    free_per_unit = np.bincount(units, weights=~out, minlength=len(scores)).astype(np.int64)
+    room = share * (budget - out.sum() - _free_runs_count(out))
+    for u in np.argsort(-np.asarray(scores), kind="stable"):
+        if not np.isfinite(scores[u]) or room < 1:
+            break
+        cost = int(free_per_unit[u])
+        if cost == 0 or cost > room:
+            continue
+        out[units == u] = True
+        room -= cost
+    return out
+
+
+def _free_runs_count(protected: np.ndarray) -> int:
+    p = np.asarray(protected, dtype=np.int8)
+    return int(np.sum(np.diff(np.concatenate([[1], p])) == -1))
+
+
+def compact_positions(positions: np.ndarray, limit: int) -> np.ndarray:
+    """Position ids that end before `limit`: shift left by the excess, never below the index.
+
+    pos'_i = max(i, pos_i - excess), excess = pos_last + 1 - limit: the recent end keeps its
+    spacing (so it reads as the original text) and the far part is squeezed, contiguous where
+    it must be. Strictly increasing if `positions` is. Unchanged when they already fit.
+
+    Raises:
+        InputError: more positions than `limit`.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(pos) > limit:
+        raise InputError(f"{len(pos)} positions cannot fit {limit}; compress harder")
+    excess = int(pos[-1]) + 1 - int(limit) if len(pos) else 0
+    if excess <= 0:
+        return pos.copy()
+    return np.maximum(np.arange(len(pos), dtype=np.int64), pos - excess)
+
+
+def query_scores(
+    hidden: np.ndarray,
+    query_states: np.ndarray,
+    ids: np.ndarray,
+    query_ids: np.ndarray,
+    text: str,
+    offsets: np.ndarray,
+    config: CompressionConfig,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Everything query-aware merging needs, for find_spans: (query_sim, (units, scores)).
+
+    query_sim: (T,) cosine to the mean query (raises tau: relevant tokens merge less);
+    units/scores: sentences and their relevance (config.query_relevance: "maxsim" =
+    unit_relevance, "cosine" = the best query_sim in the sentence). The one query rule, shared
+    by the PyTorch compressor and the runtime.
+    """
+    sim = query_similarity(hidden, query_states)
+    units = sentence_units(text, offsets)
+    if config.query_relevance == "cosine":
+        starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
+        scores = _scatter_units(units, starts, np.maximum.reduceat(sim, starts))
+    else:
+        scores = unit_relevance(hidden, query_states, units, ids, query_ids)
+    return sim, (units, scores)

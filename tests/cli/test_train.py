@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from semedge.config import CompressionConfig
 from tests.conftest import assert_one_line_error
 
 FAST = ["--context", "256", "--target", "8", "--windows", "1", "--steps", "2"]
@@ -45,7 +46,10 @@ def test_train_adapter_writes_a_loadable_adapter(cli, tiny_llama, wikitext_valid
     preset = json.loads(cli(*ppl, "--preset", "adapter").stdout)["config"]
     assert preset["recency_fraction"] == 0.96 and preset["sink_tokens"] == 0
     plain_cfg = json.loads(cli(*ppl, "--adapter", out, "--preset", "default").stdout)["config"]
-    assert plain_cfg["recency_fraction"] is None and plain_cfg["max_span"] == 8
+    assert (
+        plain_cfg["recency_fraction"] is None
+        and plain_cfg["max_span"] == CompressionConfig().max_span
+    )
     # the directory exists now: a second run refuses to overwrite it
     res = cli("train", "adapter", "--model", tiny_llama, "--data", data, "--out", out, *FAST,
               expect_rc=1)  # fmt: skip

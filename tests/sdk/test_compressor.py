@@ -68,7 +68,7 @@ def test_compress_hits_ratio_and_builds_inputs(loaded, article, family):
         assert "Theatre" not in "".join(texts[s:e]) and "Theat" not in "".join(texts[s:e])
     # the merged embeddings are the numpy reference merge of the token embeddings
     table = model.get_input_embeddings().weight.detach().numpy()
-    want = merge_embeddings(table[prompt.input_ids], prompt.spans, "mean")
+    want = merge_embeddings(table[prompt.input_ids], prompt.spans, cfg.span_repr)
     np.testing.assert_allclose(prompt.inputs_embeds[0].numpy(), want, rtol=1e-5, atol=1e-6)
     d = prompt.to_dict()
     assert d["original_tokens"] == T and d["compressed_tokens"] == n and len(d["spans"]) == n

@@ -1,0 +1,106 @@
+"""The long-context suite run task by task into a JSONL file (resumable), then its tables.
+
+Same code as `semedge eval suite` (semedge.eval.suite.run_suite), for long runs on shared
+machines: each finished task's per-sample rows are appended to --out at once, tasks already
+in the file are skipped, and `--report` prints the tables of a file without running anything.
+
+    python benchmarks/long_context_suite.py --out suite.jsonl --context 2048 --ratio 2.4,4 \
+        --samples 4 --dtype bf16 --threads 1 [--tasks ...] [--methods ...] [--fit-positions N]
+    python benchmarks/long_context_suite.py --out suite.jsonl --report [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def report(path: Path, markdown: bool) -> None:
+    from semedge.eval.suite import SuiteReport
+    from semedge.eval.suite_report import suite_table
+
+    rows = _rows(path)
+    rep = SuiteReport("smollm2", rows)
+    headers, table = suite_table(rep)
+    if markdown:
+        print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
+        for r in table:
+            print("| " + " | ".join(str(v) for v in r) + " |")
+    else:
+        print("\t".join(headers))
+        for r in table:
+            print("\t".join(str(v) for v in r))
+    print("\nper task (accuracy):")
+    res = rep.results()
+    methods = list(dict.fromkeys(r["method"] for r in res))
+    keys = sorted({(r["context"], r["ratio"], r["task"]) for r in res})
+    print("context ratio task " + " ".join(methods))
+    for c, q, t in keys:
+        acc = {
+            r["method"]: r["accuracy"]
+            for r in res
+            if (r["context"], r["ratio"], r["task"]) == (c, q, t)
+        }
+        print(f"{c} {q} {t} " + " ".join(f"{acc.get(m, float('nan')):.2f}" for m in methods))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--context", default="2048")
+    ap.add_argument("--ratio", default="2.4")
+    ap.add_argument("--tasks", default="all")
+    ap.add_argument("--methods", default="all")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fit-positions", type=int, default=None)
+    ap.add_argument("--config", default="{}", help="CompressionConfig overrides as JSON")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if a.report:
+        report(a.out, a.markdown)
+        return
+    import torch
+
+    from semedge.config import CompressionConfig
+    from semedge.eval.passkey import default_filler
+    from semedge.eval.suite import TorchRunner, run_suite
+    from semedge.eval.tasks import parse_tasks
+    from semedge.models import load_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tok = load_model(a.model)
+    if a.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    runner = TorchRunner(model, tok, CompressionConfig(**json.loads(a.config)), a.fit_positions)
+    done = {r["task"] for r in _rows(a.out)}
+    for task in parse_tasks(a.tasks):
+        if task in done:
+            continue
+        t0 = time.perf_counter()
+        rep = run_suite(runner, task, [int(c) for c in a.context.split(",")],
+                        [float(r) for r in a.ratio.split(",")], a.methods, a.samples,
+                        default_filler(), a.model, a.seed)  # fmt: skip
+        with a.out.open("a", encoding="utf-8") as f:
+            for r in rep.rows:
+                f.write(json.dumps(r) + "\n")
+        print(f"{task}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    report(a.out, a.markdown)
+
+
+if __name__ == "__main__":
+    main()

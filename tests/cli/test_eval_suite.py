@@ -1,0 +1,91 @@
+"""`semedge eval suite` on the tiny Llama (PyTorch path) and its export (runtime path)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semedge.eval.methods import SUITE_METHODS
+from tests.conftest import assert_one_line_error
+
+FIELDS = {"task", "context", "ratio", "method", "accuracy", "accuracy_far", "positions", "samples"}
+
+
+def test_suite_json_has_every_field_and_the_png(cli, tiny_llama, tmp_path):
+    png = tmp_path / "suite.png"
+    res = cli(
+        "eval", "suite", "--model", tiny_llama, "--context", 300, "--ratio", "2,4",
+        "--tasks", "recall", "--samples", 1, "--json", "--plot", png,
+    )  # fmt: skip
+    out = json.loads(res.stdout)
+    assert out["model"] == tiny_llama.name
+    rows = out["results"]
+    assert {(r["task"], r["ratio"], r["method"]) for r in rows} == {
+        ("recall", q, m) for q in (2.0, 4.0) for m in SUITE_METHODS
+    }
+    for r in rows:
+        assert FIELDS <= set(r)
+        assert isinstance(r["accuracy"], float) and 0 <= r["accuracy"] <= 1
+        assert r["accuracy_far"] is None or 0 <= r["accuracy_far"] <= 1
+        assert r["samples"] == 1 and r["context"] == 300
+    for s in out["samples"]:  # every baseline keeps exactly round(T / ratio) positions
+        if s["method"] not in ("full", "semtoken", "semtoken_query"):
+            assert s["positions"] == max(1, round(s["tokens"] / s["ratio"])), s
+        elif s["method"] != "full":  # SemToken within its ratio tolerance
+            assert abs(s["tokens"] / s["positions"] - s["ratio"]) <= 0.02 * s["ratio"] + 0.1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suite_on_the_export_runs_through_the_runtime(cli, tiny_export):
+    res = cli(
+        "eval", "suite", "--export", tiny_export, "--context", 300, "--ratio", 2.4,
+        "--tasks", "multikey", "--samples", 1,
+        "--methods", "full,truncate,retrieve,semtoken,semtoken_query", "--json",
+    )  # fmt: skip
+    out = json.loads(res.stdout)
+    assert {r["method"] for r in out["results"]} == {
+        "full",
+        "truncate",
+        "retrieve",
+        "semtoken",
+        "semtoken_query",
+    }
+    assert out["model"].startswith("export:")
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (("--tasks", "nope"), "unknown task"),
+        (("--methods", "full,magic"), "unknown method"),
+        (("--ratio", "0.5"), "ratio must be"),
+        (("--ratio", "nan"), "ratio must be"),
+        (("--ratio", "abc"), "comma-separated numbers"),
+        (("--context", "100000"), "exceeds the model"),
+        (("--samples", "0"), "samples must be"),
+        (("--recency-window", "-3"), "recency_window"),
+    ],
+)
+def test_suite_bad_inputs_are_one_line(cli, tiny_llama, args, msg):
+    res = cli("eval", "suite", "--model", tiny_llama, "--context", 300, "--samples", 1,
+              "--tasks", "niah_number", *args, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert msg in res.stderr
+
+
+def test_suite_too_little_filler_is_one_line(cli, tiny_llama, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("A sentence here. " * 40, encoding="utf-8")
+    res = cli("eval", "suite", "--model", tiny_llama, "--context", 1500, "--samples", 1,
+              "--tasks", "niah_number", "--data", small, expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "filler has" in res.stderr
+
+
+def test_empty_query_is_one_line(cli, tiny_llama, tmp_path):
+    article = tmp_path / "a.txt"
+    article.write_text("Some words here. " * 80, encoding="utf-8")
+    res = cli("compress", article, "--model", tiny_llama, "--query", " ", expect_rc=1)
+    assert_one_line_error(res)
+    assert "query" in res.stderr

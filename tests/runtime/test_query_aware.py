@@ -1,0 +1,117 @@
+"""Query-aware SemToken: identical spans in PyTorch and the runtime, the relevant sentence kept
+verbatim, every ratio 1-8 on a 512-token prompt, long prompts compacted into a small export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semedge.errors import InputError
+from semedge.runtime import Pipeline
+from tests.runtime.toy_export import sample_text
+
+NEEDLE = "The special magic number for amber-falcon is: 4817263."
+QUESTION = "What is the special magic number for amber-falcon?"
+
+
+def _prompt(n_chars: int = 2400) -> str:
+    text = sample_text()[:n_chars]
+    cut = text.find(". ", len(text) // 5) + 2  # a sentence boundary in the first fifth
+    return text[:cut] + NEEDLE + " " + text[cut:] + "\n\n" + QUESTION
+
+
+@pytest.fixture(scope="module")
+def compressor(tiny_models, tiny_export):
+    from semedge.compressor import SemTokenCompressor
+    from semedge.models import load_model
+
+    model, tok = load_model(str(tiny_models["llama"]))
+    with Pipeline.from_pretrained(tiny_export) as pipe:
+        config = pipe.compression
+    return SemTokenCompressor(model, tok, config)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_export):
+    with Pipeline.from_pretrained(tiny_export) as p:
+        yield p
+
+
+@pytest.mark.parametrize("ratio", [2.4, 4.0])
+def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio):
+    text = _prompt()
+    want = compressor.compress(text, ratio=ratio, query=QUESTION)
+    got = pipe.prepare(text, ratio, QUESTION)
+    np.testing.assert_array_equal(got.spans, want.spans)
+    np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
+    np.testing.assert_allclose(got.embeds, want.inputs_embeds[0].numpy(), atol=1e-5)
+
+
+def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
+    text = _prompt()
+    enc = pipe.tokenize(text)
+    start = text.find(NEEDLE)
+    needle = [i for i, (a, b) in enumerate(enc.offsets) if start <= a and b <= start + len(NEEDLE)]
+    for ratio in (2.4,):  # (at 4x and 8x the random tiny model ranks other sentences higher)
+        with_q = pipe.prepare(text, ratio, QUESTION)
+        kept = set(with_q.spans[with_q.spans[:, 1] - with_q.spans[:, 0] == 1, 0].tolist())
+        assert set(needle) <= kept, ratio  # every needle token is its own position
+        without = pipe.prepare(text, ratio, None)
+        kept0 = set(without.spans[without.spans[:, 1] - without.spans[:, 0] == 1, 0].tolist())
+        assert not set(needle) <= kept0, ratio  # without the query it is merged away
+        assert abs(len(with_q.positions) - len(enc.ids) / ratio) <= 0.02 * len(enc.ids) / ratio + 1
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0])
+@pytest.mark.parametrize("query", [None, QUESTION])
+def test_every_ratio_1_to_8_works_on_a_512_token_prompt(pipe, ratio, query):
+    text = _prompt(8000)
+    ids = pipe.tokenize(text).ids
+    text = pipe.decode_tokens(ids[-512:])  # about 512 tokens
+    got = pipe.prepare(text, ratio, query)
+    T = got.prompt_tokens
+    assert 480 <= T <= 560
+    n = len(got.positions)
+    assert abs(T / n - ratio) <= 0.02 * ratio + ratio / n, (T, n, ratio)
+
+
+def test_a_prompt_longer_than_the_export_is_compressed_to_fit(pipe):
+    limit = int(pipe.config.get("max_positions") or pipe.max_context)
+    text = sample_text()
+    while len(pipe.tokenize(text).ids) < 1.5 * limit:
+        text = text + " " + text
+    T = len(pipe.tokenize(text).ids)
+    with pytest.raises(InputError, match="pass --ratio"):
+        pipe.prepare(text, None, None, max_new_tokens=8)
+    got = pipe.prepare(text, 4.0, None, max_new_tokens=8)
+    assert got.positions[-1] < limit - 8 and np.all(np.diff(got.positions) > 0)
+    assert got.first_new_position == got.positions[-1] + 1
+    assert got.spans[-1, 1] == T  # every token is still covered
+    res = pipe.generate(text, max_new_tokens=8, ratio=4.0)
+    assert res.prompt_tokens == T and len(res.tokens) >= 1
+
+
+def test_an_empty_query_is_refused(pipe):
+    with pytest.raises(InputError, match="query"):
+        pipe.prepare(_prompt(), 2.4, "   ")
+
+
+def test_unit_relevance_ranks_shared_rare_tokens_first_and_discounts_common_ones():
+    from semedge.compressor.spans import protect_relevant_units, unit_relevance
+
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(10), 10)  # 10 sentences of 10 tokens
+    ids = rng.integers(100, 200, 100)
+    ids[::10] = 5  # token 5 opens every sentence: no evidence
+    ids[34] = 777  # a rare token only sentence 3 holds
+    hidden = rng.normal(size=(100, 16))
+    q_ids = np.array([5, 777])
+    q_states = rng.normal(size=(2, 16))
+    scores = unit_relevance(hidden, q_states, units, ids, q_ids)
+    assert int(np.argmax(scores)) == 3
+    # the common token alone barely separates sentences; the rare one does
+    common_only = unit_relevance(hidden, q_states[:1], units, ids, q_ids[:1])
+    assert np.ptp(common_only) < np.ptp(scores)
+    # protection takes the best units that fit the share of the free budget
+    out = protect_relevant_units(np.zeros(100, bool), units, scores, budget=40, share=0.5)
+    assert out[30:40].all() and out.sum() <= 0.5 * 40
