@@ -31,8 +31,8 @@ def test_compress_table_shows_stats_and_merged_spans(cli, tiny_llama, article_fi
     res = cli("compress", article_file, "--target-tokens", "1500", "--model", tiny_llama,
               "--max-chars", "0")  # fmt: skip
     assert "compressed_tokens" in res.stdout and "encoder_layers" in res.stdout
-    view = res.stdout.strip().splitlines()[-1]
-    assert "|" in view and "[" in view and "more positions" not in res.stdout
+    view = [ln for ln in res.stdout.splitlines() if "|" in ln]  # the span view (may hold newlines)
+    assert any("[" in ln for ln in view) and "more positions" not in res.stdout
 
 
 def test_compress_handles_files_longer_than_the_context(cli, tiny_llama, wikitext_test, tmp_path):
