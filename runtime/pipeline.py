@@ -103,8 +103,9 @@ class Pipeline:
         Args:
             path: a `semedge export onnx` directory, a `semedge calibrate` output (INT8/FP16
                 graphs, calibrated SemToken threshold) or a TensorRT engine directory.
-            providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers) or
-                "trt-engine" (native TensorRT engines); a list is tried as ONNX Runtime names.
+            providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers),
+                "openvino" (OpenVINO CPU, `--attention plain` exports) or "trt-engine" (native
+                TensorRT engines); a list is tried as ONNX Runtime names.
             verify: check every file's SHA-256 against the manifest (on by default).
             threads: ONNX Runtime intra-op threads per session.
             ort_profile: a path prefix: enable ONNX Runtime's profiler on the prefill/decode graphs.
@@ -130,6 +131,9 @@ class Pipeline:
         if verify:
             with log_timed(log, f"verifying {path.name}", logging.DEBUG):
                 verify_manifest(path, manifest)
+        from semedge.runtime.cpu_features import warn_if_missing
+
+        warn_if_missing(path.name, manifest.config)  # one line when tuned on another CPU
         backends = backends_for(path, manifest, provider, providers, threads, ort_profile)
         tok_path = path / TOKENIZER_JSON
         if not tok_path.is_file():
