@@ -153,9 +153,9 @@ def check_precision(precision: str, attention: str | None, dtype: str | None) ->
 
 # ---------------------------------------------------------------- the gate
 def held_out_windows(tokenizer, text: str, cfg: PrecisionConfig) -> list[np.ndarray]:
-    """The last eval_windows windows of (context + tokens + 1) ids of `text`."""
+    """The last eval_windows windows of (context + tokens) ids of `text`."""
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-    n = cfg.eval_context + cfg.eval_tokens + 1
+    n = cfg.eval_context + cfg.eval_tokens  # the last eval_tokens ids are scored
     if ids.size < cfg.eval_windows * n:
         raise InputError(
             f"quality data has {ids.size} tokens; {cfg.eval_windows} windows of {n} need "
