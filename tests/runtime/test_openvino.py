@@ -12,13 +12,8 @@ pytestmark = pytest.mark.skipif(not openvino_available(), reason="openvino is no
 
 
 @pytest.fixture(scope="module")
-def plain_export(tiny_models, tmp_path_factory):
-    from semedge.export import ExportConfig, ParityConfig, export_onnx
-
-    out = tmp_path_factory.mktemp("ov") / "plain"
-    gate = ParityConfig(lengths=(7, 32), decode_steps=2, compressed=False)
-    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", parity=gate))
-    return out
+def plain_export(tiny_export_plain):
+    return tiny_export_plain
 
 
 def test_openvino_matches_onnx_runtime_through_prefill_and_decode(plain_export, wikitext_valid):
