@@ -68,10 +68,18 @@ class PrecisionConfig:
 
     def __post_init__(self) -> None:
         if not self.max_ppl_increase >= 0:
-            raise InputError(f"--max-ppl-increase must be >= 0 percent, got {self.max_ppl_increase:g}")
+            raise InputError(
+                f"--max-ppl-increase must be >= 0 percent, got {self.max_ppl_increase:g}"
+            )
         if not 0.0 <= self.min_top1 <= 1.0:
             raise InputError(f"--min-top1 must be in [0, 1], got {self.min_top1:g}")
-        for name in ("eval_windows", "eval_context", "eval_tokens", "speed_tokens", "speed_repeats"):
+        for name in (
+            "eval_windows",
+            "eval_context",
+            "eval_tokens",
+            "speed_tokens",
+            "speed_repeats",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -137,7 +145,9 @@ def check_precision(precision: str, attention: str | None, dtype: str | None) ->
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dtype not in (None, "fp32") and precision != "fp16":
-        raise InputError(f"--dtype {dtype} conflicts with --precision {precision}; pass one of them")
+        raise InputError(
+            f"--dtype {dtype} conflicts with --precision {precision}; pass one of them"
+        )
     if precision == "bf16" and attention == "fused":
         raise InputError(
             "--precision bf16 runs on OpenVINO, which cannot read the fused (ONNX Runtime "
@@ -218,7 +228,9 @@ def _prefill_ms(dirs: dict[str, tuple[Path, str]], cfg: PrecisionConfig, max_ctx
     from semedge.runtime import Pipeline
 
     n = min(cfg.speed_tokens, max_ctx)
-    pipes = {k: Pipeline.from_pretrained(d, providers=p, verify=False) for k, (d, p) in dirs.items()}
+    pipes = {
+        k: Pipeline.from_pretrained(d, providers=p, verify=False) for k, (d, p) in dirs.items()
+    }
     best = {k: float("inf") for k in pipes}
     try:
         ids = np.arange(n, dtype=np.int64) % 1000 + 100
@@ -363,7 +375,10 @@ def export_precision(
             with log_timed(log, f"timing prefill of {', '.join(dirs)}"):
                 for k, ms in _prefill_ms(dirs, cfg, max_ctx).items():
                     next(r for r in results if r["precision"] == k)["prefill_ms"] = ms
-        best = min(dirs, key=lambda k: next(r for r in results if r["precision"] == k).get("prefill_ms", 0.0))
+        best = min(
+            dirs,
+            key=lambda k: next(r for r in results if r["precision"] == k).get("prefill_ms", 0.0),
+        )
         cand, provider = dirs[best]
         gate = {k: v for k, v in next(r for r in results if r["precision"] == best).items()
                 if k not in ("precision", "provider")}  # fmt: skip

@@ -181,7 +181,10 @@ def run_doctor() -> DoctorReport:
         from semedge.runtime.backends.openvino import openvino_available
 
         ok = openvino_available()
-        rep.providers["openvino"] = {"ok": ok, "detail": "CPU device found" if ok else "no CPU device"}
+        rep.providers["openvino"] = {
+            "ok": ok,
+            "detail": "CPU device found" if ok else "no CPU device",
+        }
     rep.cpu = cpu_report()
     rep.gpu = _gpu_info()
     rep.jetson = _jetson_info()

@@ -69,7 +69,9 @@ class OpenVinoBackend:
         cache_dir: Path | str | None = None,
     ) -> None:
         if precision not in OV_PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(OV_PRECISIONS)}, got {precision!r}")
+            raise InputError(
+                f"precision must be one of {', '.join(OV_PRECISIONS)}, got {precision!r}"
+            )
         self.path = Path(path)
         self.spec = spec or {}
         self.threads = threads
@@ -118,7 +120,9 @@ class OpenVinoBackend:
             compiled = core.compile_model(model, "CPU", self.config())
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BackendUnavailable(f"OpenVINO CPU cannot compile {self.path.name}: {first}") from err
+            raise BackendUnavailable(
+                f"OpenVINO CPU cannot compile {self.path.name}: {first}"
+            ) from err
         self.inputs = {
             _port_name(p, self.spec.get("inputs"), True): _port_info(p) for p in compiled.inputs
         }

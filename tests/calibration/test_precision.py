@@ -47,7 +47,9 @@ def test_precision_passes_its_gate_and_is_recorded(precision, tiny_llama, cal_te
 @pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
 def test_bf16_runs_on_openvino_with_plain_attention(tiny_llama, cal_text, tmp_path):
     out = tmp_path / "bf16"
-    rep = P.export_precision(tiny_llama, out, "bf16", ExportConfig(parity=FAST_GATE), FAST, cal_text)
+    rep = P.export_precision(
+        tiny_llama, out, "bf16", ExportConfig(parity=FAST_GATE), FAST, cal_text
+    )
     m = load_manifest(out)
     assert rep.provider == "openvino" and m.config["provider"] == "openvino"
     assert m.extra["attention"] == "plain"
