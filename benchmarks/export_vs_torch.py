@@ -139,42 +139,23 @@ class TorchInt8Runner(TorchRunner):
 
 
 class OpenVinoRunner(SemedgeRunner):
-    """semedge's plain-attention export on the runtime's OpenVINO backend (bf16 on AMX)."""
-
-    name = "openvino"
+    """semedge's plain-attention export on the runtime's OpenVINO provider (bf16 on AMX)."""
 
     def __init__(self, export_dir: Path, threads: int, precision: str = "bf16") -> None:
+        import tokenizers
         from semedge import constants as C
         from semedge.artifacts import load_manifest
-        from semedge.export.graphs import past_names
-        from semedge.runtime.backends.openvino import OpenVinoBackend
+        from semedge.runtime import Pipeline
+        from semedge.runtime.backends.providers import openvino_backends
 
-        self.C = C
-        m = load_manifest(export_dir)
-        self.past = past_names(m.config["num_layers"])
         self.name = f"openvino_{precision}"
-
-        def backend(file, prec):
-            key = file.removesuffix(".onnx")
-            return OpenVinoBackend(export_dir / file, m.graphs.get(key), threads, prec).load()
-
-        self.embed_b = backend(C.EMBED_ONNX, "fp32")
-        self.prefill_b = backend(C.PREFILL_ONNX, precision)
-        self.decode_b = backend(C.DECODE_ONNX, precision)
-        self.embed = _Session(self.embed_b)
-        self.prefill_s = _Session(self.prefill_b)
-        self.decode_s = _Session(self.decode_b)
-
-
-class _Session:
-    """An `InferenceSession.run(None, feeds)`-shaped view of a runtime backend."""
-
-    def __init__(self, backend) -> None:
-        self.backend = backend
-
-    def run(self, names, feeds):
-        out = self.backend.run(feeds)
-        return list(out.values())
+        manifest = load_manifest(export_dir)
+        manifest.config = {**manifest.config, "precision": precision}  # as --precision records it
+        backends = openvino_backends(Path(export_dir), manifest, threads)
+        for b in backends.values():
+            b.load()
+        tok = tokenizers.Tokenizer.from_file(str(Path(export_dir) / C.TOKENIZER_JSON))
+        self.pipe = Pipeline(Path(export_dir), manifest, tok, backends)
 
 
 class GenaiRunner:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge import constants as C
 from semedge.artifacts import load_manifest, staged_dir, write_manifest
 from semedge.deps import has_module

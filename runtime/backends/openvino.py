@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
 

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+
 from semedge.artifacts import load_manifest, write_manifest
 from semedge.calibration import precision as P
 from semedge.errors import AccuracyError, InputError
 from semedge.export import ExportConfig, ParityConfig
 from semedge.runtime.cpu_features import NEEDS, cpu_features, missing_features, warn_if_missing
-
 from tests.calibration.planted import plant_outliers
 from tests.conftest import assert_one_line_error
 

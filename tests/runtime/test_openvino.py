@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from semedge.errors import ArtifactError, InputError
 from semedge.runtime import Pipeline
 from semedge.runtime.backends.openvino import openvino_available
