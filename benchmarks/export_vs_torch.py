@@ -143,6 +143,7 @@ class OpenVinoRunner(SemedgeRunner):
 
     def __init__(self, export_dir: Path, threads: int, precision: str = "bf16") -> None:
         import tokenizers
+
         from semedge import constants as C
         from semedge.artifacts import load_manifest
         from semedge.runtime import Pipeline
