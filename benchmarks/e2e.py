@@ -5,7 +5,7 @@ Each row is one generation of compress + prefill + N decode tokens (EOS ignored)
 runtime's stage spans; ratios are printed side by side from the same run.
 
     python benchmarks/e2e.py [--export DIR] [--contexts 2048,4096] [--ratio 2.4]
-        [--new-tokens 64] [--provider cpu] [--runs 1] [--baselines torch,optimum] [--json OUT]
+        [--new-tokens 64] [--provider cpu] [--runs 1] [--baselines torch,torch_bf16,optimum] [--json OUT]
 
 Goal (issue 6): >= 2.0x end to end at >= 2.4x token reduction, compression overhead <= 10 % of the
 compressed prefill. Without --export, SmolLM2 is exported once into
@@ -93,8 +93,11 @@ def compressed_vs_full(pipe, contexts, ratio, new_tokens, runs) -> list[dict]:
     return rows
 
 
-def runtime_vs_torch(pipe, model_spec: str, context: int, new_tokens: int) -> dict:
-    """Full-prompt greedy generate: semedge runtime vs transformers eager (same tokens?)."""
+def runtime_vs_torch(
+    pipe, model_spec: str, context: int, new_tokens: int, bf16: bool = False
+) -> dict:
+    """Full-prompt greedy generate: semedge runtime vs transformers eager, fp32 or bf16
+    (`model.to(torch.bfloat16)`, what a user tries first); same tokens?"""
     import torch
 
     from semedge.models import load_model
@@ -103,6 +106,7 @@ def runtime_vs_torch(pipe, model_spec: str, context: int, new_tokens: int) -> di
     prompt = prompt_of_tokens(pipe, context)
     rt = run_once(pipe, prompt, None, new_tokens)
     model, tok = load_model(model_spec)
+    model = model.to(torch.bfloat16) if bf16 else model
     ids = torch.tensor([pipe.tokenize(prompt).ids])
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     with torch.inference_mode():
@@ -112,7 +116,8 @@ def runtime_vs_torch(pipe, model_spec: str, context: int, new_tokens: int) -> di
         torch_ms = (time.perf_counter() - t0) * 1e3
     same = out[0, ids.shape[1] :].tolist() == rt["generated"]
     return {"context": rt["tokens"], "runtime_ms": rt["total_ms"], "torch_eager_ms": torch_ms,
-            "speedup": torch_ms / rt["total_ms"], "same_tokens": same}  # fmt: skip
+            "speedup": torch_ms / rt["total_ms"], "same_tokens": same,
+            "torch_dtype": "bf16" if bf16 else "fp32"}  # fmt: skip
 
 
 def runtime_vs_optimum(pipe, context: int, new_tokens: int) -> dict | None:
@@ -161,6 +166,7 @@ def print_tables(rows, baselines, ratio, new_tokens, header) -> None:
     for b in baselines:
         other = "torch_eager_ms" if "torch_eager_ms" in b else "optimum_ms"
         name = "PyTorch eager" if other == "torch_eager_ms" else "Optimum ORTModelForCausalLM"
+        name += f" {b['torch_dtype']}" if "torch_dtype" in b else ""
         print(f"runtime vs {name} (full prompt, {b['context']} tokens): runtime "
               f"{b['runtime_ms']:.0f} ms, {name} {b[other]:.0f} ms -> {b['speedup']:.2f}x; "
               f"same tokens: {b['same_tokens']}")  # fmt: skip
@@ -191,8 +197,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = compressed_vs_full(pipe, contexts, a.ratio, a.new_tokens, a.runs)
         wanted = {b for b in a.baselines.split(",") if b}
         baselines = []
-        if "torch" in wanted and a.provider == "cpu":
+        cpu = a.provider in ("cpu", "openvino")
+        if "torch" in wanted and cpu:
             baselines.append(runtime_vs_torch(pipe, a.model, a.baseline_context, a.new_tokens))
+        if "torch_bf16" in wanted and cpu:
+            baselines.append(
+                runtime_vs_torch(pipe, a.model, a.baseline_context, a.new_tokens, bf16=True)
+            )
         if "optimum" in wanted and a.provider == "cpu":
             opt = runtime_vs_optimum(pipe, a.baseline_context, a.new_tokens)
             baselines += [opt] if opt else []

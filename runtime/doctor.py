@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["DoctorReport", "run_doctor", "provider_works"]
 
 PACKAGES = ("semedge", "numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "onnx", "torch",
-            "transformers", "tensorrt", "cuda-python", "matplotlib", "optimum", "optimum-onnx")  # fmt: skip
+            "transformers", "tensorrt", "cuda-python", "matplotlib", "optimum", "optimum-onnx", "openvino")  # fmt: skip
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 # y = x + x on a float[2] (opset 13): used when the onnx package is absent
 _ADD_MODEL = base64.b64decode(
@@ -44,6 +44,7 @@ class DoctorReport:
     gpu: dict[str, Any] = field(default_factory=dict)
     jetson: dict[str, Any] = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)
+    cpu: dict[str, Any] = field(default_factory=dict)  # matrix features, precision -> provider
 
     @property
     def passed(self) -> bool:
@@ -53,7 +54,7 @@ class DoctorReport:
         return {
             "python": self.python, "platform": self.platform, "packages": self.packages,
             "providers": self.providers, "gpu": self.gpu, "jetson": self.jetson,
-            "hints": self.hints, "passed": self.passed,
+            "hints": self.hints, "cpu": self.cpu, "passed": self.passed,
         }  # fmt: skip
 
 
@@ -176,10 +177,42 @@ def run_doctor() -> DoctorReport:
     for prov in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         if available and prov not in available:
             rep.providers[prov] = {"ok": False, "detail": "not in this onnxruntime build"}
+    if _version("openvino"):
+        from semedge.runtime.backends.openvino import openvino_available
+
+        ok = openvino_available()
+        rep.providers["openvino"] = {
+            "ok": ok,
+            "detail": "CPU device found" if ok else "no CPU device",
+        }
+    rep.cpu = cpu_report()
     rep.gpu = _gpu_info()
     rep.jetson = _jetson_info()
     rep.hints += _hints(rep)
     return rep
+
+
+def cpu_report() -> dict[str, Any]:
+    """The CPU's matrix features and, per precision, the engine and provider that run it here."""
+    from semedge.runtime.cpu_features import NEEDS, cpu_features
+
+    feats = cpu_features()
+    engine = {
+        "fp32": "AVX-512 FMA" if "avx512f" in feats else "AVX2 FMA",
+        "int8": "AMX-INT8" if "amx_int8" in feats else ("VNNI" if set(NEEDS["int8"]) & set(feats)
+                                                         else "no int8 dot-product engine"),
+        "bf16": "AMX-BF16" if "amx_bf16" in feats else ("AVX512-BF16" if "avx512_bf16" in feats
+                                                        else "no bf16 engine"),
+    }  # fmt: skip
+    ov = bool(_version("openvino"))
+    precisions = {
+        "fp32": {"provider": "cpu (ONNX Runtime MLAS)", "engine": engine["fp32"], "ok": True},
+        "int8": {"provider": "cpu (ONNX Runtime dynamic int8)", "engine": engine["int8"],
+                 "ok": bool(set(NEEDS["int8"]) & set(feats))},
+        "bf16": {"provider": "openvino" if ov else "openvino (not installed)",
+                 "engine": engine["bf16"], "ok": ov and bool(set(NEEDS["bf16"]) & set(feats))},
+    }  # fmt: skip
+    return {"features": feats, "precisions": precisions}
 
 
 def _hints(rep: DoctorReport) -> list[str]:

@@ -117,8 +117,9 @@ class Pipeline:
         Args:
             path: a `semedge export onnx` directory, a `semedge calibrate` output (INT8/FP16
                 graphs, calibrated SemToken threshold) or a TensorRT engine directory.
-            providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers) or
-                "trt-engine" (native TensorRT engines); a list is tried as ONNX Runtime names.
+            providers: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers),
+                "openvino" (OpenVINO CPU, `--attention plain` exports) or "trt-engine" (native
+                TensorRT engines); a list is tried as ONNX Runtime names.
             verify: check every file's SHA-256 against the manifest (on by default); sizes,
                 the listing of every loaded file and path confinement are always checked.
             threads: ONNX Runtime intra-op threads per session.
@@ -144,6 +145,9 @@ class Pipeline:
             )
         with log_timed(log, f"verifying {path.name}", logging.DEBUG):
             verify_manifest(path, manifest, hashes=verify)  # listing and paths: always
+        from semedge.runtime.cpu_features import warn_if_missing
+
+        warn_if_missing(path.name, manifest.config)  # one line when tuned on another CPU
         backends = backends_for(path, manifest, provider, providers, threads, ort_profile)
         tok_path = listed_file(path, manifest, TOKENIZER_JSON, "the tokenizer")
         tokenizers = require("tokenizers")

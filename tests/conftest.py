@@ -152,3 +152,14 @@ def tiny_export_gpt2(tiny_models, tmp_path_factory) -> Path:
 def tiny_export_gemma3(tiny_models, tmp_path_factory) -> Path:
     """A gated export of the tiny Gemma 3 (window 16 < the 48-token gate), fused attention."""
     return _tiny_export(tiny_models, tmp_path_factory, "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_export_plain(tiny_models, tmp_path_factory) -> Path:
+    """The tiny Llama exported with `--attention plain` (what OpenVINO and TensorRT read)."""
+    from semedge.export import ExportConfig, ParityConfig, export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-export-plain") / "export"
+    gate = ParityConfig(lengths=(7, 32), decode_steps=2, compressed=False)
+    export_onnx(tiny_models["llama"], out, ExportConfig(attention="plain", parity=gate))
+    return out

@@ -54,7 +54,7 @@ def ort_providers(provider: str) -> list[str]:
         BackendUnavailable: the provider is not in this onnxruntime build.
     """
     if provider not in PROVIDERS:
-        known = ", ".join([*PROVIDERS, "trt-engine"])
+        known = ", ".join([*PROVIDERS, "openvino", "trt-engine"])
         raise InputError(f"unknown provider {provider!r}; choose one of {known}")
     ort = require("onnxruntime")
     available = set(ort.get_available_providers())

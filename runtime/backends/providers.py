@@ -9,7 +9,7 @@ from typing import Any
 from semedge.artifacts import Manifest, listed_file
 from semedge.constants import DECODE_ONNX, EMBED_ONNX, ENCODER_ONNX, PREFILL_ONNX
 
-__all__ = ["backends_for", "GRAPHS"]
+__all__ = ["backends_for", "openvino_backends", "GRAPHS"]
 
 GRAPHS = {
     "embed": EMBED_ONNX,
@@ -39,6 +39,8 @@ def backends_for(
         from semedge.runtime.backends.trt import engine_backends
 
         return engine_backends(path, manifest)
+    if provider == "openvino":
+        return openvino_backends(path, manifest, threads)
     from semedge.runtime.backends.ort import OrtBackend, ort_providers
 
     ort_names = ort_providers(provider) if isinstance(providers, str) or provider in (
@@ -52,6 +54,45 @@ def backends_for(
         prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
         out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof)
         out[key].provider_name = provider
+    return out
+
+
+def _graph_files(path: Path) -> dict[str, Path]:
+    out = {}
+    for key, fname in GRAPHS.items():
+        if not (path / fname).is_file():
+            if key == "encoder":  # an export without an encoder still runs uncompressed
+                continue
+            raise ArtifactError(f"{path / fname} is missing; re-export the directory")
+        out[key] = path / fname
+    return out
+
+
+def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None) -> dict[str, Any]:
+    """One OpenVINO backend per graph: prefill/decode in the export's precision (bf16 runs on
+    the CPU's bf16 matrix engine), embed and encoder in fp32 so SemToken's spans do not move.
+
+    Raises:
+        BackendUnavailable: openvino is not installed.
+        ArtifactError: a graph is missing, or the export uses ORT-only fused attention.
+    """
+    from semedge.deps import require
+    from semedge.runtime.backends.openvino import OpenVinoBackend
+
+    require("openvino", "openvino")
+    if manifest.extra.get("attention") == "fused":
+        raise ArtifactError(
+            f"{path} uses ONNX Runtime's fused GroupQueryAttention, which OpenVINO cannot run; "
+            "re-export with `semedge export onnx --attention plain` for --provider openvino"
+        )
+    precision = str(manifest.config.get("precision") or "fp32")
+    if precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise ArtifactError(f"{path}/manifest.json precision {precision!r} is unknown; re-export")
+    out = {}
+    for key, file in _graph_files(path).items():
+        spec = manifest.graphs.get(key) or manifest.graphs.get(file.name)
+        prec = precision if key in ("prefill", "decode") else "fp32"
+        out[key] = OpenVinoBackend(file, spec, threads, prec)
     return out
 
 

@@ -32,6 +32,11 @@ def command(as_json: bool) -> None:
         click.echo(
             f"Jetson: {jet.get('l4t') + ' JetPack ' + str(jet.get('jetpack')) if jet.get('detected') else 'no'}"
         )
+        cpu = rep.cpu
+        click.echo(f"CPU matrix features: {', '.join(cpu.get('features') or []) or 'none found'}")
+        echo_table(["precision", "runs here", "engine", "provider"],
+                   [[k, "yes" if v["ok"] else "no", v["engine"], v["provider"]]
+                    for k, v in cpu.get("precisions", {}).items()])  # fmt: skip
         for hint in rep.hints:
             click.echo(f"hint: {hint}")
     if not rep.passed:

@@ -23,7 +23,10 @@ def _numbers(value: str, kind: type, flag: str) -> list:
 @click.option("--lengths", default="512,1024,2048,4096", show_default=True, help="Context lengths.")
 @click.option("--ratios", default="1,2.4", show_default=True, help="Compression ratios (1 = full).")
 @click.option(
-    "--provider", default="cpu", show_default=True, help="cpu | cuda | tensorrt | trt-engine"
+    "--provider",
+    default="cpu",
+    show_default=True,
+    help="cpu | cuda | tensorrt | openvino | trt-engine",
 )
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=3, show_default=True)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "trt-engine")
+PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "openvino", "trt-engine")
 
 
 @click.command(name="run")
@@ -30,7 +30,7 @@ PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "trt-engine")
     "--provider",
     default="cpu",
     show_default=True,
-    help="cpu | cuda | tensorrt (ONNX Runtime EPs) | trt-engine (native TensorRT).",
+    help="cpu | cuda | tensorrt (ONNX Runtime EPs) | openvino | trt-engine (native TensorRT).",
 )
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True)

@@ -1,0 +1,416 @@
+"""`semedge export onnx --precision auto|fp32|fp16|bf16|int8`: one export per precision, each
+behind the same quality gate, `auto` choosing the fastest that passes by measuring it here.
+
+    fp32 export (parity-gated) --fp16: calibration.fp16 (norms/softmax fp32)    --+
+                               --int8: calibration.int8 dynamic, per-channel,     +--> quality gate
+                                       sensitive layers kept fp32 (search)         |   (runtime, real
+                               --bf16: the same fp32 `--attention plain` graphs, --+    text) -> OUT_DIR
+                                       run by OpenVINO in bf16 (AMX/AVX512-BF16)
+
+The gate scores every candidate through the runtime users deploy (`Pipeline` on the provider the
+precision runs on) against the fp32 export on ONNX Runtime: perplexity of held-out real text
+(prefill a context, teacher-forced decode of the next tokens) and top-1 agreement. Past the
+budget it raises AccuracyError and nothing is written. The manifest records the precision, the
+provider, the CPU features it was tuned on (the runtime warns on a CPU without them) and the gate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semedge import constants as C
+from semedge.artifacts import load_manifest, staged_dir, write_manifest
+from semedge.deps import has_module
+from semedge.errors import AccuracyError, ArtifactError, BackendUnavailable, InputError
+from semedge.logs import log_timed
+from semedge.runtime.cpu_features import NEEDS, cpu_features
+
+__all__ = [
+    "PRECISIONS",
+    "PrecisionConfig",
+    "PrecisionReport",
+    "export_precision",
+    "check_precision",
+    "score_pipeline",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+PROVIDER = {"fp32": "cpu", "fp16": "cpu", "int8": "cpu", "bf16": "openvino"}
+# test hooks: called with (precision, candidate dir) before the gate scores it
+_CANDIDATE_HOOKS: list[Callable[[str, Path], None]] = []
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """The quality budget and how it is measured (defaults: the issue's goals)."""
+
+    max_ppl_increase: float = 1.0  # percent over the fp32 export
+    min_top1: float = 0.98  # top-1 agreement with fp32
+    eval_windows: int = 4
+    eval_context: int = 128  # prefill tokens per held-out window
+    eval_tokens: int = 32  # teacher-forced decode tokens scored per window
+    speed_tokens: int = 512  # prefill length timed for `auto`
+    speed_repeats: int = 3
+    int8_samples: int = 16  # int8: windows for the sensitivity search's data split
+    int8_seq_len: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.max_ppl_increase >= 0:
+            raise InputError(
+                f"--max-ppl-increase must be >= 0 percent, got {self.max_ppl_increase:g}"
+            )
+        if not 0.0 <= self.min_top1 <= 1.0:
+            raise InputError(f"--min-top1 must be in [0, 1], got {self.min_top1:g}")
+        for name in (
+            "eval_windows",
+            "eval_context",
+            "eval_tokens",
+            "speed_tokens",
+            "speed_repeats",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PrecisionReport:
+    """The chosen precision and every candidate's gate (and speed, for auto)."""
+
+    out_dir: str
+    precision: str
+    provider: str
+    cpu_features: list[str]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    HEADERS = ["precision", "provider", "ppl", "ppl fp32", "delta %", "top-1", "prefill ms", "gate"]
+
+    def rows(self) -> list[list[Any]]:
+        out = []
+        for c in self.candidates:
+            mark = "pass" if c["passed"] else "FAIL"
+            if c["precision"] == self.precision and c["passed"]:
+                mark += " (chosen)"
+            out.append([
+                c["precision"], c["provider"], _f(c.get("ppl")), _f(c.get("ppl_fp32")),
+                _f(c.get("ppl_delta_pct"), "+.2f"), _f(c.get("top1"), ".3f"),
+                _f(c.get("prefill_ms"), ".1f"), mark,
+            ])  # fmt: skip
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": self.out_dir, "precision": self.precision, "provider": self.provider,
+            "cpu_features": self.cpu_features, "candidates": self.candidates,
+            "seconds": round(self.seconds, 2),
+        }  # fmt: skip
+
+
+def _f(x: Any, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def runnable(precision: str, features: list[str] | None = None) -> str | None:
+    """None when this machine can run `precision` fast, else the reason (one line)."""
+    features = cpu_features() if features is None else features
+    if precision == "bf16":
+        if not has_module("openvino"):
+            return ("--precision bf16 runs on OpenVINO's CPU plugin (ONNX Runtime has no fast bf16 "
+                    "CPU kernels) and openvino is not installed; pip install 'semedge[openvino]'")  # fmt: skip
+        if not set(NEEDS["bf16"]) & set(features):
+            return (f"--precision bf16 needs a CPU with AMX-BF16 or AVX512-BF16; this one has "
+                    f"{', '.join(features) or 'no matrix extensions'}; use --precision auto, fp32 or int8")  # fmt: skip
+    return None
+
+
+def check_precision(precision: str, attention: str | None, dtype: str | None) -> None:
+    """Refuse, before any heavy work, a precision this machine or these options cannot run.
+
+    Raises:
+        InputError: unknown precision, conflicting options, a CPU without the needed engine.
+        BackendUnavailable: the package the precision runs on is missing.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if dtype not in (None, "fp32") and precision != "fp16":
+        raise InputError(
+            f"--dtype {dtype} conflicts with --precision {precision}; pass one of them"
+        )
+    if precision == "bf16" and attention == "fused":
+        raise InputError(
+            "--precision bf16 runs on OpenVINO, which cannot read the fused (ONNX Runtime "
+            "GroupQueryAttention) graphs; pass --attention plain or leave --attention unset"
+        )
+    why = runnable(precision) if precision != "auto" else None
+    if why:
+        err = BackendUnavailable if "not installed" in why else InputError
+        raise err(why)
+    if precision == "int8" and not set(NEEDS["int8"]) & set(cpu_features()):
+        log.warning("this CPU has no VNNI/AMX-INT8: int8 GEMMs run on the slower fallback path")
+
+
+# ---------------------------------------------------------------- the gate
+def held_out_windows(tokenizer, text: str, cfg: PrecisionConfig) -> list[np.ndarray]:
+    """The last eval_windows windows of (context + tokens) ids of `text`."""
+    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+    n = cfg.eval_context + cfg.eval_tokens  # the last eval_tokens ids are scored
+    if ids.size < cfg.eval_windows * n:
+        raise InputError(
+            f"quality data has {ids.size} tokens; {cfg.eval_windows} windows of {n} need "
+            f"{cfg.eval_windows * n}; give a longer --quality-data file"
+        )
+    tail = ids[ids.size - cfg.eval_windows * n :]
+    return [tail[i * n : (i + 1) * n] for i in range(cfg.eval_windows)]
+
+
+def score_pipeline(pipe, windows: list[np.ndarray], context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per scored token (nll, argmax) through the runtime's backends and KV cache: prefill
+    `context` tokens of each window, then decode the rest teacher-forced."""
+    nll, arg = [], []
+    for ids in windows:
+        cache = pipe.new_cache(1, ids.size)
+        embeds = pipe.embed(ids[:context])[None].astype(pipe.embed_dtype)
+        feeds = {
+            C.INPUTS_EMBEDS: embeds,
+            C.POSITION_IDS: np.arange(context, dtype=np.int64)[None],
+            C.ATTENTION_MASK: np.ones((1, context), np.int64),
+        }
+        out = pipe.prefill.run_bound(feeds, cache.present(context), [C.LOGITS])
+        cache.advance(context)
+        rows = [out[C.LOGITS][0, -1]]
+        for j in range(context, ids.size - 1):
+            feeds = {
+                C.INPUT_IDS: ids[j : j + 1][None],
+                C.POSITION_IDS: np.array([[j]], np.int64),
+                C.ATTENTION_MASK: np.ones((1, j + 1), np.int64),
+            }
+            bound = {**cache.past(), **cache.present(1)}
+            out = pipe.decode.run_bound(feeds, bound, [C.LOGITS])
+            cache.advance(1)
+            rows.append(out[C.LOGITS][0, -1])
+        z = np.stack(rows).astype(np.float64)  # (k, V)
+        target = ids[context:]
+        m = z.max(-1)
+        nll.append(np.log(np.exp(z - m[:, None]).sum(-1)) + m - z[np.arange(len(target)), target])
+        arg.append(z.argmax(-1))
+    return np.concatenate(nll), np.concatenate(arg)
+
+
+def _gate(cand: Path, provider: str, ref: tuple, windows, cfg: PrecisionConfig) -> dict:
+    from semedge.runtime import Pipeline
+
+    with Pipeline.from_pretrained(cand, providers=provider, verify=False) as pipe:
+        nll, arg = score_pipeline(pipe, windows, cfg.eval_context)
+    ref_nll, ref_arg = ref
+    ppl, ppl32 = float(np.exp(nll.mean())), float(np.exp(ref_nll.mean()))
+    delta = (ppl / ppl32 - 1.0) * 100.0
+    top1 = float((arg == ref_arg).mean())
+    finite = bool(np.isfinite(nll).all())
+    passed = finite and delta <= cfg.max_ppl_increase + 1e-9 and top1 >= cfg.min_top1
+    return {"ppl": ppl, "ppl_fp32": ppl32, "ppl_delta_pct": delta, "top1": top1,
+            "scored_tokens": int(nll.size), "passed": passed}  # fmt: skip
+
+
+def _prefill_ms(dirs: dict[str, tuple[Path, str]], cfg: PrecisionConfig, max_ctx: int) -> dict:
+    """Prefill wall time per candidate at speed_tokens, min of alternating repeats (ms)."""
+    from semedge.runtime import Pipeline
+
+    n = min(cfg.speed_tokens, max_ctx)
+    pipes = {
+        k: Pipeline.from_pretrained(d, providers=p, verify=False) for k, (d, p) in dirs.items()
+    }
+    best = {k: float("inf") for k in pipes}
+    try:
+        ids = np.arange(n, dtype=np.int64) % 1000 + 100
+        for rep in range(cfg.speed_repeats + 1):  # the first round warms up
+            for k, pipe in pipes.items():
+                cache = pipe.new_cache(1, n)
+                feeds = {C.INPUTS_EMBEDS: pipe.embed(ids)[None].astype(pipe.embed_dtype),
+                         C.POSITION_IDS: ids[None] * 0 + np.arange(n)[None],
+                         C.ATTENTION_MASK: np.ones((1, n), np.int64)}  # fmt: skip
+                t0 = time.perf_counter()
+                pipe.prefill.run_bound(feeds, cache.present(n), [C.LOGITS])
+                if rep:
+                    best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
+    finally:
+        for pipe in pipes.values():
+            pipe.close()
+    return best
+
+
+# ---------------------------------------------------------------- candidates
+def _convert(precision: str, fp32_dir: Path, out: Path, data: Path, cfg: PrecisionConfig) -> Path:
+    """Write the `precision` candidate of `fp32_dir` to `out` (fp32/bf16: the graphs as they are)."""
+    if precision in ("fp32", "bf16"):
+        shutil.copytree(fp32_dir, out)
+        return out
+    if precision == "fp16":
+        from semedge.calibration.fp16 import Fp16Config, convert_fp16
+
+        f16 = Fp16Config(eval_windows=cfg.eval_windows, eval_context=cfg.eval_context,
+                         eval_tokens=cfg.eval_tokens, min_agreement=0.0)  # our gate decides  # fmt: skip
+        convert_fp16(fp32_dir, out, data, f16)
+        return out
+    from semedge.calibration.int8 import Int8Config, calibrate_int8
+
+    i8 = Int8Config(
+        scheme="dynamic", per_channel=True, max_ppl_increase=cfg.max_ppl_increase,
+        samples=cfg.int8_samples, seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows,
+        eval_context=cfg.eval_context, eval_tokens=cfg.eval_tokens,
+        speed_tokens=cfg.speed_tokens, speed_repeats=1,
+    )  # fmt: skip
+    calibrate_int8(fp32_dir, out, data, i8, cache_root=out.parent / "range-cache")
+    return out
+
+
+def _stamp(cand: Path, precision: str, provider: str, gate: dict, tuned: list[str]) -> None:
+    m = load_manifest(cand)
+    m.config = {**m.config, "precision": precision, "provider": provider,
+                "cpu_features": tuned, "quality": gate}  # fmt: skip
+    m.extra = {**m.extra, "tuned_cpu": {"flags": cpu_features(), "model": _cpu_model()}}
+    write_manifest(cand, m)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def export_precision(
+    model_spec: str | Path,
+    out_dir: str | Path,
+    precision: str,
+    export_config: Any = None,
+    config: PrecisionConfig | None = None,
+    data: Path | str | None = None,
+) -> PrecisionReport:
+    """Export `model_spec` at `precision` (or the fastest passing one for "auto") to `out_dir`.
+
+    Args:
+        model_spec: "smollm2" or a local Hugging Face causal-LM directory.
+        out_dir: the export directory (written only when the gate passes).
+        precision: auto | fp32 | fp16 | bf16 | int8.
+        export_config: semedge.export.ExportConfig for the fp32 export; None -> defaults.
+        config: the quality budget; None -> PrecisionConfig().
+        data: held-out real text (UTF-8) for the gate; None -> the bundled WikiText-2 excerpt.
+
+    Raises:
+        InputError / BackendUnavailable: a precision this machine cannot run (before any work).
+        AccuracyError: the precision (every candidate, for auto) misses the budget; nothing written.
+        ArtifactError: out_dir exists (without overwrite).
+    """
+    from semedge.calibration.fp16 import _default_data
+    from semedge.export import ExportConfig, export_onnx
+    from semedge.runtime import Pipeline
+    from semedge.textio import read_text_file
+
+    t0 = time.perf_counter()
+    cfg = config or PrecisionConfig()
+    ecfg = export_config or ExportConfig()
+    check_precision(precision, None, None)  # the CLI checks its raw --attention/--dtype first
+    out = Path(out_dir)
+    if out.exists() and not ecfg.overwrite:
+        raise ArtifactError(f"{out} already exists; choose another path or pass --overwrite")
+    data = Path(data) if data is not None else _default_data()
+    text = read_text_file(data)
+    features = cpu_features()
+    wanted = _candidates(precision, features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.precision-", dir=out.parent))
+    try:
+        exports: dict[str, Path] = {}
+
+        def fp32_export(attention: str) -> Path:
+            if attention not in exports:
+                d = scratch / f"fp32-{attention}"
+                e = dataclasses.replace(ecfg, attention=attention, overwrite=False, dtype="fp32")
+                with log_timed(log, f"fp32 export ({attention} attention)"):
+                    export_onnx(model_spec, d, e)
+                exports[attention] = d
+            return exports[attention]
+
+        ref_dir = fp32_export("plain" if wanted == ["bf16"] else ecfg.attention)
+        with Pipeline.from_pretrained(ref_dir, providers="cpu", verify=False) as ref_pipe:
+            windows = held_out_windows(ref_pipe.tokenizer, text, cfg)
+            with log_timed(log, "scoring fp32 on held-out text"):
+                ref = score_pipeline(ref_pipe, windows, cfg.eval_context)
+            max_ctx = ref_pipe.max_context
+        results, dirs = [], {}
+        for p in wanted:
+            src = fp32_export("plain" if p == "bf16" else ecfg.attention)
+            cand, provider = scratch / p, PROVIDER[p]
+            rec: dict[str, Any] = {"precision": p, "provider": provider}
+            try:
+                with log_timed(log, f"{p} candidate"):
+                    _convert(p, src, cand, data, cfg)
+                    for hook in _CANDIDATE_HOOKS:
+                        hook(p, cand)
+                    rec.update(_gate(cand, provider, ref, windows, cfg))
+            except AccuracyError as err:  # int8's own search found nothing in budget
+                rec.update(passed=False, error=str(err))
+            results.append(rec)
+            if rec["passed"]:
+                dirs[p] = (cand, provider)
+        if not dirs:
+            raise AccuracyError(_failure(results, cfg, out), PrecisionReport(
+                str(out), precision, "-", features, results, time.perf_counter() - t0))  # fmt: skip
+        if len(wanted) > 1:
+            with log_timed(log, f"timing prefill of {', '.join(dirs)}"):
+                for k, ms in _prefill_ms(dirs, cfg, max_ctx).items():
+                    next(r for r in results if r["precision"] == k)["prefill_ms"] = ms
+        best = min(
+            dirs,
+            key=lambda k: next(r for r in results if r["precision"] == k).get("prefill_ms", 0.0),
+        )
+        cand, provider = dirs[best]
+        gate = {k: v for k, v in next(r for r in results if r["precision"] == best).items()
+                if k not in ("precision", "provider")}  # fmt: skip
+        tuned = [f for f in NEEDS.get(best, ()) if f in features]
+        _stamp(cand, best, provider, {**gate, "budget_pct": cfg.max_ppl_increase,
+                                      "min_top1": cfg.min_top1, "data": data.name}, tuned)  # fmt: skip
+        with staged_dir(out, overwrite=ecfg.overwrite) as tmp:
+            for p in sorted(cand.iterdir()):
+                os.replace(p, tmp / p.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return PrecisionReport(str(out), best, provider, tuned, results, time.perf_counter() - t0)
+
+
+def _candidates(precision: str, features: list[str]) -> list[str]:
+    if precision != "auto":
+        return [precision]
+    out = ["fp32", "int8"]
+    if runnable("bf16", features) is None:
+        out.append("bf16")
+    return out
+
+
+def _failure(results: list[dict], cfg: PrecisionConfig, out: Path) -> str:
+    parts = []
+    for r in results:
+        if "error" in r:
+            parts.append(f"{r['precision']}: {r['error'].split(';')[0]}")
+        else:
+            parts.append(f"{r['precision']}: ppl {r['ppl']:.3f} vs fp32 {r['ppl_fp32']:.3f} "
+                         f"({r['ppl_delta_pct']:+.2f} %), top-1 {r['top1']:.3f}")  # fmt: skip
+    return (f"quality gate failed ({'; '.join(parts)}) against budget +{cfg.max_ppl_increase:g} % "
+            f"ppl and top-1 >= {cfg.min_top1:g}; {out} not written; raise --max-ppl-increase / "
+            "lower --min-top1, or choose another --precision")  # fmt: skip

@@ -1,0 +1,32 @@
+"""benchmarks/export_vs_torch.py in its smoke mode on the tiny Llama: every baseline column runs
+(or is skipped with a printed reason); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_export_vs_torch_smoke(tiny_llama, tiny_export, tiny_export_plain, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "export_vs_torch.py"), str(tiny_export),
+           "-m", str(tiny_llama), "--smoke", "--threads", "1", "--torch-bf16", "--torch-int8",
+           "--openvino", str(tiny_export_plain), "--ov-precision", "fp32",
+           "--genai", str(tmp_path / "no-genai-model"), "--json"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    names = set(out["backends"]) | set(out["skipped"])
+    assert {"torch", "semedge", "torch_bf16", "torch_int8", "genai"} <= names
+    assert "openvino_fp32" in out["backends"] or "openvino" in out["skipped"]
+    assert "genai" in out["skipped"] and "skipping genai" in res.stderr  # no such model dir
+    (row,) = out["prefill"]
+    for name in out["backends"]:
+        assert row[f"{name}_s"] > 0 and row[f"{name}_gflops"] > 0
+    if "openvino_fp32" in out["backends"]:  # the same fp32 model on another engine
+        assert row["max_abs_dlogits_openvino_fp32"] < 1e-3
+        assert out["decode"]["same_greedy_tokens_openvino_fp32"]
+    assert row["max_abs_dlogits_torch_bf16"] < 1.0
