@@ -8,6 +8,7 @@ from typing import Any
 
 from semedge.artifacts import Manifest, listed_file
 from semedge.constants import DECODE_ONNX, EMBED_ONNX, ENCODER_ONNX, PREFILL_ONNX
+from semedge.errors import ArtifactError
 
 __all__ = ["backends_for", "openvino_backends", "GRAPHS"]
 
@@ -46,10 +47,8 @@ def backends_for(
     ort_names = ort_providers(provider) if isinstance(providers, str) or provider in (
         "cpu", "cuda", "tensorrt") else _check_ort_names(providers)  # fmt: skip
     out = {}
-    for key, fname in GRAPHS.items():
-        if key == "encoder" and fname not in manifest.files:
-            continue  # an export without an encoder still runs uncompressed
-        graph_path = listed_file(path, manifest, fname, f"the {key} graph")
+    for key, graph_path in _graph_files(path, manifest).items():
+        fname = graph_path.name
         spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
         prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
         out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof)
@@ -57,14 +56,13 @@ def backends_for(
     return out
 
 
-def _graph_files(path: Path) -> dict[str, Path]:
+def _graph_files(path: Path, manifest: Manifest) -> dict[str, Path]:
+    """Each graph's path, listed in the manifest and confined to the directory (listed_file)."""
     out = {}
     for key, fname in GRAPHS.items():
-        if not (path / fname).is_file():
-            if key == "encoder":  # an export without an encoder still runs uncompressed
-                continue
-            raise ArtifactError(f"{path / fname} is missing; re-export the directory")
-        out[key] = path / fname
+        if key == "encoder" and fname not in manifest.files:
+            continue  # an export without an encoder still runs uncompressed
+        out[key] = listed_file(path, manifest, fname, f"the {key} graph")
     return out
 
 
@@ -89,7 +87,7 @@ def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ArtifactError(f"{path}/manifest.json precision {precision!r} is unknown; re-export")
     out = {}
-    for key, file in _graph_files(path).items():
+    for key, file in _graph_files(path, manifest).items():
         spec = manifest.graphs.get(key) or manifest.graphs.get(file.name)
         prec = precision if key in ("prefill", "decode") else "fp32"
         out[key] = OpenVinoBackend(file, spec, threads, prec)
