@@ -239,7 +239,7 @@ def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dt
     config = _config(2.4, None, knobs)  # each method call sets its own ratio
     filler = read_text_file(data) if data else default_filler()
     if export_dir:
-        from semedge.eval.suite import RuntimeRunner
+        from semedge.calibration.suite_runtime import RuntimeRunner
         from semedge.runtime import Pipeline
 
         pipe = Pipeline.from_pretrained(export_dir, providers="cpu")

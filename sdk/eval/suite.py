@@ -1,7 +1,8 @@
 """`semedge eval suite`: long-context task accuracy per method, context and ratio.
 
 Two runners with one interface: `TorchRunner` (a PyTorch LM and the SemToken compressor) and
-`RuntimeRunner` (a deployed export through `semedge.runtime`, what users ship). Each sample is
+`semedge.calibration.suite_runtime.RuntimeRunner` (a deployed export through `semedge.runtime`,
+what users ship; it lives with the other checks of exports, as sdk/eval never imports the runtime). Each sample is
 built once per context; `full` runs once per sample and is reported at every ratio (with that
 ratio's far subset); every other method runs at each ratio with the same budget round(T / ratio).
 """
@@ -22,7 +23,7 @@ from semedge.errors import InputError
 from semedge.eval import methods as M
 from semedge.eval.tasks import FillerText, TaskSample, make_sample, parse_tasks, score_answer
 
-__all__ = ["SuiteReport", "run_suite", "TorchRunner", "RuntimeRunner", "DEPTH_BINS"]
+__all__ = ["SuiteReport", "run_suite", "TorchRunner", "DEPTH_BINS"]
 
 DEPTH_BINS = 5  # needle depth strata in the heatmap
 
@@ -35,7 +36,7 @@ class Tokenized:
     text: str
 
 
-class _Runner:
+class Runner:
     """What both runners share: budgets, masks and the baselines' plans."""
 
     config: CompressionConfig
@@ -81,7 +82,7 @@ class _Runner:
         raise InputError(f"unknown method {method!r}")
 
 
-class TorchRunner(_Runner):
+class TorchRunner(Runner):
     """A PyTorch causal LM: semtoken through `SemTokenCompressor`, greedy decoding."""
 
     def __init__(self, model, tokenizer, config: CompressionConfig,
@@ -143,59 +144,6 @@ class TorchRunner(_Runner):
         return self.tokenizer.decode(out, skip_special_tokens=True), prompt.compressed_tokens
 
 
-class RuntimeRunner(_Runner):
-    """A deployed export through `semedge.runtime.Pipeline` (torch-free)."""
-
-    def __init__(self, pipeline, config: CompressionConfig | None = None) -> None:
-        self.pipe = pipeline
-        self.config = config or pipeline.compression
-        self.max_positions = int(pipeline.config.get("max_positions") or pipeline.max_context)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        tok = self.pipe.tokenizer
-        return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
-
-    def tokenize(self, text: str) -> Tokenized:
-        enc = self.pipe.tokenize(text)
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        special = np.isin(ids, self.pipe._special_ids)
-        return Tokenized(ids, np.asarray(enc.offsets, np.int64).reshape(-1, 2), special, text)
-
-    def query_ids(self, query: str) -> np.ndarray:
-        return np.asarray(self.pipe.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
-
-    def self_information(self, ids: np.ndarray) -> np.ndarray:
-        raise InputError(
-            "the selective baseline needs every position's logits; run it on the PyTorch path "
-            "(--model) or drop it from --methods"
-        )
-
-    def semtoken(self, tok: Tokenized, ratio: float, query: str | None):
-        return self.pipe.prepare(tok.text, ratio, query, max_new_tokens=64)
-
-    def inputs(self, tok: Tokenized, plan: M.ContextPlan):
-        from semedge.compressor.spans import merge_embeddings
-        from semedge.runtime.pipeline import PreparedPrompt
-
-        table = self.pipe.embed(tok.ids)
-        if plan.spans is None:
-            embeds = table[plan.source]
-        else:
-            embeds = merge_embeddings(table, plan.spans, self.config.span_repr)
-        return PreparedPrompt(tok.ids, embeds.astype(self.pipe.embed_dtype), plan.positions,
-                              plan.spans, next_position=plan.next_position)  # fmt: skip
-
-    def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:
-        from semedge.runtime.generator import Generator
-        from semedge.runtime.sampling import GenerationConfig
-
-        gen = Generator(self.pipe, GenerationConfig(max_new_tokens=max_new_tokens))
-        gen.append_prompts([prompt])
-        while not gen.is_done():
-            gen.generate_next_token()
-        return gen.results()[0].text, len(prompt.positions)
-
-
 @dataclass
 class SuiteReport:
     """Per-sample rows and their aggregation; `to_dict()` is what --json prints."""
@@ -254,7 +202,7 @@ def _needle_tokens(sample: TaskSample, tok: Tokenized) -> int | None:
 
 
 def run_suite(
-    runner: _Runner,
+    runner: Runner,
     tasks: tuple[str, ...] | str,
     contexts: list[int],
     ratios: list[float],

@@ -101,8 +101,13 @@ def test_prompt_over_max_context_names_the_fix(pipe):
     with pytest.raises(InputError, match=fix):
         pipe.generate(TEXT[:2000], max_new_tokens=4)
     assert pipe.generate(TEXT[:2000], max_new_tokens=4, ratio=4.0).compressed_tokens <= 508
-    with pytest.raises(InputError, match="positions end at 2048 .*--max-context 4096"):
-        pipe.generate(TEXT[:4000], max_new_tokens=4, ratio=8.0)
+    with pytest.raises(
+        InputError, match="positions end at 2048.*pass --ratio .*--max-context 4096"
+    ):
+        pipe.generate(TEXT[:4000], max_new_tokens=4)
+    # compressed, a prompt past the export's positions fits with compacted positions
+    res = pipe.generate(TEXT[:4000], max_new_tokens=4, ratio=8.0)
+    assert res.prompt_tokens > 2048 and res.compressed_tokens <= 508
 
 
 def test_tampered_export_is_refused(toy_export, tmp_path):
