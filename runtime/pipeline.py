@@ -309,15 +309,16 @@ class Pipeline:
         return PreparedPrompt(ids, embeds.astype(self.embed_dtype), fitted, spans, tau, nxt)
 
     def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
-        """find_spans' query arguments (spans.query_scores), or (None, None) without a query."""
-        from semedge.compressor import spans as sp
+        """find_spans' query arguments (relevance.query_scores), or (None, None) without a query."""
 
         if query is None:
             return None, None
         q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
         if not query.strip() or len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")
-        return sp.query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
+        from semedge.compressor.relevance import query_scores
+
+        return query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
 
     def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
         """The cache must hold T' + new positions (max_context). Uncompressed, the position ids

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from semedge.errors import InputError
 
-__all__ = ["read_text_file", "check_text"]
+__all__ = ["read_text_file", "check_text", "parse_names"]
 
 
 def check_text(text: str, what: str = "text") -> str:
@@ -36,3 +36,26 @@ def read_text_file(path: Path | str) -> str:
             f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
         ) from err
     return check_text(text, what=str(path))
+
+
+def parse_names(
+    spec: str | list[str] | tuple[str, ...],
+    choices: tuple[str, ...],
+    what: str,
+    allow_all: bool = False,
+) -> tuple[str, ...]:
+    """'a,b' (or a list) -> ('a', 'b'), each checked against `choices`, duplicates dropped;
+    with `allow_all`, 'all' -> every choice.
+
+    Raises:
+        InputError: an unknown or missing name (named `what` in the message).
+    """
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    if allow_all and names == ["all"]:
+        return tuple(choices)
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        listed = ("all, " if allow_all else "") + ", ".join(choices)
+        raise InputError(f"unknown {what}(s) {bad or spec!r}; choose from {listed}")
+    return tuple(dict.fromkeys(names))

@@ -63,7 +63,13 @@ NEVER = {
        for m in BASE},
 }  # fmt: skip
 # the only parts of the PyTorch SDK the runtime may import: its torch-free helpers
-RUNTIME_SDK = (*BASE, "semedge.compressor.spans", "semedge.compressor.windows")
+RUNTIME_SDK = (
+    *BASE,
+    "semedge.compressor.spans",
+    "semedge.compressor.relevance",
+    "semedge.compressor.merging",
+    "semedge.compressor.windows",
+)
 
 
 def _imports(path: Path, top_level: bool = False) -> list[tuple[str, int]]:

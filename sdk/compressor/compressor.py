@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
+from semedge.compressor.relevance import query_scores
 from semedge.compressor.spans import (
     check_spans,
     find_spans,
     protected_mask,
-    query_scores,
     span_positions,
 )
 from semedge.config import CompressionConfig
@@ -196,7 +196,7 @@ class SemTokenCompressor:
         return _Tokens(ids, texts, text, offsets, special)
 
     def _features(self, cfg: CompressionConfig, toks: _Tokens, query: str | None):
-        """(T, E) encoder states and, in query mode, spans.query_scores' (sim, unit scores)."""
+        """(T, E) encoder states and, in query mode, relevance.query_scores' (sim, unit scores)."""
         enc = self.encoder(cfg.encoder)
         if cfg.encoder == "lm":
             hidden = encode_lm_windows(enc, toks.ids, cfg.encoder_window)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semedge.compressor.merging import compact_positions, merge_embeddings, span_positions
 from semedge.errors import InputError
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 __all__ = [
     "protected_mask",
     "normalize_features",
-    "query_similarity",
     "semantic_density",
     "threshold_offsets",
     "greedy_spans",
@@ -28,11 +28,8 @@ __all__ = [
     "merge_embeddings",
     "span_positions",
     "check_spans",
-    "sentence_units",
-    "unit_relevance",
     "protect_relevant_units",
     "compact_positions",
-    "query_scores",
 ]
 
 DENSITY_SCALE = 0.05  # tau shift per standard deviation of local entropy, at density_alpha=1
@@ -129,19 +126,6 @@ def normalize_features(hidden: np.ndarray) -> np.ndarray:
         x = x - np.median(x, axis=0, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
-
-
-def query_similarity(hidden: np.ndarray, query_states: np.ndarray) -> np.ndarray:
-    """(T,) cosine of each prompt token to the query, for query-aware merging.
-
-    The query's encoder states are centred on the prompt's median (like the prompt's own
-    features), scaled to unit rows (so one sink token's huge state cannot dominate), then
-    mean-pooled. Shared by the PyTorch compressor and the runtime. (T, E), (Q, E) -> (T,).
-    """
-    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    qv = q.mean(axis=0)
-    return normalize_features(hidden) @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
 
 
 def semantic_density(features: np.ndarray, window: int) -> np.ndarray:
@@ -418,58 +402,6 @@ def check_spans(spans: np.ndarray, T: int) -> np.ndarray:
     return spans
 
 
-def span_positions(spans: np.ndarray, mode: str = "first") -> np.ndarray:
-    """Position id of each span: its first (default) or last token's original position.
-
-    With "first", later tokens keep their original positions; generation continues at T.
-    (n, 2) -> (n,) int64.
-    """
-    spans = np.asarray(spans, dtype=np.int64)
-    if mode == "first":
-        return spans[:, 0].copy()
-    if mode == "last":
-        return spans[:, 1] - 1
-    raise InputError(f"span position mode must be 'first' or 'last', got {mode!r}")
-
-
-def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "mean") -> np.ndarray:
-    """One vector per span from the tokens' input embeddings.
-
-    Modes: "mean" (the SemToken merge), "norm_mean" (the mean rescaled to the mean token norm:
-    averaging shrinks the norm the LM expects), "first" / "last" (the span's first / last
-    token's embedding). A singleton span is its token's embedding exactly in every mode.
-
-    Args:
-        token_embeds: (T, D) input embeddings.
-        spans: (n, 2) [start, end) spans.
-        mode: one of the modes above.
-
-    Returns:
-        (n, D), the dtype of `token_embeds`.
-
-    Raises:
-        InputError: unknown mode.
-    """
-    emb = np.asarray(token_embeds)
-    spans = np.asarray(spans, dtype=np.int64)
-    starts, ends = spans[:, 0], spans[:, 1]
-    if mode == "first":
-        return emb[starts].copy()
-    if mode == "last":
-        return emb[ends - 1].copy()
-    if mode not in ("mean", "norm_mean"):
-        raise InputError(f"span_repr must be mean, norm_mean, first or last, got {mode!r}")
-    length = (ends - starts)[:, None].astype(emb.dtype)
-    mean = np.add.reduceat(emb, starts, axis=0) / length  # (n, D)
-    if mode == "norm_mean":
-        tok_norm = np.linalg.norm(emb.astype(np.float64), axis=1)
-        target = np.add.reduceat(tok_norm, starts) / (ends - starts)  # mean token norm per span
-        cur = np.linalg.norm(mean.astype(np.float64), axis=1)
-        scale = np.where(ends - starts > 1, target / np.maximum(cur, 1e-12), 1.0)
-        mean = (mean * scale[:, None]).astype(emb.dtype)
-    return mean
-
-
 def _fitting_max_span(
     protected: np.ndarray, max_span: int, hi_n: int, T: int, config: CompressionConfig
 ) -> int:
@@ -488,75 +420,6 @@ def _fitting_max_span(
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if min_spans(protected, mid) > hi_n else (lo, mid)
     return lo
-
-
-_SENTENCE_END = (".", "!", "?", "\n")
-
-
-def sentence_units(text: str, offsets: np.ndarray) -> np.ndarray:
-    """(T,) int64 sentence index of each token: a sentence ends after '.', '!', '?' or a newline.
-
-    Args:
-        text: the text `offsets` index into.
-        offsets: (T, 2) character [start, end) of each token.
-    """
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    ends = np.zeros(len(text) + 1, dtype=np.int64)
-    for i, c in enumerate(text):
-        if c in _SENTENCE_END and (i + 1 == len(text) or text[i + 1].isspace() or c == "\n"):
-            ends[i + 1] = 1
-    before = np.cumsum(ends)  # sentence ends at or before each character boundary
-    return before[np.clip(offsets[:, 0], 0, len(text))].astype(np.int64)
-
-
-def unit_relevance(
-    hidden: np.ndarray,
-    query_states: np.ndarray,
-    units: np.ndarray,
-    ids: np.ndarray,
-    query_ids: np.ndarray,
-) -> np.ndarray:
-    """(U,) relevance of each unit (sentence) to the query: IDF-weighted MaxSim.
-
-    score(u) = sum_j w_j max_{i in u} sim(q_j, t_i) / sum_j w_j, over the query's tokens j, as
-    ColBERT scores passages: sim is 1 for the same token id, else the cosine of the encoder
-    states (centred on the prompt's median like normalize_features), so a sentence matches by
-    its words and by what the encoder finds alike; w_j = log(1 + U / (1 + units whose tokens
-    include q_j's id)), so tokens that occur everywhere (function words, the instruction's
-    words) count little. Shared by the PyTorch compressor and the runtime.
-
-    Args:
-        hidden: (T, E) encoder states of the prompt.
-        query_states: (Q, E) encoder states of the query.
-        units: (T,) non-decreasing unit id per token (sentence_units).
-        ids: (T,) prompt token ids; query_ids: (Q,) query token ids.
-    """
-    h = normalize_features(hidden)
-    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    units = np.asarray(units, dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
-    sim = np.maximum.reduceat(h @ q.T, starts, axis=0)  # (U', Q) best match of q_j per unit
-    n_units = len(starts)
-    unit_of = np.repeat(np.arange(n_units), np.diff(np.append(starts, len(units))))
-    pairs = np.unique(np.stack([unit_of, np.asarray(ids, np.int64)], axis=1), axis=0)
-    vocab, df = np.unique(pairs[:, 1], return_counts=True)
-    qid = np.asarray(query_ids, dtype=np.int64)
-    if len(qid) != q.shape[0]:  # states of another tokenizer (minilm): no id matching
-        return _scatter_units(units, starts, sim.mean(axis=1))
-    seen = np.searchsorted(vocab, qid).clip(0, max(len(vocab) - 1, 0))
-    doc_freq = np.where(vocab[seen] == qid, df[seen], 0) if len(vocab) else np.zeros(len(qid))
-    w = np.log1p(n_units / (1.0 + doc_freq))
-    for j, token in enumerate(qid.tolist()):  # the same token id is a perfect match
-        sim[pairs[pairs[:, 1] == token, 0], j] = 1.0
-    return _scatter_units(units, starts, sim @ w / max(float(w.sum()), 1e-12))
-
-
-def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """(U,) scores by unit id from one score per run of equal ids (-inf for absent ids)."""
-    full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
-    full[units[starts]] = scores
-    return full
 
 
 def protect_relevant_units(
@@ -595,48 +458,3 @@ def protect_relevant_units(
 def _free_runs_count(protected: np.ndarray) -> int:
     p = np.asarray(protected, dtype=np.int8)
     return int(np.sum(np.diff(np.concatenate([[1], p])) == -1))
-
-
-def compact_positions(positions: np.ndarray, limit: int) -> np.ndarray:
-    """Position ids that end before `limit`: shift left by the excess, never below the index.
-
-    pos'_i = max(i, pos_i - excess), excess = pos_last + 1 - limit: the recent end keeps its
-    spacing (so it reads as the original text) and the far part is squeezed, contiguous where
-    it must be. Strictly increasing if `positions` is. Unchanged when they already fit.
-
-    Raises:
-        InputError: more positions than `limit`.
-    """
-    pos = np.asarray(positions, dtype=np.int64)
-    if len(pos) > limit:
-        raise InputError(f"{len(pos)} positions cannot fit {limit}; compress harder")
-    excess = int(pos[-1]) + 1 - int(limit) if len(pos) else 0
-    if excess <= 0:
-        return pos.copy()
-    return np.maximum(np.arange(len(pos), dtype=np.int64), pos - excess)
-
-
-def query_scores(
-    hidden: np.ndarray,
-    query_states: np.ndarray,
-    ids: np.ndarray,
-    query_ids: np.ndarray,
-    text: str,
-    offsets: np.ndarray,
-    config: CompressionConfig,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Everything query-aware merging needs, for find_spans: (query_sim, (units, scores)).
-
-    query_sim: (T,) cosine to the mean query (raises tau: relevant tokens merge less);
-    units/scores: sentences and their relevance (config.query_relevance: "maxsim" =
-    unit_relevance, "cosine" = the best query_sim in the sentence). The one query rule, shared
-    by the PyTorch compressor and the runtime.
-    """
-    sim = query_similarity(hidden, query_states)
-    units = sentence_units(text, offsets)
-    if config.query_relevance == "cosine":
-        starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
-        scores = _scatter_units(units, starts, np.maximum.reduceat(sim, starts))
-    else:
-        scores = unit_relevance(hidden, query_states, units, ids, query_ids)
-    return sim, (units, scores)

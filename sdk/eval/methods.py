@@ -24,6 +24,7 @@ import numpy as np
 
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
+from semedge.textio import parse_names
 
 __all__ = [
     "SUITE_METHODS",
@@ -53,16 +54,7 @@ def parse_suite_methods(spec: str | list[str] | tuple[str, ...]) -> tuple[str, .
     Raises:
         InputError: an unknown or missing method name.
     """
-    names = [m.strip() for m in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [m for m in names if m]
-    if names == ["all"]:
-        return SUITE_METHODS
-    bad = [m for m in names if m not in SUITE_METHODS]
-    if bad or not names:
-        raise InputError(
-            f"unknown method(s) {bad or spec!r}; choose from all, {', '.join(SUITE_METHODS)}"
-        )
-    return tuple(dict.fromkeys(names))
+    return parse_names(spec, SUITE_METHODS, "method", allow_all=True)
 
 
 @dataclass(frozen=True)

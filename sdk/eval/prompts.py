@@ -13,6 +13,7 @@ import numpy as np
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
+from semedge.textio import parse_names
 
 if TYPE_CHECKING:
     from semedge.compressor.compressor import CompressedPrompt
@@ -28,12 +29,7 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     Raises:
         InputError: an unknown or missing method name.
     """
-    names = [m.strip() for m in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [m for m in names if m]
-    bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise InputError(f"unknown method(s) {bad or spec!r}; choose from {', '.join(METHODS)}")
-    return tuple(dict.fromkeys(names))
+    return parse_names(spec, METHODS, "method")
 
 
 class PromptBuilder:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from semedge.compressor.spans import protected_mask, sentence_units
+from semedge.compressor.relevance import sentence_units
+from semedge.compressor.spans import protected_mask
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
 from semedge.eval import methods as M

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semedge.errors import InputError
+from semedge.textio import parse_names
 
 __all__ = [
     "TASKS",
@@ -162,14 +163,20 @@ def _niah(kind: str) -> Callable[[np.random.Generator], _Spec]:
     return spec
 
 
-def _multikey(rng: np.random.Generator) -> _Spec:
+def _keyed_numbers(rng: np.random.Generator, n: int) -> tuple[list[str], list[str], list[str]]:
+    """n distinct keys, a number for each, and the needle sentences that hold them."""
     taken: set[str] = set()
-    keys = [_key(rng, taken) for _ in range(4)]
+    keys = [_key(rng, taken) for _ in range(n)]
     values = [_number(rng) for _ in keys]
     needles = [
         f"One of the special magic numbers for {k} is: {v}."
         for k, v in zip(keys, values, strict=False)
     ]
+    return keys, values, needles
+
+
+def _multikey(rng: np.random.Generator) -> _Spec:
+    keys, values, needles = _keyed_numbers(rng, 4)
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "
         "them. I will quiz you about the numbers afterwards.\n\n",
@@ -196,13 +203,7 @@ def _multivalue(rng: np.random.Generator) -> _Spec:
 
 
 def _multiquery(rng: np.random.Generator) -> _Spec:
-    taken: set[str] = set()
-    keys = [_key(rng, taken) for _ in range(4)]
-    values = [_number(rng) for _ in keys]
-    needles = [
-        f"One of the special magic numbers for {k} is: {v}."
-        for k, v in zip(keys, values, strict=False)
-    ]
+    keys, values, needles = _keyed_numbers(rng, 4)
     asked = keys[:2]
     return _Spec(
         "Some special magic numbers are hidden within the following text. Make sure to memorize "
@@ -256,14 +257,7 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     Raises:
         InputError: an unknown or missing task name.
     """
-    names = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [t for t in names if t]
-    if names == ["all"]:
-        return TASKS
-    bad = [t for t in names if t not in TASKS]
-    if bad or not names:
-        raise InputError(f"unknown task(s) {bad or spec!r}; choose from all, {', '.join(TASKS)}")
-    return tuple(dict.fromkeys(names))
+    return parse_names(spec, TASKS, "task", allow_all=True)
 
 
 def _place(n_sentences: int, n_needles: int, depth: float, spread: bool, rng) -> list[int]:

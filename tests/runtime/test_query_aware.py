@@ -97,7 +97,8 @@ def test_an_empty_query_is_refused(pipe):
 
 
 def test_unit_relevance_ranks_shared_rare_tokens_first_and_discounts_common_ones():
-    from semedge.compressor.spans import protect_relevant_units, unit_relevance
+    from semedge.compressor.relevance import unit_relevance
+    from semedge.compressor.spans import protect_relevant_units
 
     rng = np.random.default_rng(0)
     units = np.repeat(np.arange(10), 10)  # 10 sentences of 10 tokens

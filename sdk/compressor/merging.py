@@ -1,0 +1,83 @@
+"""From spans to LM inputs, in numpy: one vector and one position id per span.
+
+Torch-free: the runtime's twin of the PyTorch compressor's `build_inputs`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semedge.errors import InputError
+
+__all__ = ["span_positions", "merge_embeddings", "compact_positions"]
+
+
+def span_positions(spans: np.ndarray, mode: str = "first") -> np.ndarray:
+    """Position id of each span: its first (default) or last token's original position.
+
+    With "first", later tokens keep their original positions; generation continues at T.
+    (n, 2) -> (n,) int64.
+    """
+    spans = np.asarray(spans, dtype=np.int64)
+    if mode == "first":
+        return spans[:, 0].copy()
+    if mode == "last":
+        return spans[:, 1] - 1
+    raise InputError(f"span position mode must be 'first' or 'last', got {mode!r}")
+
+
+def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "mean") -> np.ndarray:
+    """One vector per span from the tokens' input embeddings.
+
+    Modes: "mean" (the SemToken merge), "norm_mean" (the mean rescaled to the mean token norm:
+    averaging shrinks the norm the LM expects), "first" / "last" (the span's first / last
+    token's embedding). A singleton span is its token's embedding exactly in every mode.
+
+    Args:
+        token_embeds: (T, D) input embeddings.
+        spans: (n, 2) [start, end) spans.
+        mode: one of the modes above.
+
+    Returns:
+        (n, D), the dtype of `token_embeds`.
+
+    Raises:
+        InputError: unknown mode.
+    """
+    emb = np.asarray(token_embeds)
+    spans = np.asarray(spans, dtype=np.int64)
+    starts, ends = spans[:, 0], spans[:, 1]
+    if mode == "first":
+        return emb[starts].copy()
+    if mode == "last":
+        return emb[ends - 1].copy()
+    if mode not in ("mean", "norm_mean"):
+        raise InputError(f"span_repr must be mean, norm_mean, first or last, got {mode!r}")
+    length = (ends - starts)[:, None].astype(emb.dtype)
+    mean = np.add.reduceat(emb, starts, axis=0) / length  # (n, D)
+    if mode == "norm_mean":
+        tok_norm = np.linalg.norm(emb.astype(np.float64), axis=1)
+        target = np.add.reduceat(tok_norm, starts) / (ends - starts)  # mean token norm per span
+        cur = np.linalg.norm(mean.astype(np.float64), axis=1)
+        scale = np.where(ends - starts > 1, target / np.maximum(cur, 1e-12), 1.0)
+        mean = (mean * scale[:, None]).astype(emb.dtype)
+    return mean
+
+
+def compact_positions(positions: np.ndarray, limit: int) -> np.ndarray:
+    """Position ids that end before `limit`: shift left by the excess, never below the index.
+
+    pos'_i = max(i, pos_i - excess), excess = pos_last + 1 - limit: the recent end keeps its
+    spacing (so it reads as the original text) and the far part is squeezed, contiguous where
+    it must be. Strictly increasing if `positions` is. Unchanged when they already fit.
+
+    Raises:
+        InputError: more positions than `limit`.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(pos) > limit:
+        raise InputError(f"{len(pos)} positions cannot fit {limit}; compress harder")
+    excess = int(pos[-1]) + 1 - int(limit) if len(pos) else 0
+    if excess <= 0:
+        return pos.copy()
+    return np.maximum(np.arange(len(pos), dtype=np.int64), pos - excess)
