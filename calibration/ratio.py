@@ -136,12 +136,7 @@ def _export_source(export_dir: Path):
         return list(pipe.tokenize(text).offsets)
 
     def features(text: str, cfg: CompressionConfig) -> Prompt:
-        enc = pipe.tokenize(text)
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        special = np.asarray(enc.special_tokens_mask, dtype=bool)
-        texts = [text[s:e] for s, e in enc.offsets]
-        prot = S.protected_mask(texts, special, cfg, text, np.asarray(enc.offsets))
-        return Prompt(pipe.encode(ids), prot, cfg)
+        return Prompt(*pipe.span_features(text, cfg), cfg)  # what Pipeline.prepare reads
 
     return offsets, features, pipe.compression
 

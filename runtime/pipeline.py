@@ -285,28 +285,39 @@ class Pipeline:
         from semedge.compressor import spans as sp
 
         cfg = self.compression_config(ratio, query)
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         with timer.span("encode", tokens=T):
-            hidden = self.encode(ids)
+            hidden, protected = self.span_features(text, cfg, enc)
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
-            special = np.isin(ids, self._special_ids)
-            texts = [text[s:e] for s, e in enc.offsets]
-            protected = sp.protected_mask(texts, special, cfg, text, offsets)
             spans, tau = sp.find_spans(hidden, protected, cfg, *q)
             embeds = sp.merge_embeddings(self.embed(ids), spans, mode=cfg.span_repr)
             if self._adapter is not None:
                 embeds = self._adapter(embeds, spans)
-            positions = sp.span_positions(spans, cfg.span_position)
+            positions = sp.span_positions(spans, cfg.position_mode())
         self._check_fits(T, len(positions), max_new_tokens, ratio)
         pos_limit = int(self.config.get("max_positions") or self.max_context)
         fitted = sp.compact_positions(positions, pos_limit - max_new_tokens)
-        nxt = (
-            None
-            if fitted is positions or np.array_equal(fitted, positions)
-            else int(fitted[-1]) + 1
-        )
+        nxt = sp.next_position(spans, cfg.position_mode())
+        if not np.array_equal(fitted, positions):
+            nxt = int(fitted[-1]) + 1
+        nxt = None if nxt == T else nxt
         return PreparedPrompt(ids, embeds.astype(self.embed_dtype), fitted, spans, tau, nxt)
+
+    def span_features(
+        self, text: str, cfg: CompressionConfig, enc: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What SemToken's span search reads for one prompt: ((T, E) encoder states, (T,) bool
+        protected mask), the tokenization (`enc`, from tokenize) being done when None. The one
+        home of these inputs: `prepare` and ratio calibration both use it."""
+        from semedge.compressor import spans as sp
+
+        enc = enc if enc is not None else self.tokenize(text)
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        special = np.isin(ids, self._special_ids)
+        texts = [text[s:e] for s, e in enc.offsets]
+        return self.encode(ids), sp.protected_mask(texts, special, cfg, text, offsets)
 
     def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
         """find_spans' query arguments (relevance.query_scores), or (None, None) without a query."""

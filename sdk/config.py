@@ -56,7 +56,11 @@ _BEFORE_FIELD = {"query_share": 0.0}
 AUTO_RECENCY = 0.75
 AUTO_RECENCY_QUERY = 0.5
 SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes one vector
-SPAN_POSITIONS = ("first", "last")  # which of its tokens' positions a merged span takes
+# A span's position id: its first / last token's original position ("first", "last": the gaps
+# stay, generation continues at T), or its index ("index": the kept positions read as a shorter
+# text, generation continues at n). "auto": "index" with a query, "first" without (docs/eval.md:
+# with a query, index positions answer the suite better; without one they score the same).
+SPAN_POSITIONS = ("auto", "first", "last", "index")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class CompressionConfig:
     max_span: int = 16  # longest merged span (grows by itself when a high ratio needs it)
     recency_window: int | None = None  # the last N tokens never merge; None: AUTO_RECENCY
     recency_fraction: float | None = None  # recency window = this share of the output positions
-    protect_digits: bool = True  # tokens containing a digit never merge
+    protect_digits: bool = True  # tokens containing a digit never merge (without a query)
     protect_special: bool = True  # special tokens never merge
     protected_strings: tuple[str, ...] = ()  # user strings whose tokens never merge
     query: str | None = None  # query-aware mode: spans similar to it stay fine
@@ -83,11 +87,11 @@ class CompressionConfig:
     threshold: float | None = None  # a calibrated tau: skips the per-prompt search when set
     sink_tokens: int = 4  # the first N tokens never merge (attention sinks)
     span_repr: str = "first"  # span vector: "first" (selection) | "mean" | "norm_mean" | "last"
-    span_position: str = "first"  # span position id: its "first" | "last" token's position
+    span_position: str = "auto"  # span position id: SPAN_POSITIONS; see position_mode()
     encoder_window: int = 1024  # encoder tokens per window for long texts (overlapping)
     query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
-    query_share: float = 0.8  # query-aware: share of the free budget for relevant sentences
+    query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
     query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
@@ -147,6 +151,18 @@ class CompressionConfig:
             fraction = AUTO_RECENCY_QUERY if self.query else AUTO_RECENCY
         budget = self.target_tokens if self.target_tokens is not None else n_tokens / self.ratio
         return min(n_tokens, int(round(fraction * budget)))
+
+    def position_mode(self) -> str:
+        """The span position rule in force: span_position, with "auto" resolved ("index" when
+        `query` is set, else "first")."""
+        if self.span_position != "auto":
+            return self.span_position
+        return "index" if self.query else "first"
+
+    def digits_protected(self) -> bool:
+        """Digits stay verbatim (while they fit) only without a query: with one, the sentences
+        most relevant to it stay verbatim instead, and haystack numbers would take their room."""
+        return self.protect_digits and not self.query
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what exports and calibration store)."""

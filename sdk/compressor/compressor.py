@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
+from semedge.compressor.merging import next_position
 from semedge.compressor.relevance import query_scores
 from semedge.compressor.spans import (
     check_spans,
@@ -255,7 +256,6 @@ class SemTokenCompressor:
             prot = protected_mask(toks.texts, toks.special, cfg, toks.text, toks.offsets)
             spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores)
         t1 = time.perf_counter()
-        embeds, positions = self.build_inputs(toks.ids, spans, cfg)
         stats = {
             "original_tokens": T,
             "compressed_tokens": len(spans),
@@ -267,7 +267,20 @@ class SemTokenCompressor:
             "query": query,
             "compress_ms": 1000 * (t1 - t0),
         }
-        return CompressedPrompt(toks.ids, spans.astype(np.int64), embeds, positions, stats)
+        return self.prompt(toks.ids, spans, cfg, stats)
+
+    def prompt(
+        self, input_ids: np.ndarray, spans: np.ndarray, config: CompressionConfig | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> CompressedPrompt:  # fmt: skip
+        """The CompressedPrompt for given spans (build_inputs, and where generation continues:
+        merging.next_position)."""
+        cfg = config or self.config
+        embeds, positions = self.build_inputs(input_ids, spans, cfg)
+        spans = np.asarray(spans, dtype=np.int64)
+        T, nxt = len(input_ids), next_position(spans, cfg.position_mode())
+        return CompressedPrompt(np.asarray(input_ids, dtype=np.int64), spans, embeds, positions,
+                                stats or {}, None if nxt == T else nxt)  # fmt: skip
 
     def build_inputs(
         self, input_ids: np.ndarray, spans: np.ndarray, config: CompressionConfig | None = None
@@ -297,7 +310,7 @@ class SemTokenCompressor:
                 if bool(multi.any()):
                     merged = merged.clone()
                     merged[multi] = self.adapter(merged[multi], lengths[multi]).to(merged.dtype)
-        positions = torch.as_tensor(span_positions(spans, cfg.span_position))[None]
+        positions = torch.as_tensor(span_positions(spans, cfg.position_mode()))[None]
         return merged[None], positions
 
 

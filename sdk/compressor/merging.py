@@ -9,21 +9,30 @@ import numpy as np
 
 from semedge.errors import InputError
 
-__all__ = ["span_positions", "merge_embeddings", "compact_positions"]
+__all__ = ["span_positions", "next_position", "merge_embeddings", "compact_positions"]
 
 
 def span_positions(spans: np.ndarray, mode: str = "first") -> np.ndarray:
-    """Position id of each span: its first (default) or last token's original position.
+    """Position id of each span: its first (default) or last token's original position, or
+    its index ("index": the n spans read as a text of n tokens).
 
-    With "first", later tokens keep their original positions; generation continues at T.
-    (n, 2) -> (n,) int64.
+    mode is a resolved CompressionConfig.position_mode(). (n, 2) -> (n,) int64.
     """
     spans = np.asarray(spans, dtype=np.int64)
     if mode == "first":
         return spans[:, 0].copy()
     if mode == "last":
         return spans[:, 1] - 1
-    raise InputError(f"span position mode must be 'first' or 'last', got {mode!r}")
+    if mode == "index":
+        return np.arange(len(spans), dtype=np.int64)
+    raise InputError(f"span position mode must be 'first', 'last' or 'index', got {mode!r}")
+
+
+def next_position(spans: np.ndarray, mode: str = "first") -> int:
+    """Position id of the first generated token: T with original positions (the gaps merging
+    leaves stay), n with "index" positions."""
+    spans = np.asarray(spans, dtype=np.int64)
+    return len(spans) if mode == "index" else int(spans[-1, 1])
 
 
 def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "mean") -> np.ndarray:

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semedge.compressor.merging import compact_positions, merge_embeddings, span_positions
+from semedge.compressor.merging import (
+    compact_positions,
+    merge_embeddings,
+    next_position,
+    span_positions,
+)
 from semedge.errors import InputError
 
 if TYPE_CHECKING:
@@ -27,6 +32,7 @@ __all__ = [
     "min_spans",
     "merge_embeddings",
     "span_positions",
+    "next_position",
     "check_spans",
     "protect_relevant_units",
     "compact_positions",
@@ -74,8 +80,9 @@ def protected_mask(
 
     Protected: special tokens (config.protect_special), tokens overlapping any occurrence of
     config.protected_strings, the first config.sink_tokens tokens (attention sinks), the last
-    config.recency_tokens(T), and tokens containing a digit (config.protect_digits) as long as
-    all of them still fit the budget (a number-heavy text at a high ratio merges its digits).
+    config.recency_tokens(T), and tokens containing a digit (config.digits_protected(): not
+    with a query) as long as all of them still fit the budget (a number-heavy text at a high
+    ratio merges its digits).
 
     Args:
         token_texts: each token's text (decoded piece), T entries.
@@ -106,7 +113,7 @@ def protected_mask(
     recent = config.recency_tokens(T)
     if recent:
         mask[T - recent :] = True
-    if config.protect_digits and T:  # soft: numbers stay only while the budget holds them
+    if config.digits_protected() and T:  # soft: numbers stay only while the budget holds them
         digits = mask | np.fromiter((any(c.isdigit() for c in t) for t in token_texts), bool, T)
         if min_spans(digits, T) <= _budget(T, config)[2]:
             mask = digits

@@ -80,8 +80,5 @@ class PromptBuilder:
         return protected_mask(texts, special, self.config)
 
     def _merged(self, ids: np.ndarray, spans: np.ndarray) -> CompressedPrompt:
-        from semedge.compressor.compressor import CompressedPrompt
-
         # the compressor's own span -> (embeds, positions) rules: only the boundaries differ
-        embeds, pos = self.compressor.build_inputs(ids, spans, self.config)
-        return CompressedPrompt(ids, np.asarray(spans, dtype=np.int64), embeds, pos.long())
+        return self.compressor.prompt(ids, spans, self.config)

@@ -129,13 +129,11 @@ class TorchRunner(Runner):
         return prompt.fit_positions(self.fit - 64) if self.fit else prompt
 
     def inputs(self, tok: Tokenized, plan: M.ContextPlan):
-        from semedge.compressor.compressor import CompressedPrompt
         from semedge.compressor.inference import plain_prompt
 
         if plan.spans is None:  # kept tokens read as a shorter text
             return plain_prompt(self.model, tok.ids[plan.source])
-        embeds, positions = self.compressor.build_inputs(tok.ids, plan.spans, self.config)
-        prompt = CompressedPrompt(tok.ids, plan.spans, embeds, positions)
+        prompt = self.compressor.prompt(tok.ids, plan.spans, self.config)
         return prompt.fit_positions(self.fit - 64) if self.fit else prompt
 
     def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:

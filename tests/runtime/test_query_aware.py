@@ -45,6 +45,18 @@ def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio):
     np.testing.assert_array_equal(got.spans, want.spans)
     np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
     np.testing.assert_allclose(got.embeds, want.inputs_embeds[0].numpy(), atol=1e-5)
+    assert got.first_new_position == want.next_position
+
+
+def test_with_a_query_positions_are_indices_and_generation_continues_after_them(pipe):
+    text = _prompt()
+    with_q = pipe.prepare(text, 4.0, QUESTION)
+    n = len(with_q.spans)
+    assert with_q.positions.tolist() == list(range(n))
+    assert with_q.first_new_position == n < with_q.prompt_tokens
+    without = pipe.prepare(text, 4.0, None)  # no query: the original positions, gaps and all
+    np.testing.assert_array_equal(without.positions, without.spans[:, 0])
+    assert without.first_new_position == without.prompt_tokens
 
 
 def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):

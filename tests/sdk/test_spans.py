@@ -15,6 +15,7 @@ from semedge.compressor.spans import (
     greedy_spans,
     merge_embeddings,
     min_spans,
+    next_position,
     normalize_features,
     protected_mask,
     semantic_density,
@@ -144,6 +145,9 @@ def test_protected_mask_rules():
     # digits are protected only while they fit the budget: at 6x the year merges
     tight = protected_mask(toks, special, dataclasses.replace(cfg, ratio=6.0), text, offsets)
     assert tight.tolist() == [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    # with a query, digits are not protected: the relevant sentences take that room
+    queried = protected_mask(toks, special, dataclasses.replace(cfg, query="who?"), text, offsets)
+    assert queried.tolist() == tight.tolist() and mask.tolist() != tight.tolist()
 
 
 def test_protected_string_spanning_tokens_protects_each_piece():
@@ -215,6 +219,9 @@ def test_span_positions():
     spans = np.array([[0, 3], [3, 4], [4, 8]])
     assert span_positions(spans).tolist() == [0, 3, 4]
     assert span_positions(spans, "last").tolist() == [2, 3, 7]
+    assert span_positions(spans, "index").tolist() == [0, 1, 2]
+    assert next_position(spans, "first") == next_position(spans, "last") == 8
+    assert next_position(spans, "index") == 3
     with pytest.raises(InputError, match="first"):
         span_positions(spans, "middle")
     with pytest.raises(InputError, match="span_repr"):
