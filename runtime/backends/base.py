@@ -12,7 +12,33 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend"]
+from semedge.errors import InputError
+
+__all__ = ["Backend", "check_feeds"]
+
+
+def check_feeds(
+    graph: str,
+    inputs: dict[str, tuple[Any, Any]],
+    feeds: dict[str, np.ndarray],
+    partial: bool = False,
+    bound: Sequence[str] = (),
+) -> None:
+    """The one feed check of every backend: names (all of the graph's inputs, counting `bound`
+    buffer names; a subset when `partial`) and dtypes (`inputs`: name -> (dtype, shape)).
+
+    Raises:
+        InputError: a missing, unknown or mistyped feed.
+    """
+    given = set(feeds) | {n for n in bound if n in inputs}
+    if given - set(inputs) or (not partial and given != set(inputs)):
+        raise InputError(f"{graph} expects inputs {sorted(inputs)}, got {sorted(given)}")
+    for name, arr in feeds.items():
+        dtype = inputs[name][0]
+        if dtype is not object and arr.dtype != dtype:
+            raise InputError(
+                f"{graph} input {name!r} must be {np.dtype(dtype).name}, got {arr.dtype.name}"
+            )
 
 
 @runtime_checkable

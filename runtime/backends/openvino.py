@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from semedge.deps import require
-from semedge.errors import ArtifactError, BackendUnavailable, InputError
+from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
+from semedge.runtime.backends.base import check_feeds
 
 __all__ = ["OpenVinoBackend", "OV_PRECISIONS", "openvino_available"]
 
@@ -152,7 +153,7 @@ class OpenVinoBackend:
 
     def _request(self) -> Any:
         if self.compiled is None:
-            raise RuntimeError(f"{self.path.name}: call load() before run()")
+            raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
         req = getattr(self._local, "request", None)
         if req is None:
             req = self._local.request = self.compiled.create_infer_request()
@@ -160,17 +161,7 @@ class OpenVinoBackend:
 
     def check_feeds(self, feeds: dict[str, np.ndarray], partial: bool = False) -> None:
         """Raise InputError when feed names or dtypes differ from the graph's inputs."""
-        if set(feeds) - set(self.inputs) or (not partial and set(feeds) != set(self.inputs)):
-            raise InputError(
-                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(feeds)}"
-            )
-        for name, arr in feeds.items():
-            dtype = self.inputs[name][0]
-            if dtype is not object and arr.dtype != dtype:
-                raise InputError(
-                    f"{self.path.name} input {name!r} must be {np.dtype(dtype).name}, "
-                    f"got {arr.dtype.name}"
-                )
+        check_feeds(self.path.name, self.inputs, feeds, partial)
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -204,18 +195,13 @@ class OpenVinoBackend:
         """
         ov = require("openvino", "openvino")
         req = self._request()
-        given = set(feeds) | {n for n in bound if n in self.inputs}
-        if given != set(self.inputs):
-            raise InputError(
-                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
-            )
-        self.check_feeds(feeds, partial=True)
+        check_feeds(self.path.name, self.inputs, feeds, bound=list(bound))
         for name, arr in feeds.items():
             req.set_tensor(name, ov.Tensor(np.ascontiguousarray(arr)))
         outs = {}
         for name, buf in bound.items():
             if buf.host is None:
-                raise RuntimeError("the OpenVINO backend needs host KV buffers")
+                raise UsageError("the OpenVINO backend needs host KV buffers")
             tensor = ov.Tensor(buf.host, shared_memory=True)
             req.set_tensor(name, tensor)
             if name not in self.inputs:

@@ -15,6 +15,7 @@ import numpy as np
 
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
+from semedge.runtime.backends.base import check_feeds
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -181,17 +182,7 @@ class OrtBackend:
 
     def check_feeds(self, feeds: dict[str, np.ndarray], partial: bool = False) -> None:
         """Raise InputError when feed names or dtypes differ from the graph's inputs."""
-        if set(feeds) - set(self.inputs) or (not partial and set(feeds) != set(self.inputs)):
-            raise InputError(
-                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(feeds)}"
-            )
-        for name, arr in feeds.items():
-            dtype = self.inputs[name][0]
-            if dtype is not object and arr.dtype != dtype:
-                raise InputError(
-                    f"{self.path.name} input {name!r} must be {np.dtype(dtype).name}, "
-                    f"got {arr.dtype.name}"
-                )
+        check_feeds(self.path.name, self.inputs, feeds, partial)
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -233,12 +224,7 @@ class OrtBackend:
         sess = self.session  # a local reference: close() meanwhile frees it after this run
         if sess is None:
             raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
-        given = set(feeds) | {n for n in bound if n in self.inputs}
-        if given != set(self.inputs):
-            raise InputError(
-                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
-            )
-        self.check_feeds(feeds, partial=True)
+        check_feeds(self.path.name, self.inputs, feeds, bound=list(bound))
         io = sess.io_binding()
         for name, arr in feeds.items():
             io.bind_cpu_input(name, np.ascontiguousarray(arr))

@@ -19,6 +19,7 @@ import numpy as np
 from semedge.artifacts import Manifest, listed_file
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
+from semedge.runtime.backends.base import check_feeds
 
 __all__ = ["TrtBackend", "engine_backends"]
 
@@ -176,21 +177,12 @@ class TrtBackend:
         engine = self.engine  # a local reference: close() meanwhile frees it after this run
         if engine is None:
             raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
-        given = set(feeds) | {n for n in bound if n in self.inputs}
-        if given != set(self.inputs):
-            raise InputError(
-                f"{self.path.name} expects inputs {sorted(self.inputs)}, got {sorted(given)}"
-            )
+        check_feeds(self.path.name, self.inputs, feeds, bound=list(bound))
         st, cudart = self._thread_state(engine), self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         ctx, stream = st.context, st.stream
         for name, arr in feeds.items():
-            arr = np.ascontiguousarray(arr)
-            if arr.dtype != self.inputs[name][0]:
-                raise InputError(
-                    f"{self.path.name} input {name!r} must be {self.inputs[name][0]}, got {arr.dtype}"
-                )
             self.check_shape(name, arr.shape)
         for name, buf in bound.items():
             if name in self.inputs:
