@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from semedge.deps import has_module
 from semedge.errors import AccuracyError, ArtifactError, BackendUnavailable, InputError
 from semedge.logs import log_timed
 from semedge.runtime.cpu_features import NEEDS, cpu_features
+from semedge.staging import scratch_dir
 
 __all__ = [
     "PRECISIONS",
@@ -333,9 +333,7 @@ def export_precision(
     text = read_text_file(data)
     features = cpu_features()
     wanted = _candidates(precision, features)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.precision-", dir=out.parent))
-    try:
+    with scratch_dir(out.parent, f".{out.name}.precision-") as scratch:
         exports: dict[str, Path] = {}
 
         def fp32_export(attention: str) -> Path:
@@ -389,8 +387,6 @@ def export_precision(
         with staged_dir(out, overwrite=ecfg.overwrite) as tmp:
             for p in sorted(cand.iterdir()):
                 os.replace(p, tmp / p.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return PrecisionReport(str(out), best, provider, tuned, results, time.perf_counter() - t0)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from semedge.errors import ArtifactError
 
-__all__ = ["staged_dir", "atomic_write_bytes", "atomic_write_text", "sweep_stale"]
+__all__ = ["staged_dir", "scratch_dir", "atomic_write_bytes", "atomic_write_text", "sweep_stale"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,19 @@ def _signals_raise() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def scratch_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A private working directory `parent/PREFIX*`, removed on exit, on an error, on Ctrl-C
+    and on SIGTERM (turned into SystemExit meanwhile), so an interrupted job leaves nothing."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        with _signals_raise():
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

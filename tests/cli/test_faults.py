@@ -77,6 +77,11 @@ POINTS = {  # point -> (command builder, function hit, which call)
                             "256", "--prompts", "4", "--test-prompts", "2"],
         "shutil:copy2", 2,
     ),
+    "precision-mid-candidate": (  # the scratch fp32 export and candidate go too
+        lambda m, e, d, o: ["export", "onnx", "-m", m, o, "--precision", "fp16",
+                            "--parity-lengths", "7", "--quality-data", d],
+        "semedge.calibration.precision:_convert", 1,
+    ),
 }  # fmt: skip
 
 
