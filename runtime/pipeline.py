@@ -323,7 +323,11 @@ class Pipeline:
         """find_spans' query arguments (relevance.query_scores), or (None, None) without a query."""
 
         if query is None:
-            return None, None
+            if not cfg.implicit_query:
+                return None, None
+            from semedge.compressor.relevance import implicit_query_scores
+
+            return implicit_query_scores(hidden, ids, text, offsets, cfg)
         q_ids = np.asarray(self.tokenizer.encode(query, add_special_tokens=False).ids, np.int64)
         if not query.strip() or len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")

@@ -48,7 +48,7 @@ def replace_set(base: Any, **options: Any) -> Any:
 
 
 # What a stored config that lacks a field meant when it was written (older exports/adapters).
-_BEFORE_FIELD = {"query_share": 0.0}
+_BEFORE_FIELD = {"query_share": 0.0, "implicit_query": False}
 # Default recency window, as a share of the output positions (docs/eval.md): without a query
 # the recent text is what a frozen LM continues from (at 0.5 SmolLM2's continuation of the demo
 # article degenerates, at 0.75 it stays on topic); with one, half the budget goes to the
@@ -93,6 +93,7 @@ class CompressionConfig:
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
     query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
     query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
+    implicit_query: bool = False  # without a query, the prompt's last line serves as one
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
 from semedge.compressor.merging import next_position
-from semedge.compressor.relevance import query_scores
+from semedge.compressor.relevance import implicit_query_scores, query_scores
 from semedge.compressor.spans import (
     check_spans,
     find_spans,
@@ -204,7 +204,9 @@ class SemTokenCompressor:
         else:
             hidden = enc.token_states(toks.text, toks.offsets)
         if query is None:
-            return hidden, None, None
+            if not cfg.implicit_query:
+                return hidden, None, None
+            return hidden, *implicit_query_scores(hidden, toks.ids, toks.text, toks.offsets, cfg)
         q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"], np.int64)
         if not query.strip() or len(q_ids) == 0:
             raise InputError("query has no tokens; give a non-empty --query")

@@ -15,7 +15,16 @@ from semedge.compressor.spans import normalize_features
 if TYPE_CHECKING:
     from semedge.config import CompressionConfig
 
-__all__ = ["query_similarity", "sentence_units", "unit_relevance", "query_scores"]
+__all__ = [
+    "query_similarity",
+    "sentence_units",
+    "unit_relevance",
+    "query_scores",
+    "implicit_query",
+    "implicit_query_scores",
+]
+
+IMPLICIT_QUERY_TOKENS = 64  # at most this many of the last line's tokens act as the query
 
 
 def query_similarity(hidden: np.ndarray, query_states: np.ndarray) -> np.ndarray:
@@ -124,3 +133,27 @@ def query_scores(
     else:
         scores = unit_relevance(hidden, query_states, units, ids, query_ids)
     return sim, (units, scores)
+
+
+def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QUERY_TOKENS):
+    """(k,) token indices of the prompt's last line (after its last newline, trailing blanks
+    left out), at most its last `max_tokens`: where a prompt usually asks what it wants (the
+    question, the user's turn). The last `max_tokens` tokens when the last line is empty.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    body = text.rstrip()
+    start = int(np.searchsorted(offsets[:, 0], body.rfind("\n") + 1, side="left"))
+    end = int(np.searchsorted(offsets[:, 0], len(body), side="left"))
+    if end <= start:
+        start, end = 0, len(offsets)
+    return np.arange(max(start, end - max_tokens), end, dtype=np.int64)
+
+
+def implicit_query_scores(
+    hidden: np.ndarray, ids: np.ndarray, text: str, offsets: np.ndarray, config: CompressionConfig
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """query_scores with the prompt's own last line (implicit_query) as the query: its tokens'
+    states come from the prompt's encoding, so this costs no extra encoder pass."""
+    tail = implicit_query(text, offsets)
+    ids = np.asarray(ids, dtype=np.int64)
+    return query_scores(hidden, hidden[tail], ids, ids[tail], text, offsets, config)

@@ -128,3 +128,45 @@ def test_unit_relevance_ranks_shared_rare_tokens_first_and_discounts_common_ones
     # protection takes the best units that fit the share of the free budget
     out = protect_relevant_units(np.zeros(100, bool), units, scores, budget=40, share=0.5)
     assert out[30:40].all() and out.sum() <= 0.5 * 40
+
+
+def test_implicit_query_is_the_last_line_at_most_64_tokens():
+    from semedge.compressor.relevance import implicit_query
+
+    pieces = ["First", " line", " here", ".", "\n", "Second", " line", ",", " the", " question",
+              "?", "\n\n"]  # fmt: skip
+    text = "".join(pieces)
+    ends = np.cumsum([len(p) for p in pieces])
+    offsets = np.stack([ends - [len(p) for p in pieces], ends], axis=1)
+    idx = implicit_query(text, offsets)
+    assert [text[offsets[i, 0] : offsets[i, 1]] for i in idx] == [
+        "Second",
+        " line",
+        ",",
+        " the",
+        " question",
+        "?",
+    ]  # trailing blank lines are not the last line
+    assert implicit_query(text, offsets, max_tokens=2).tolist() == idx[-2:].tolist()
+    one_line = "no newline at all"
+    assert implicit_query(one_line, np.array([[0, 2], [2, 10], [10, 17]])).tolist() == [0, 1, 2]
+
+
+def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe):
+    import dataclasses
+
+    text = _prompt()
+    cfg = dataclasses.replace(pipe.compression, implicit_query=True)
+    compressor.config, pipe.compression = cfg, cfg
+    try:
+        want = compressor.compress(text, ratio=2.4)
+        got = pipe.prepare(text, 2.4, None)
+        plain = pipe.prepare(text, 2.4, QUESTION)  # the explicit query: other rules
+    finally:
+        off = dataclasses.replace(cfg, implicit_query=False)
+        compressor.config, pipe.compression = off, off
+    np.testing.assert_array_equal(got.spans, want.spans)
+    np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
+    without = pipe.prepare(text, 2.4, None)
+    assert not np.array_equal(got.spans, without.spans)  # the last line did steer the spans
+    assert len(plain.spans) > 0
