@@ -293,12 +293,16 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
     else:
         raise SystemExit(f"--target {target!r}: choose semedge or triton")
     out = []
-    try:  # the warm-up is a row too: one client, every pool request once (the runs' own mix)
+    counts = [int(c) for c in args.clients.split(",")]
+    try:  # the warm-up is a row too: one client over the mix, then one request per client at
+        # the highest concurrency (so the batches the runs need are allocated before "warm" RSS)
         warm = RunStats(f"{target} (warm-up)", 1, rss_warm_mb=_rss_mb(server.proc.pid))
         run_load(ask, server.port, "load", reqs, 1, len(reqs), args.max_seconds, warm)
+        if max(counts) > 1:
+            run_load(ask, server.port, "load", reqs, max(counts), 1, args.max_seconds, warm)
         warm.rss_end_mb = _rss_mb(server.proc.pid)
         out.append(warm.to_dict())
-        for clients in [int(c) for c in args.clients.split(",")]:
+        for clients in counts:
             stats = RunStats(target, clients, rss_warm_mb=_rss_mb(server.proc.pid))
             run_load(
                 ask, server.port, "load", reqs, clients, args.requests, args.max_seconds, stats

@@ -210,7 +210,10 @@ def calibrate_ratio(
         offsets, features, base = _export_source(Path(export_dir))
     else:
         offsets, features, base = _model_source(model or C.DEFAULT_MODEL)
-    cfg = dataclasses.replace(base, ratio=config.ratio, target_tokens=None, threshold=None)
+    # a calibrated tau replaces the per-prompt search, which ranking sentences by the prompt's
+    # last line needs: the calibrated config compresses without the implicit query
+    cfg = dataclasses.replace(base, ratio=config.ratio, target_tokens=None, threshold=None,
+                              implicit_query=False)  # fmt: skip
     cut = int(len(text) * (1 - config.held_out))
     fit_texts = _chunks(text[:cut], offsets, config.chunk_tokens)
     test_texts = _chunks(text[cut:], offsets, config.chunk_tokens)

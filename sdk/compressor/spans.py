@@ -286,7 +286,8 @@ def find_spans(
     tau_i = tau_base + density/query offsets (threshold_offsets); tau_base is found by
     bisection so that T / n lands within config.tolerance of the asked ratio, then a final
     repair merges/splits the fewest spans if the greedy walk jumped over the band. With
-    config.threshold set (a calibrated tau_base) there is no search.
+    config.threshold set (a calibrated tau_base) there is no search, unless sentences are ranked
+    (unit_scores): the calibration never saw them, so the ratio is searched for.
 
     Args:
         hidden: (T, E) encoder states.
@@ -322,7 +323,8 @@ def find_spans(
         k = int(round(config.query_keep * T))
         if k:
             protected[np.argsort(-query_sim, kind="stable")[:k]] = True
-    if unit_scores is not None and config.query_share > 0 and config.threshold is None:
+    ranking = unit_scores is not None and config.query_share > 0
+    if ranking:
         units, scores = unit_scores
         protected = protect_relevant_units(protected, units, scores, target, config.query_share)
     if min_spans(protected, max(T, 1)) > hi_n:  # the query's tokens would not fit: drop them
@@ -336,7 +338,7 @@ def find_spans(
     def spans_at(base: float) -> np.ndarray:
         return _walk(_span_lengths(cos, base + offsets, protected))
 
-    if config.threshold is not None:
+    if config.threshold is not None and not ranking:  # a calibrated tau: no ranked sentences
         return spans_at(float(config.threshold)), float(config.threshold)
     if lo_n > hi_n:  # too few tokens for any count to be within the tolerance: take the nearest
         lo_n = hi_n = min(T, max(1, round(target)))

@@ -3,6 +3,9 @@ verbatim, every ratio 1-8 on a 512-token prompt, long prompts compacted into a s
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -54,9 +57,23 @@ def test_with_a_query_positions_are_indices_and_generation_continues_after_them(
     n = len(with_q.spans)
     assert with_q.positions.tolist() == list(range(n))
     assert with_q.first_new_position == n < with_q.prompt_tokens
-    without = pipe.prepare(text, 4.0, None)  # no query: the original positions, gaps and all
+    implicit = pipe.prepare(text, 4.0, None)  # the last line (the question) ranks sentences
+    assert implicit.positions.tolist() == list(range(len(implicit.spans)))
+    with _no_ranking(pipe):  # no ranking: the original positions, gaps and all
+        without = pipe.prepare(text, 4.0, None)
     np.testing.assert_array_equal(without.positions, without.spans[:, 0])
     assert without.first_new_position == without.prompt_tokens
+
+
+@contextlib.contextmanager
+def _no_ranking(pipe):
+    """The pipeline's config without the implicit query, meanwhile."""
+    keep = pipe.compression
+    pipe.compression = dataclasses.replace(keep, implicit_query=False)
+    try:
+        yield
+    finally:
+        pipe.compression = keep
 
 
 def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
@@ -68,9 +85,13 @@ def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
         with_q = pipe.prepare(text, ratio, QUESTION)
         kept = set(with_q.spans[with_q.spans[:, 1] - with_q.spans[:, 0] == 1, 0].tolist())
         assert set(needle) <= kept, ratio  # every needle token is its own position
-        without = pipe.prepare(text, ratio, None)
+        implicit = pipe.prepare(text, ratio, None)  # the prompt's last line is the question
+        kept1 = set(implicit.spans[implicit.spans[:, 1] - implicit.spans[:, 0] == 1, 0].tolist())
+        assert set(needle) <= kept1, ratio
+        with _no_ranking(pipe):
+            without = pipe.prepare(text, ratio, None)
         kept0 = set(without.spans[without.spans[:, 1] - without.spans[:, 0] == 1, 0].tolist())
-        assert not set(needle) <= kept0, ratio  # without the query it is merged away
+        assert not set(needle) <= kept0, ratio  # without any query it is merged away
         assert abs(len(with_q.positions) - len(enc.ids) / ratio) <= 0.02 * len(enc.ids) / ratio + 1
 
 
@@ -153,20 +174,13 @@ def test_implicit_query_is_the_last_line_at_most_64_tokens():
 
 
 def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe):
-    import dataclasses
-
     text = _prompt()
-    cfg = dataclasses.replace(pipe.compression, implicit_query=True)
-    compressor.config, pipe.compression = cfg, cfg
-    try:
-        want = compressor.compress(text, ratio=2.4)
-        got = pipe.prepare(text, 2.4, None)
-        plain = pipe.prepare(text, 2.4, QUESTION)  # the explicit query: other rules
-    finally:
-        off = dataclasses.replace(cfg, implicit_query=False)
-        compressor.config, pipe.compression = off, off
+    assert pipe.compression.implicit_query and compressor.config.implicit_query  # the default
+    want = compressor.compress(text, ratio=2.4)
+    got = pipe.prepare(text, 2.4, None)
     np.testing.assert_array_equal(got.spans, want.spans)
     np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
-    without = pipe.prepare(text, 2.4, None)
+    assert got.first_new_position == want.next_position
+    with _no_ranking(pipe):
+        without = pipe.prepare(text, 2.4, None)
     assert not np.array_equal(got.spans, without.spans)  # the last line did steer the spans
-    assert len(plain.spans) > 0

@@ -51,7 +51,7 @@ def test_ratio_one_reproduces_the_uncompressed_logits(loaded, article, family):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_compress_hits_ratio_and_builds_inputs(loaded, article, family):
     model, tok = loaded[family]
-    cfg = CompressionConfig(recency_window=32, protected_strings=("Theatre",))
+    cfg = CompressionConfig(recency_window=32, protected_strings=("Theatre",), implicit_query=False)
     prompt = SemTokenCompressor(model, tok, cfg).compress(article, ratio=2.4)
     T, n = prompt.original_tokens, prompt.compressed_tokens
     check_spans(prompt.spans, T)

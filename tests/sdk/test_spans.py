@@ -133,6 +133,7 @@ def test_protected_mask_rules():
         sink_tokens=1,
         protect_special=True,
         ratio=1.0,
+        implicit_query=False,  # no sentence ranking: digits are protected while they fit
     )
     text = "".join(toks)
     ends = np.cumsum([len(t) for t in toks])
@@ -148,6 +149,8 @@ def test_protected_mask_rules():
     # with a query, digits are not protected: the relevant sentences take that room
     queried = protected_mask(toks, special, dataclasses.replace(cfg, query="who?"), text, offsets)
     assert queried.tolist() == tight.tolist() and mask.tolist() != tight.tolist()
+    ranked = dataclasses.replace(cfg, implicit_query=True)  # the default: the last line ranks
+    assert protected_mask(toks, special, ranked, text, offsets).tolist() == tight.tolist()
 
 
 def test_protected_string_spanning_tokens_protects_each_piece():
