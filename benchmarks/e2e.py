@@ -26,20 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("e2e")
 
 
-def cached_export(model: str = "smollm2") -> Path:
-    """Export `model` once (parity-gated) into the semedge cache and return the directory."""
-    from semedge import __version__
-    from semedge.config import cache_dir
-
-    out = cache_dir() / "exports" / f"{model}-{__version__}"
-    if not (out / "manifest.json").is_file():
-        from semedge.export import export_onnx
-
-        log.info("exporting %s to %s (once) ...", model, out)
-        export_onnx(model, out)
-    return out
-
-
 def run_once(pipe, prompt: str, ratio: float | None, new_tokens: int) -> dict:
     """One timed generation: total wall time and per-stage sums (ms)."""
     from semedge.runtime import GenerationConfig
@@ -188,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    from semedge.export import cached_export
     from semedge.runtime import Pipeline
     from semedge.runtime.profiling import device_name
 

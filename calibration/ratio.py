@@ -211,7 +211,7 @@ def calibrate_ratio(
     else:
         offsets, features, base = _model_source(model or C.DEFAULT_MODEL)
     # a calibrated tau replaces the per-prompt search, which ranking sentences by the prompt's
-    # last line needs: the calibrated config compresses without the implicit query
+    # last paragraph needs: the calibrated config compresses without the implicit query
     cfg = dataclasses.replace(base, ratio=config.ratio, target_tokens=None, threshold=None,
                               implicit_query=False)  # fmt: skip
     cut = int(len(text) * (1 - config.held_out))

@@ -16,6 +16,7 @@ _LAZY = {
     "ParityReport": "semedge.export.parity",
     "check_parity": "semedge.export.parity",
     "graph_specs": "semedge.export.graphs",
+    "cached_export": "semedge.export.cache",
 }
 
 __all__ = list(_LAZY)

@@ -93,7 +93,7 @@ class CompressionConfig:
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
     query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
     query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
-    implicit_query: bool = True  # without a query, the prompt's last line serves as one
+    implicit_query: bool = True  # without a query, the prompt's last paragraph serves as one
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
@@ -161,7 +161,7 @@ class CompressionConfig:
 
     def ranks_sentences(self) -> bool:
         """True when sentences are ranked by relevance to a query: `query` given, or the
-        prompt's own last line (`implicit_query`). A share (`query_share`) of the free budget
+        prompt's own last paragraph (`implicit_query`). A share (`query_share`) of the free budget
         then keeps the best sentences verbatim."""
         return bool(self.query) or (self.implicit_query and self.query_share > 0)
 

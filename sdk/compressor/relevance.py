@@ -6,6 +6,7 @@ Torch-free: shared by the PyTorch compressor and the runtime so both keep the sa
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +25,8 @@ __all__ = [
     "implicit_query_scores",
 ]
 
-IMPLICIT_QUERY_TOKENS = 64  # at most this many of the last line's tokens act as the query
+IMPLICIT_QUERY_TOKENS = 64  # at most this many of the last paragraph's tokens act as the query
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 
 
 def query_similarity(hidden: np.ndarray, query_states: np.ndarray) -> np.ndarray:
@@ -136,13 +138,15 @@ def query_scores(
 
 
 def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QUERY_TOKENS):
-    """(k,) token indices of the prompt's last line (after its last newline, trailing blanks
-    left out), at most its last `max_tokens`: where a prompt usually asks what it wants (the
-    question, the user's turn). The last `max_tokens` tokens when the last line is empty.
+    """(k,) token indices of the prompt's last paragraph (after its last blank line; trailing
+    blanks left out), at most its last `max_tokens`: where a prompt usually asks what it wants
+    (the question and its answer prefix, the user's turn). Without a blank line, the last
+    `max_tokens` tokens.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     body = text.rstrip()
-    start = int(np.searchsorted(offsets[:, 0], body.rfind("\n") + 1, side="left"))
+    breaks = [m.end() for m in _BLANK_LINE.finditer(body)]
+    start = int(np.searchsorted(offsets[:, 0], breaks[-1] if breaks else 0, side="left"))
     end = int(np.searchsorted(offsets[:, 0], len(body), side="left"))
     if end <= start:
         start, end = 0, len(offsets)
@@ -152,7 +156,7 @@ def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QU
 def implicit_query_scores(
     hidden: np.ndarray, ids: np.ndarray, text: str, offsets: np.ndarray, config: CompressionConfig
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """query_scores with the prompt's own last line (implicit_query) as the query: its tokens'
+    """query_scores with the prompt's own last paragraph (implicit_query) as the query: its tokens'
     states come from the prompt's encoding, so this costs no extra encoder pass."""
     tail = implicit_query(text, offsets)
     ids = np.asarray(ids, dtype=np.int64)

@@ -63,14 +63,9 @@ def test_batch_equals_single_on_real_export(tiny_export):
 
 @pytest.mark.slow
 def test_greedy_tokens_equal_pytorch_smollm2():
-    from semedge import __version__
-    from semedge.config import cache_dir
+    from semedge.export import cached_export
 
-    export = cache_dir() / "exports" / f"smollm2-{__version__}"  # shared with demo and e2e
-    if not (export / "manifest.json").is_file():
-        from semedge.export import export_onnx
-
-        export_onnx("smollm2", export)
+    export = cached_export("smollm2")  # shared with the demo and benchmarks/e2e.py
     with Pipeline.from_pretrained(export) as pipe:
         for ratio in (1.0, 2.4):
             prompt, want = _torch_tokens("smollm2", pipe, TEXT, ratio)

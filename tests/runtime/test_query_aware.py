@@ -57,7 +57,7 @@ def test_with_a_query_positions_are_indices_and_generation_continues_after_them(
     n = len(with_q.spans)
     assert with_q.positions.tolist() == list(range(n))
     assert with_q.first_new_position == n < with_q.prompt_tokens
-    implicit = pipe.prepare(text, 4.0, None)  # the last line (the question) ranks sentences
+    implicit = pipe.prepare(text, 4.0, None)  # the last paragraph (the question) ranks
     assert implicit.positions.tolist() == list(range(len(implicit.spans)))
     with _no_ranking(pipe):  # no ranking: the original positions, gaps and all
         without = pipe.prepare(text, 4.0, None)
@@ -85,7 +85,7 @@ def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
         with_q = pipe.prepare(text, ratio, QUESTION)
         kept = set(with_q.spans[with_q.spans[:, 1] - with_q.spans[:, 0] == 1, 0].tolist())
         assert set(needle) <= kept, ratio  # every needle token is its own position
-        implicit = pipe.prepare(text, ratio, None)  # the prompt's last line is the question
+        implicit = pipe.prepare(text, ratio, None)  # the last paragraph is the question
         kept1 = set(implicit.spans[implicit.spans[:, 1] - implicit.spans[:, 0] == 1, 0].tolist())
         assert set(needle) <= kept1, ratio
         with _no_ranking(pipe):
@@ -151,26 +151,23 @@ def test_unit_relevance_ranks_shared_rare_tokens_first_and_discounts_common_ones
     assert out[30:40].all() and out.sum() <= 0.5 * 40
 
 
-def test_implicit_query_is_the_last_line_at_most_64_tokens():
+def test_implicit_query_is_the_last_paragraph_at_most_64_tokens():
     from semedge.compressor.relevance import implicit_query
 
-    pieces = ["First", " line", " here", ".", "\n", "Second", " line", ",", " the", " question",
-              "?", "\n\n"]  # fmt: skip
-    text = "".join(pieces)
-    ends = np.cumsum([len(p) for p in pieces])
-    offsets = np.stack([ends - [len(p) for p in pieces], ends], axis=1)
+    def offsets_of(pieces):
+        ends = np.cumsum([len(p) for p in pieces])
+        return "".join(pieces), np.stack([ends - [len(p) for p in pieces], ends], axis=1)
+
+    pieces = ["First", " line", ".", "\n", " \n", "Question", ":", " why", "?", "\n", "Answer",
+              ":", " because", "\n\n"]  # fmt: skip
+    text, offsets = offsets_of(pieces)
     idx = implicit_query(text, offsets)
-    assert [text[offsets[i, 0] : offsets[i, 1]] for i in idx] == [
-        "Second",
-        " line",
-        ",",
-        " the",
-        " question",
-        "?",
-    ]  # trailing blank lines are not the last line
+    got = [pieces[i] for i in idx]  # after the blank (whitespace-only) line, trailing blanks out
+    assert got == ["Question", ":", " why", "?", "\n", "Answer", ":", " because"]
     assert implicit_query(text, offsets, max_tokens=2).tolist() == idx[-2:].tolist()
-    one_line = "no newline at all"
-    assert implicit_query(one_line, np.array([[0, 2], [2, 10], [10, 17]])).tolist() == [0, 1, 2]
+    text, offsets = offsets_of(["no", " blank", " line", "\n", "at all"])
+    assert implicit_query(text, offsets).tolist() == [0, 1, 2, 3, 4]
+    assert implicit_query(text, offsets, max_tokens=3).tolist() == [2, 3, 4]
 
 
 def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe):
@@ -183,4 +180,4 @@ def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe
     assert got.first_new_position == want.next_position
     with _no_ranking(pipe):
         without = pipe.prepare(text, 2.4, None)
-    assert not np.array_equal(got.spans, without.spans)  # the last line did steer the spans
+    assert not np.array_equal(got.spans, without.spans)  # the last paragraph steered the spans
