@@ -6,7 +6,7 @@ in the file are skipped, and `--report` prints the tables of a file without runn
 
     python benchmarks/long_context_suite.py --out suite.jsonl --context 2048 --ratio 2.4,4 \
         --samples 4 --dtype bf16 --threads 1 [--tasks ...] [--methods ...] [--fit-positions N]
-    python benchmarks/long_context_suite.py --out suite.jsonl --report [--markdown]
+    python benchmarks/long_context_suite.py --out suite.jsonl --report [--markdown] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-def report(path: Path, markdown: bool) -> None:
+def report(path: Path, markdown: bool, plot: Path | None = None) -> None:
     from semedge.eval.suite import SuiteReport
-    from semedge.eval.suite_report import suite_table
+    from semedge.eval.suite_report import suite_table, write_suite_plot
 
     rows = _rows(path)
     rep = SuiteReport("smollm2", rows)
+    if plot is not None:
+        print(f"wrote {write_suite_plot(rep, plot)}", file=sys.stderr)
     headers, table = suite_table(rep)
     if markdown:
         print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--plot", type=Path, default=None, help="with --report: the heatmap PNG")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--context", default="2048")
     ap.add_argument("--ratio", default="2.4")
@@ -71,7 +74,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if a.report:
-        report(a.out, a.markdown)
+        report(a.out, a.markdown, a.plot)
         return
     import torch
 
