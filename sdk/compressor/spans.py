@@ -436,9 +436,10 @@ def protect_relevant_units(
 ) -> np.ndarray:
     """Protect whole units, most relevant first, within `share` of the free budget.
 
-    The free budget is `budget` positions less the protected tokens and one position per
-    remaining free run (what merging the rest needs at least). A unit is taken when its free
-    tokens fit; units that are already fully protected cost nothing and are skipped.
+    What a mask costs is its protected tokens plus one position per free run (what merging the
+    rest needs at least). The free budget is `budget` less the cost of `protected`; a unit is
+    taken when the cost with it stays within `share` of that (so a unit that splits a free run
+    in two pays for the extra span too); units already fully protected are skipped.
 
     Args:
         protected: (T,) bool, the mask before query protection.
@@ -452,15 +453,16 @@ def protect_relevant_units(
     out = np.asarray(protected, dtype=bool).copy()
     units = np.asarray(units, dtype=np.int64)
     free_per_unit = np.bincount(units, weights=~out, minlength=len(scores)).astype(np.int64)
-    room = share * (budget - out.sum() - _free_runs_count(out))
+    base = int(out.sum()) + _free_runs_count(out)
+    limit = base + share * (budget - base)
     for u in np.argsort(-np.asarray(scores), kind="stable"):
-        if not np.isfinite(scores[u]) or room < 1:
+        if not np.isfinite(scores[u]) or int(out.sum()) + 1 > limit:
             break
-        cost = int(free_per_unit[u])
-        if cost == 0 or cost > room:
+        if free_per_unit[u] == 0:
             continue
-        out[units == u] = True
-        room -= cost
+        trial = out | (units == u)
+        if int(trial.sum()) + _free_runs_count(trial) <= limit:
+            out = trial
     return out
 
 

@@ -181,3 +181,15 @@ def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe
     with _no_ranking(pipe):
         without = pipe.prepare(text, 2.4, None)
     assert not np.array_equal(got.spans, without.spans)  # the last paragraph steered the spans
+
+
+def test_a_unit_that_splits_a_free_run_pays_for_the_extra_span():
+    from semedge.compressor.spans import min_spans, protect_relevant_units
+
+    units = np.repeat(np.arange(3), 10)  # 30 free tokens: one run, one span at least
+    scores = np.array([0.0, 1.0, 0.5])  # the middle unit first
+    # with it: 10 protected + 2 runs either side = 12 positions
+    assert not protect_relevant_units(np.zeros(30, bool), units, scores, 11, 1.0)[10:20].any()
+    got = protect_relevant_units(np.zeros(30, bool), units, scores, 12, 1.0)
+    assert got[10:20].all() and not got[:10].any() and not got[20:].any()
+    assert min_spans(got, 30) == 12  # what the mask costs fits the budget exactly
