@@ -57,15 +57,19 @@ def test_ratio_one_score_equals_full_model_nll(loaded, article, family):
     assert m == len(target) and nll == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("ranked", [False, True], ids=["gaps", "index-positions"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
-def test_cached_decoding_matches_recompute_with_position_gaps(loaded, article, family):
+def test_cached_decoding_matches_recompute_with_position_gaps(loaded, article, family, ranked):
     """Decoding with the KV cache after a compressed prefill equals re-running the whole
-    compressed sequence each step (positions continue from T; gaps stay visible)."""
+    compressed sequence each step: positions continue from T with the gaps visible (no ranked
+    sentences), or from n after index positions (the default, which ranks sentences)."""
     model, tok = loaded[family]
-    cfg = CompressionConfig(recency_window=8)
+    cfg = CompressionConfig(recency_window=8, implicit_query=ranked)
     prompt = SemTokenCompressor(model, tok, cfg).compress(article[:1500], ratio=2.5)
     got = generate_compressed(model, tok, prompt, max_new_tokens=8, eos_token_id=-1)
-    embeds, pos, T, want = prompt.inputs_embeds, prompt.position_ids, prompt.original_tokens, []
+    embeds, pos, T, want = prompt.inputs_embeds, prompt.position_ids, prompt.next_position, []
+    n = prompt.compressed_tokens
+    assert T == (n if ranked else prompt.original_tokens)
     emb = model.get_input_embeddings()
     with torch.no_grad():
         for i in range(8):
