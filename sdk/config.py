@@ -182,7 +182,7 @@ class CompressionConfig:
         spans up to 8 tokens, a fixed 64-token recency window. Kept for comparison: on a frozen
         LM it scores far below the default (docs/eval.md)."""
         preset = {"span_repr": "mean", "recency_window": 64, "max_span": 8, "query_keep": 0.1,
-                  "query_share": 0.0, "implicit_query": False}  # fmt: skip
+                  "query_share": 0.0, "implicit_query": False, "span_position": "first"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -193,8 +193,8 @@ class CompressionConfig:
         noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
         the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
-        preset = {"span_repr": "first", "recency_window": 448,
-                  "max_span": 16, "implicit_query": False}  # fmt: skip
+        preset = {"span_repr": "first", "recency_window": 448, "max_span": 16,
+                  "implicit_query": False, "span_position": "first"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -209,7 +209,7 @@ class CompressionConfig:
         """
         preset = {"recency_fraction": 0.96, "recency_window": 64, "sink_tokens": 0, "max_span": 64,
                   "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
-                  "query_share": 0.0, "implicit_query": False}  # fmt: skip
+                  "query_share": 0.0, "implicit_query": False, "span_position": "first"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod

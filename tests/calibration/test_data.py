@@ -62,9 +62,9 @@ def test_calibration_inputs_equal_pipeline_prepare_with_an_adapter(
         got = feeds[0][C.INPUTS_EMBEDS][0]
         np.testing.assert_array_equal(got[~multi], base.embeds[~multi])
         assert not np.allclose(got[multi], base.embeds[multi])
-        # decode feeds follow the runtime's rule: positions continue at T, the past holds T'
+        # decode feeds follow the runtime's rule: positions continue where the prompt says, the past holds T'
         first = decode_feeds(pipe, prompts[:1], steps=2)
         assert len(first) == 2
-        assert int(first[0][C.POSITION_IDS][0, 0]) == prompts[0].prompt_tokens
+        assert int(first[0][C.POSITION_IDS][0, 0]) == prompts[0].first_new_position
         past = first[1][C.PAST_KEY.format(i=0)]
         assert past.shape[2] == len(prompts[0].positions) + 1
