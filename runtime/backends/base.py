@@ -12,9 +12,33 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from semedge.errors import InputError
+from semedge.errors import ArtifactError, InputError
 
-__all__ = ["Backend", "check_feeds"]
+__all__ = ["Backend", "check_feeds", "check_io", "manifest_names"]
+
+
+def manifest_names(entries: Any) -> list[str]:
+    """Tensor names from a manifest graph entry: a {name: meta} dict or a list of names/dicts."""
+    if not entries:
+        return []
+    if isinstance(entries, dict):
+        return list(entries)
+    return [e["name"] if isinstance(e, dict) else str(e) for e in entries]
+
+
+def check_io(graph: str, spec: dict[str, Any], inputs: dict, outputs: dict) -> None:
+    """The loaded graph's input and output names must be the manifest's (when it lists them).
+
+    Raises:
+        ArtifactError: they differ (the graph is not the one the export recorded).
+    """
+    for kind, have in (("inputs", inputs), ("outputs", outputs)):
+        want = manifest_names(spec.get(kind))
+        if want and set(want) != set(have):
+            raise ArtifactError(
+                f"{graph} {kind} {sorted(have)} do not match the manifest's {sorted(want)}; "
+                "re-export the directory"
+            )
 
 
 def check_feeds(

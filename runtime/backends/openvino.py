@@ -22,7 +22,7 @@ import numpy as np
 
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
-from semedge.runtime.backends.base import check_feeds
+from semedge.runtime.backends.base import check_feeds, check_io, manifest_names
 
 __all__ = ["OpenVinoBackend", "OV_PRECISIONS", "openvino_available"]
 
@@ -131,13 +131,7 @@ class OpenVinoBackend:
         self.outputs = {
             _port_name(p, self.spec.get("outputs"), False): _port_info(p) for p in compiled.outputs
         }
-        for kind, have in (("inputs", self.inputs), ("outputs", self.outputs)):
-            want = _names(self.spec.get(kind))
-            if want and set(want) != set(have):
-                raise ArtifactError(
-                    f"{self.path.name} {kind} {sorted(have)} do not match the manifest's "
-                    f"{sorted(want)}; re-export the directory"
-                )
+        check_io(self.path.name, self.spec, self.inputs, self.outputs)
         self.compiled = compiled
         return self
 
@@ -219,7 +213,7 @@ def _port_name(port: Any, entries: Any, is_input: bool) -> str:
     the names of the nodes it folded), so prefer the manifest's; an input's Parameter keeps the
     ONNX input name as its friendly name."""
     names = set(port.get_names())
-    want = [n for n in _names(entries) if n in names]
+    want = [n for n in manifest_names(entries) if n in names]
     if want:
         return want[0]
     if is_input:
@@ -234,11 +228,3 @@ def _port_info(port: Any) -> tuple[type, list]:
         dtype = object
     shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
     return dtype, shape
-
-
-def _names(entries: Any) -> list[str]:
-    if not entries:
-        return []
-    if isinstance(entries, dict):
-        return list(entries)
-    return [e["name"] if isinstance(e, dict) else str(e) for e in entries]

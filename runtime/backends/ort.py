@@ -15,7 +15,7 @@ import numpy as np
 
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
-from semedge.runtime.backends.base import check_feeds
+from semedge.runtime.backends.base import check_feeds, check_io
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -157,13 +157,8 @@ class OrtBackend:
         self.outputs = {
             o.name: (ORT_DTYPES.get(o.type, object), o.shape) for o in sess.get_outputs()
         }
+        check_io(self.path.name, self.spec, self.inputs, self.outputs)
         for kind, have in (("inputs", self.inputs), ("outputs", self.outputs)):
-            want = _names(self.spec.get(kind))
-            if want and set(want) != set(have):
-                raise ArtifactError(
-                    f"{self.path.name} {kind} {sorted(have)} do not match the manifest's "
-                    f"{sorted(want)}; re-export the directory"
-                )
             _check_dtypes(self.path.name, self.spec.get(kind), have)
         self.session = sess
         return self
@@ -263,12 +258,3 @@ def _check_dtypes(graph: str, entries: Any, have: dict[str, tuple[Any, list]]) -
                 f"{graph} tensor {name!r} is {np.dtype(have[name][0]).name} but the manifest "
                 f"says {want}; re-export the directory"
             )
-
-
-def _names(entries: Any) -> list[str]:
-    """Tensor names from a manifest graph entry: a {name: meta} dict or a list of names/dicts."""
-    if not entries:
-        return []
-    if isinstance(entries, dict):
-        return list(entries)
-    return [e["name"] if isinstance(e, dict) else str(e) for e in entries]
