@@ -92,7 +92,7 @@ class CompressionConfig:
     query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
     query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
-    query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine"
+    query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine" | "bm25"
     implicit_query: bool = True  # without a query, the prompt's last paragraph serves as one
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
@@ -130,9 +130,9 @@ class CompressionConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # NaN fails too
                 raise InputError(f"{name} must be in [0, 1], got {value}")
-        if self.query_relevance not in ("maxsim", "cosine"):
+        if self.query_relevance not in ("maxsim", "cosine", "bm25"):
             raise InputError(
-                f"query_relevance must be 'maxsim' or 'cosine', got {self.query_relevance!r}"
+                f"query_relevance must be 'maxsim', 'cosine' or 'bm25', got {self.query_relevance!r}"
             )
         if self.query is not None and not self.query.strip():
             raise InputError("query is empty; give a question or leave it out")

@@ -23,6 +23,7 @@ __all__ = [
     "query_scores",
     "implicit_query",
     "implicit_query_scores",
+    "bm25_scores",
 ]
 
 IMPLICIT_QUERY_TOKENS = 64  # at most this many of the last paragraph's tokens act as the query
@@ -104,6 +105,26 @@ def unit_relevance(
     return _scatter_units(units, starts, sim @ w / max(float(w.sum()), 1e-12))
 
 
+def bm25_scores(ids: np.ndarray, units: np.ndarray, query_ids: np.ndarray,
+                k1: float = 1.2, b: float = 0.75) -> np.ndarray:  # fmt: skip
+    """(U,) Okapi BM25 of each unit (sentence) for the query, over token ids."""
+    ids, units = np.asarray(ids, np.int64), np.asarray(units, np.int64)
+    n_units = int(units.max()) + 1 if len(units) else 0
+    length = np.bincount(units, minlength=n_units).astype(np.float64)
+    avg = max(float(length[length > 0].mean()) if n_units else 1.0, 1e-9)
+    scores = np.zeros(n_units)
+    present = length > 0
+    for q in np.unique(np.asarray(query_ids, np.int64)):
+        tf = np.bincount(units[ids == q], minlength=n_units).astype(np.float64)
+        df = float((tf > 0).sum())
+        if df == 0:
+            continue
+        idf = np.log(1 + (present.sum() - df + 0.5) / (df + 0.5))
+        scores += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg))
+    scores[~present] = -np.inf
+    return scores
+
+
 def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(U,) scores by unit id from one score per run of equal ids (-inf for absent ids)."""
     full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
@@ -123,7 +144,8 @@ def query_scores(
     """Everything query-aware merging needs, for find_spans: (query_sim, (units, scores)).
 
     query_sim: (T,) cosine to the mean query (raises tau: relevant tokens merge less);
-    units/scores: sentences and their relevance (config.query_relevance: "maxsim" =
+    units/scores: sentences and their relevance (config.query_relevance: "bm25" = Okapi BM25
+    over token ids, as the `retrieve` baseline ranks; "maxsim" =
     unit_relevance, "cosine" = the best query_sim in the sentence). The one query rule, shared
     by the PyTorch compressor and the runtime.
     """
@@ -132,6 +154,8 @@ def query_scores(
     if config.query_relevance == "cosine":
         starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
         scores = _scatter_units(units, starts, np.maximum.reduceat(sim, starts))
+    elif config.query_relevance == "bm25":
+        scores = bm25_scores(ids, units, query_ids)
     else:
         scores = unit_relevance(hidden, query_states, units, ids, query_ids)
     return sim, (units, scores)

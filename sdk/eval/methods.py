@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semedge.compressor.relevance import bm25_scores
 from semedge.errors import InputError
 from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
 from semedge.textio import parse_names
@@ -138,26 +139,6 @@ def plan_selective(self_info: np.ndarray, must: np.ndarray, ratio: float) -> Con
     n = budget_for(len(info), ratio)
     ranked = np.argsort(-np.nan_to_num(info, nan=-np.inf, posinf=1e9), kind="stable")
     return _compact(_keep_with(must, ranked, n))
-
-
-def bm25_scores(ids: np.ndarray, units: np.ndarray, query_ids: np.ndarray,
-                k1: float = 1.2, b: float = 0.75) -> np.ndarray:  # fmt: skip
-    """(U,) Okapi BM25 of each unit (sentence) for the query, over token ids."""
-    ids, units = np.asarray(ids, np.int64), np.asarray(units, np.int64)
-    n_units = int(units.max()) + 1 if len(units) else 0
-    length = np.bincount(units, minlength=n_units).astype(np.float64)
-    avg = max(float(length[length > 0].mean()) if n_units else 1.0, 1e-9)
-    scores = np.zeros(n_units)
-    present = length > 0
-    for q in np.unique(np.asarray(query_ids, np.int64)):
-        tf = np.bincount(units[ids == q], minlength=n_units).astype(np.float64)
-        df = float((tf > 0).sum())
-        if df == 0:
-            continue
-        idf = np.log(1 + (present.sum() - df + 0.5) / (df + 0.5))
-        scores += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg))
-    scores[~present] = -np.inf
-    return scores
 
 
 def plan_retrieve(ids: np.ndarray, units: np.ndarray, query_ids: np.ndarray,

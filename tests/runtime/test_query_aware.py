@@ -193,3 +193,20 @@ def test_a_unit_that_splits_a_free_run_pays_for_the_extra_span():
     got = protect_relevant_units(np.zeros(30, bool), units, scores, 12, 1.0)
     assert got[10:20].all() and not got[:10].any() and not got[20:].any()
     assert min_spans(got, 30) == 12  # what the mask costs fits the budget exactly
+
+
+def test_bm25_relevance_ranks_the_sentence_with_the_rare_query_token_first(pipe):
+    from semedge.compressor.relevance import query_scores
+
+    text = _prompt()
+    enc = pipe.tokenize(text)
+    ids = np.asarray(enc.ids, np.int64)
+    offsets = np.asarray(enc.offsets, np.int64)
+    q_ids = np.asarray(pipe.tokenizer.encode("amber-falcon", add_special_tokens=False).ids)
+    cfg = dataclasses.replace(pipe.compression, query_relevance="bm25")
+    _, (units, scores) = query_scores(pipe.encode(ids), pipe.encode(q_ids), ids, q_ids, text,
+                                      offsets, cfg)  # fmt: skip
+    needle_unit = units[int(np.searchsorted(offsets[:, 0], text.find(NEEDLE)))]
+    question_unit = units[int(np.searchsorted(offsets[:, 0], text.find(QUESTION)))]
+    top = [u for u in np.argsort(-scores) if u != question_unit][0]
+    assert top == needle_unit

@@ -35,11 +35,17 @@ def test_the_default_selects_tokens_and_scales_its_recency_window_with_the_budge
     # old stored configs (no query_share) keep their behaviour
     old = {k: v for k, v in CompressionConfig().to_dict().items() if k != "query_share"}
     assert CompressionConfig.from_dict(old).query_share == 0.0
+    # ... and no implicit query: they compress as when they were written
+    old = {k: v for k, v in CompressionConfig().to_dict().items() if k != "implicit_query"}
+    stored = CompressionConfig.from_dict(old)
+    assert not stored.implicit_query and not stored.ranks_sentences()
+    assert CompressionConfig().ranks_sentences() and CompressionConfig().position_mode() == "index"
+    assert stored.position_mode() == "first" and stored.digits_protected()
 
 
 @pytest.mark.parametrize("bad", [{"ratio": math.nan}, {"ratio": math.inf}, {"ratio": 0.5},
                                  {"query_share": 1.5}, {"query_share": math.nan},
-                                 {"query": "  "}, {"query_relevance": "bm25"}])  # fmt: skip
+                                 {"query": "  "}, {"query_relevance": "tfidf"}])  # fmt: skip
 def test_bad_compression_options_are_input_errors(bad):
     with pytest.raises(InputError):
         CompressionConfig(**bad)
