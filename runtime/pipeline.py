@@ -323,7 +323,7 @@ class Pipeline:
         """find_spans' query arguments (relevance.query_scores), or (None, None) without a query."""
 
         if query is None:
-            if not cfg.implicit_query:
+            if not cfg.ranks_sentences():  # implicit_query and query_share: one rule
                 return None, None
             from semedge.compressor.relevance import implicit_query_scores
 

@@ -14,7 +14,13 @@ import numpy as np
 
 from semedge.errors import ArtifactError, InputError
 
-__all__ = ["Backend", "check_feeds", "check_io", "manifest_names"]
+__all__ = ["Backend", "check_feeds", "check_io", "host_buffer", "manifest_names"]
+
+
+def host_buffer(n: int, dtype: Any) -> tuple[int, np.ndarray, np.ndarray]:
+    """`n` elements of host memory for a KV cache: (ptr, host view, keepalive)."""
+    arr = np.empty(n, dtype=dtype)
+    return arr.ctypes.data, arr, arr
 
 
 def manifest_names(entries: Any) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
-from semedge.runtime.backends.base import check_feeds, check_io, manifest_names
+from semedge.runtime.backends.base import check_feeds, check_io, host_buffer, manifest_names
 
 __all__ = ["OpenVinoBackend", "OV_PRECISIONS", "openvino_available"]
 
@@ -172,8 +172,7 @@ class OpenVinoBackend:
 
     def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
         """Host memory for the KV cache: (ptr, host view, keepalive)."""
-        arr = np.empty(n, dtype=dtype)
-        return arr.ctypes.data, arr, arr
+        return host_buffer(n, dtype)
 
     def run_bound(
         self,

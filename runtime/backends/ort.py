@@ -15,7 +15,7 @@ import numpy as np
 
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError, UsageError
-from semedge.runtime.backends.base import check_feeds, check_io
+from semedge.runtime.backends.base import check_feeds, check_io, host_buffer
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -198,8 +198,7 @@ class OrtBackend:
     def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
         """Reserve `n` elements where this backend's graphs run: (ptr, host view or None, keepalive)."""
         if self.device == "cpu":
-            arr = np.empty(n, dtype=dtype)
-            return arr.ctypes.data, arr, arr
+            return host_buffer(n, dtype)
         ort = require("onnxruntime")
         value = ort.OrtValue.ortvalue_from_shape_and_type([n], np.dtype(dtype).type, "cuda", 0)
         return value.data_ptr(), None, value

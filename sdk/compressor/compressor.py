@@ -204,7 +204,7 @@ class SemTokenCompressor:
         else:
             hidden = enc.token_states(toks.text, toks.offsets)
         if query is None:
-            if not cfg.implicit_query:
+            if not cfg.ranks_sentences():  # implicit_query and query_share: one rule
                 return hidden, None, None
             return hidden, *implicit_query_scores(hidden, toks.ids, toks.text, toks.offsets, cfg)
         q_ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"], np.int64)
