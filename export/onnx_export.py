@@ -237,7 +237,7 @@ def _with_adapter_settings(cfg: ExportConfig) -> ExportConfig:
     _, meta = read_adapter_dir(directory)  # ArtifactError if it is not an adapter
     explicit = cfg.compression if cfg.compression != CompressionConfig() else None
     trained = None if explicit else adapter_compression(meta)  # an explicit config wins
-    compression = effective_compression(explicit, trained)
+    compression = effective_compression(explicit, trained, adapter=True)
     return dataclasses.replace(cfg, adapter=str(directory), compression=compression)
 
 

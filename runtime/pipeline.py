@@ -230,7 +230,7 @@ class Pipeline:
         pipe._owns_backends = False  # closing the copy must not close this pipeline's sessions
         pipe._adapter = span_adapter_fn(weights)
         trained = adapter_math.adapter_compression(meta)
-        pipe.compression = effective_compression(self.compression, trained)
+        pipe.compression = effective_compression(self.compression, trained, adapter=True)
         return pipe
 
     def embed(self, ids: np.ndarray) -> np.ndarray:

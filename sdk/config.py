@@ -17,6 +17,7 @@ from semedge.errors import InputError
 __all__ = [
     "CompressionConfig",
     "PRESETS",
+    "adapter_layout",
     "cache_dir",
     "debug_enabled",
     "effective_compression",
@@ -48,7 +49,7 @@ def replace_set(base: Any, **options: Any) -> Any:
 
 
 # What a stored config that lacks a field meant when it was written (older exports/adapters).
-_BEFORE_FIELD = {"query_share": 0.0, "implicit_query": False}
+_BEFORE_FIELD = {"query_share": 0.0, "implicit_query": False, "merged_spans": "keep"}
 # Default recency window, as a share of the output positions (docs/eval.md): the recent text is
 # what a frozen LM continues from (at 0.5 SmolLM2's continuation of the demo article degenerates,
 # at 0.75 it stays on topic), and with a query 0.75 also answered the suite better than 0.5
@@ -61,6 +62,11 @@ SPAN_REPRS = ("mean", "norm_mean", "first", "last")  # how a merged span becomes
 # or implicit), else "first" (docs/eval.md: with a query, index positions answer the suite and
 # continue WikiText better).
 SPAN_POSITIONS = ("auto", "first", "last", "index")
+# What becomes of the merged (multi-token) spans: "keep" (each is one position, SemToken's
+# merge), "drop" (left out of the LM's input; their positions go to more relevant sentences),
+# "auto": "drop" when sentences are ranked, else "keep" (docs/eval.md: with ranked sentences
+# a frozen LM answers the suite better from whole sentences than from merged stretches).
+MERGED_SPANS = ("auto", "keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class CompressionConfig:
     query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
     query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine" | "bm25"
     implicit_query: bool = True  # without a query, the prompt's last paragraph serves as one
+    merged_spans: str = "auto"  # MERGED_SPANS; see drops_merged()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
@@ -123,6 +130,10 @@ class CompressionConfig:
         if self.span_position not in SPAN_POSITIONS:
             raise InputError(
                 f"span_position must be one of {SPAN_POSITIONS}, got {self.span_position!r}"
+            )
+        if self.merged_spans not in MERGED_SPANS:
+            raise InputError(
+                f"merged_spans must be one of {MERGED_SPANS}, got {self.merged_spans!r}"
             )
         if self.encoder_window < 16:
             raise InputError(f"encoder_window must be >= 16 tokens, got {self.encoder_window}")
@@ -165,6 +176,15 @@ class CompressionConfig:
         then keeps the best sentences verbatim."""
         return bool(self.query) or (self.implicit_query and self.query_share > 0)
 
+    def drops_merged(self) -> bool:
+        """True when merged spans are left out of the LM's input (merged_spans, with "auto"
+        resolved: "drop" when sentences are ranked). The kept tokens then fill the whole
+        budget: the recency window, the most relevant sentences, and the tokens just before
+        the window for what is left."""
+        if self.merged_spans != "auto":
+            return self.merged_spans == "drop"
+        return self.ranks_sentences()
+
     def digits_protected(self) -> bool:
         """Digits stay verbatim (while they fit) only when no sentences are ranked: otherwise
         the relevant sentences stay verbatim, and a haystack's numbers would take their room."""
@@ -182,7 +202,8 @@ class CompressionConfig:
         spans up to 8 tokens, a fixed 64-token recency window. Kept for comparison: on a frozen
         LM it scores far below the default (docs/eval.md)."""
         preset = {"span_repr": "mean", "recency_window": 64, "max_span": 8, "query_keep": 0.1,
-                  "query_share": 0.0, "implicit_query": False, "span_position": "first"}  # fmt: skip
+                  "query_share": 0.0, "implicit_query": False, "span_position": "first",
+                  "merged_spans": "keep"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -194,7 +215,8 @@ class CompressionConfig:
         the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
         preset = {"span_repr": "first", "recency_window": 448, "max_span": 16,
-                  "implicit_query": False, "span_position": "first"}  # fmt: skip
+                  "implicit_query": False, "span_position": "first",
+                  "merged_spans": "keep"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -209,7 +231,8 @@ class CompressionConfig:
         """
         preset = {"recency_fraction": 0.96, "recency_window": 64, "sink_tokens": 0, "max_span": 64,
                   "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
-                  "query_share": 0.0, "implicit_query": False, "span_position": "first"}  # fmt: skip
+                  "query_share": 0.0, "implicit_query": False, "span_position": "first",
+                  "merged_spans": "keep"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod
@@ -233,17 +256,34 @@ PRESETS = {  # --preset name -> CompressionConfig constructor
 }
 
 
+def adapter_layout(config: CompressionConfig) -> CompressionConfig:
+    """`config` as a span adapter needs it: merged spans kept ("auto" -> "keep"), since an
+    adapter projects merged spans and dropping them would leave it nothing to do.
+
+    Raises:
+        InputError: merged_spans is "drop".
+    """
+    if config.merged_spans == "drop":
+        raise InputError(
+            "a span adapter projects merged spans, and merged_spans='drop' leaves them out; "
+            "use merged_spans='keep' (or leave it at auto)"
+        )
+    return dataclasses.replace(config, merged_spans="keep")
+
+
 def effective_compression(
     stored: CompressionConfig | None = None,
     trained: CompressionConfig | None = None,
     preset: str | None = None,
+    adapter: bool = False,
     **options: Any,
 ) -> CompressionConfig:
     """The one rule for which CompressionConfig applies (export, runtime and CLI use it).
 
     A named `preset`, else the layout an adapter was `trained` with, else the `stored` config
     (an export's), else the defaults; then the explicit `options` (None = not given). An
-    explicit recency_window replaces a recorded recency_fraction.
+    explicit recency_window replaces a recorded recency_fraction. With `adapter` (a span
+    adapter applies), merged spans are kept (adapter_layout).
 
     Raises:
         InputError: unknown preset or a bad option value.
@@ -256,4 +296,5 @@ def effective_compression(
         base = trained or stored or CompressionConfig()
     if options.get("recency_window") is not None:
         base = dataclasses.replace(base, recency_fraction=None)
-    return replace_set(base, **options)
+    config = replace_set(base, **options)
+    return adapter_layout(config) if adapter else config

@@ -11,16 +11,24 @@ from semedge.cli.common import echo_json, echo_table
 
 
 def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
-    """Readable spans: merged spans in [brackets], every compressed position separated by '|'."""
-    parts, size = [], 0
+    """Readable spans: merged spans in [brackets], every compressed position separated by '|',
+    tokens left out (dropped merged spans) as <k dropped>."""
+    parts, size, shown, prev = [], 0, 0, 0
     for s, e in spans.tolist():
+        if s > prev:
+            parts.append(f"<{s - prev} dropped>")
+        prev = e
         piece = tokenizer.decode(input_ids[s:e].tolist())
         piece = f"[{piece}]" if e - s > 1 else piece
         parts.append(piece)
+        shown += 1
         size += len(piece) + 1
         if max_chars and size >= max_chars:
-            parts.append(f" ... ({len(spans) - len(parts)} more positions)")
+            parts.append(f" ... ({len(spans) - shown} more positions)")
             break
+    else:
+        if prev < len(input_ids):
+            parts.append(f"<{len(input_ids) - prev} dropped>")
     return "|".join(parts)
 
 
@@ -36,11 +44,14 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
               help="'smollm2', 'gemma3-270m' or a local Hugging Face model directory.")  # fmt: skip
 @click.option("--recency-window", type=int, default=None, help="Last N tokens never merge.")
 @click.option("--max-span", type=int, default=None, help="Longest merged span.")
+@click.option("--merged-spans", type=click.Choice(["auto", "keep", "drop"]), default=None,
+              help="Merged spans: one position each (keep) or left out (drop; auto, the "
+              "default: drop when sentences are ranked by a query).")  # fmt: skip
 @click.option("--max-chars", type=int, default=4000, show_default=True,
               help="Characters of the span view to print (0: all).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(file, ratio, target_tokens, encoder, query, protect, model_spec, recency_window,
-            max_span, max_chars, as_json) -> None:  # fmt: skip
+            max_span, merged_spans, max_chars, as_json) -> None:  # fmt: skip
     from semedge.checks import check_int
     from semedge.compressor import SemTokenCompressor
     from semedge.config import CompressionConfig, replace_set
@@ -49,7 +60,8 @@ def command(file, ratio, target_tokens, encoder, query, protect, model_spec, rec
 
     check_int(max_chars, "--max-chars", 0)
     options = dict(ratio=ratio, target_tokens=target_tokens, encoder=encoder,
-                   recency_window=recency_window, max_span=max_span)  # fmt: skip
+                   recency_window=recency_window, max_span=max_span,
+                   merged_spans=merged_spans)  # fmt: skip
     if protect:
         options["protected_strings"] = tuple(protect)
     config = replace_set(CompressionConfig(), **options)  # validates ratio etc. before loading

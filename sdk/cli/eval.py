@@ -37,7 +37,8 @@ def _config(ratio: float, encoder: str | None, knobs: dict, adapter=None):
     knobs = dict(knobs)
     preset = knobs.pop("preset", None)
     trained = getattr(adapter, "compression", None)
-    return effective_compression(None, trained, preset, ratio=ratio, encoder=encoder, **knobs)
+    return effective_compression(None, trained, preset, adapter is not None, ratio=ratio,
+                                 encoder=encoder, **knobs)  # fmt: skip
 
 
 def _knobs(f):
@@ -53,6 +54,12 @@ def _knobs(f):
         click.option("--recency-window", type=int, help="Last N context tokens kept unmerged."),
         click.option("--max-span", type=int, help="Longest merged span."),
         click.option("--encoder-layers", type=int, help="k: LM layers the lm encoder runs."),
+        click.option(
+            "--merged-spans",
+            type=click.Choice(["auto", "keep", "drop"]),
+            help="Merged spans: one position each (keep), or left out (drop; auto: drop when "
+            "sentences are ranked by a query).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -60,7 +67,7 @@ def _knobs(f):
 
 
 def _pop_knobs(kw: dict) -> dict:
-    names = ("preset", "span_repr", "recency_window", "max_span", "encoder_layers")
+    names = ("preset", "span_repr", "recency_window", "max_span", "encoder_layers", "merged_spans")
     return {k: kw.pop(k) for k in names}
 
 

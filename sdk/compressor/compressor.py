@@ -25,7 +25,7 @@ from semedge.compressor.spans import (
     protected_mask,
     span_positions,
 )
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, adapter_layout
 from semedge.deps import require
 from semedge.errors import InputError
 from semedge.textio import check_text
@@ -46,7 +46,8 @@ class CompressedPrompt:
 
     Attributes:
         input_ids: (T,) int64 original token ids.
-        spans: (n, 2) int64 [start, end) token spans, covering 0..T in order.
+        spans: (n, 2) int64 [start, end) token spans in order, covering 0..T (or with gaps:
+            the tokens in no span were dropped, CompressionConfig.drops_merged()).
         inputs_embeds: (1, n, D) merged span embeddings (the LM's input embedding dtype).
         position_ids: (1, n) long, each span's position in the original numbering.
         stats: original_tokens, compressed_tokens, ratio, threshold, encoder, timings ...
@@ -96,7 +97,7 @@ def merge_spans_torch(token_embeds: torch.Tensor, spans: np.ndarray, mode: str =
 
     Args:
         token_embeds: (T, D) input embeddings.
-        spans: (n, 2) [start, end) spans.
+        spans: (n, 2) [start, end) spans (tiling 0..T, or with gaps: dropped tokens).
         mode: "mean", "norm_mean", "first" or "last".
 
     Returns:
@@ -114,7 +115,11 @@ def merge_spans_torch(token_embeds: torch.Tensor, spans: np.ndarray, mode: str =
     if mode not in ("mean", "norm_mean"):
         raise InputError(f"span_repr must be mean, norm_mean, first or last, got {mode!r}")
     lengths = ends - starts
-    seg = torch.repeat_interleave(torch.arange(len(spans_t)), lengths)  # (T,) span of each token
+    seg = torch.repeat_interleave(torch.arange(len(spans_t)), lengths)  # span of each kept token
+    tiled = bool(starts[0] == 0) and bool((starts[1:] == ends[:-1]).all())
+    if not (tiled and int(ends[-1]) == token_embeds.shape[0]):  # gaps: dropped tokens
+        keep = torch.cat([torch.arange(int(a), int(b)) for a, b in spans_t.tolist()])
+        token_embeds = token_embeds[keep]
     sums = token_embeds.new_zeros(len(spans_t), token_embeds.shape[1]).index_add(
         0, seg, token_embeds
     )
@@ -160,6 +165,8 @@ class SemTokenCompressor:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or CompressionConfig()
+        if adapter is not None:  # an adapter projects merged spans: they are kept
+            self.config = adapter_layout(self.config)
         self.adapter = adapter
         self._encoders: dict[tuple[str, int], Any] = {}
 
@@ -262,6 +269,7 @@ class SemTokenCompressor:
             "original_tokens": T,
             "compressed_tokens": len(spans),
             "ratio": T / len(spans),
+            "dropped_tokens": T - int(np.sum(spans[:, 1] - spans[:, 0])),
             "threshold": float(tau),
             "encoder": cfg.encoder,
             "encoder_layers": cfg.encoder_layers if cfg.encoder == "lm" else None,
@@ -291,8 +299,9 @@ class SemTokenCompressor:
 
         Args:
             input_ids: (T,) token ids.
-            spans: (n, 2) [start, end) spans covering 0..T.
-            config: span_repr / span_position; None -> the compressor's config.
+            spans: (n, 2) [start, end) spans covering 0..T (with gaps when the config
+                drops merged spans).
+            config: span_repr / span_position / merged_spans; None -> the compressor's config.
 
         Returns:
             (inputs_embeds (1, n, D), position_ids (1, n) long).
@@ -301,7 +310,7 @@ class SemTokenCompressor:
             InputError: the spans do not tile 0..T.
         """
         cfg = config or self.config
-        spans = check_spans(spans, len(input_ids))
+        spans = check_spans(spans, len(input_ids), gaps=cfg.drops_merged())
         ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
         with torch.no_grad():
             tok_emb = self.model.get_input_embeddings()(ids)  # (T, D)

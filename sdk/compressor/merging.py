@@ -44,7 +44,7 @@ def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "m
 
     Args:
         token_embeds: (T, D) input embeddings.
-        spans: (n, 2) [start, end) spans.
+        spans: (n, 2) [start, end) spans (tiling 0..T, or with gaps: dropped tokens).
         mode: one of the modes above.
 
     Returns:
@@ -63,14 +63,26 @@ def merge_embeddings(token_embeds: np.ndarray, spans: np.ndarray, mode: str = "m
     if mode not in ("mean", "norm_mean"):
         raise InputError(f"span_repr must be mean, norm_mean, first or last, got {mode!r}")
     length = (ends - starts)[:, None].astype(emb.dtype)
-    mean = np.add.reduceat(emb, starts, axis=0) / length  # (n, D)
+    mean = _span_sums(emb, starts, ends) / length  # (n, D)
     if mode == "norm_mean":
         tok_norm = np.linalg.norm(emb.astype(np.float64), axis=1)
-        target = np.add.reduceat(tok_norm, starts) / (ends - starts)  # mean token norm per span
+        target = _span_sums(tok_norm, starts, ends) / (ends - starts)  # mean token norm per span
         cur = np.linalg.norm(mean.astype(np.float64), axis=1)
         scale = np.where(ends - starts > 1, target / np.maximum(cur, 1e-12), 1.0)
         mean = (mean * scale[:, None]).astype(emb.dtype)
     return mean
+
+
+def _span_sums(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Sum of x over each [start, end) (spans may leave gaps: dropped tokens count nowhere)."""
+    if len(starts) and np.array_equal(starts[1:], ends[:-1]) and ends[-1] == len(x):
+        return np.add.reduceat(x, starts, axis=0)  # tiling spans
+    pairs = zip(starts.tolist(), ends.tolist(), strict=True)
+    idx = np.concatenate([np.arange(s, e) for s, e in pairs])
+    seg = np.repeat(np.arange(len(starts)), ends - starts)
+    out = np.zeros((len(starts),) + x.shape[1:], dtype=x.dtype)
+    np.add.at(out, seg, x[idx])
+    return out
 
 
 def compact_positions(positions: np.ndarray, limit: int) -> np.ndarray:

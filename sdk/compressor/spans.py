@@ -35,6 +35,7 @@ __all__ = [
     "next_position",
     "check_spans",
     "protect_relevant_units",
+    "kept_token_spans",
     "compact_positions",
 ]
 
@@ -301,7 +302,9 @@ def find_spans(
             budget the protected tokens leave (protect_relevant_units).
 
     max_span grows past config.max_span when the budget needs longer spans (high ratios), so
-    any ratio works unless the protected tokens alone exceed the budget.
+    any ratio works unless the protected tokens alone exceed the budget. With
+    config.drops_merged() and ranked sentences (or merged_spans "drop"), no span is merged:
+    kept_token_spans (tau_base 1.0).
 
     Returns:
         (spans (n, 2) int64, tau_base float).
@@ -324,6 +327,10 @@ def find_spans(
         if k:
             protected[np.argsort(-query_sim, kind="stable")[:k]] = True
     ranking = unit_scores is not None and config.query_share > 0
+    if config.merged_spans == "drop" or (config.drops_merged() and ranking):
+        if protected.sum() > hi_n:  # the query's tokens would not fit: drop them
+            protected = base
+        return kept_token_spans(protected, unit_scores if ranking else None, config, T), 1.0
     if ranking:
         units, scores = unit_scores
         protected = protect_relevant_units(protected, units, scores, target, config.query_share)
@@ -395,8 +402,11 @@ def _repair(
     return spans.astype(np.int64)
 
 
-def check_spans(spans: np.ndarray, T: int) -> np.ndarray:
+def check_spans(spans: np.ndarray, T: int, gaps: bool = False) -> np.ndarray:
     """Validate (n, 2) [start, end) spans covering 0..T in order; return them as int64.
+
+    With `gaps`, spans may leave tokens out (dropped: config.drops_merged()); they must still
+    be non-empty, in order, not overlapping and within 0..T.
 
     Raises:
         InputError: the spans are not contiguous, ordered, non-empty and covering 0..T.
@@ -404,6 +414,12 @@ def check_spans(spans: np.ndarray, T: int) -> np.ndarray:
     spans = np.asarray(spans, dtype=np.int64)
     if spans.ndim != 2 or spans.shape[1] != 2 or len(spans) == 0:
         raise InputError(f"spans must be a non-empty (n, 2) array, got shape {spans.shape}")
+    if gaps:
+        if spans[0, 0] < 0 or spans[-1, 1] > T:
+            raise InputError(f"spans must lie in 0..{T}, got {spans[0, 0]}..{spans[-1, 1]}")
+        if np.any(spans[:, 1] <= spans[:, 0]) or np.any(spans[1:, 0] < spans[:-1, 1]):
+            raise InputError("spans must be non-empty, non-overlapping [start, end) pairs in order")
+        return spans
     if spans[0, 0] != 0 or spans[-1, 1] != T:
         raise InputError(f"spans must cover 0..{T}, got {spans[0, 0]}..{spans[-1, 1]}")
     if np.any(spans[:, 1] <= spans[:, 0]) or np.any(spans[1:, 0] != spans[:-1, 1]):
@@ -432,14 +448,16 @@ def _fitting_max_span(
 
 
 def protect_relevant_units(
-    protected: np.ndarray, units: np.ndarray, scores: np.ndarray, budget: float, share: float
-) -> np.ndarray:
+    protected: np.ndarray, units: np.ndarray, scores: np.ndarray, budget: float, share: float,
+    run_cost: bool = True,
+) -> np.ndarray:  # fmt: skip
     """Protect whole units, most relevant first, within `share` of the free budget.
 
     What a mask costs is its protected tokens plus one position per free run (what merging the
-    rest needs at least). The free budget is `budget` less the cost of `protected`; a unit is
-    taken when the cost with it stays within `share` of that (so a unit that splits a free run
-    in two pays for the extra span too); units already fully protected are skipped.
+    rest needs at least; with `run_cost` False, the free runs are dropped and cost nothing).
+    The free budget is `budget` less the cost of `protected`; a unit is taken when the cost
+    with it stays within `share` of that (so a unit that splits a free run in two pays for the
+    extra span too); units already fully protected are skipped.
 
     Args:
         protected: (T,) bool, the mask before query protection.
@@ -453,7 +471,11 @@ def protect_relevant_units(
     out = np.asarray(protected, dtype=bool).copy()
     units = np.asarray(units, dtype=np.int64)
     free_per_unit = np.bincount(units, weights=~out, minlength=len(scores)).astype(np.int64)
-    base = int(out.sum()) + _free_runs_count(out)
+
+    def cost(mask: np.ndarray) -> int:
+        return int(mask.sum()) + (_free_runs_count(mask) if run_cost else 0)
+
+    base = cost(out)
     limit = base + share * (budget - base)
     for u in np.argsort(-np.asarray(scores), kind="stable"):
         if not np.isfinite(scores[u]) or int(out.sum()) + 1 > limit:
@@ -461,9 +483,44 @@ def protect_relevant_units(
         if free_per_unit[u] == 0:
             continue
         trial = out | (units == u)
-        if int(trial.sum()) + _free_runs_count(trial) <= limit:
+        if cost(trial) <= limit:
             out = trial
     return out
+
+
+def kept_token_spans(
+    protected: np.ndarray,
+    unit_scores: tuple[np.ndarray, np.ndarray] | None,
+    config: CompressionConfig,
+    T: int,
+) -> np.ndarray:
+    """The spans when merged spans are dropped (config.drops_merged()): one singleton per kept
+    token, the rest left out of the LM's input.
+
+    Kept, within the budget's position count: the protected tokens (sinks, recency window,
+    special tokens, protected strings), then whole units most relevant first
+    (protect_relevant_units within config.query_share of the room left, a dropped stretch
+    costing nothing), then the latest tokens not kept yet (the recency window grows back).
+
+    Returns:
+        (n, 2) int64 singleton spans [i, i + 1), in order, n the budget's position count.
+
+    Raises:
+        InputError: the protected tokens alone exceed the budget.
+    """
+    target, lo_n, hi_n = _budget(T, config)
+    n = min(max(round(target), lo_n), hi_n)
+    keep = np.asarray(protected, dtype=bool).reshape(T).copy()
+    if int(keep.sum()) > hi_n:
+        raise _too_short(T, int(keep.sum()), int(keep.sum()), config)
+    if unit_scores is not None:
+        units, scores = unit_scores
+        keep = protect_relevant_units(keep, units, scores, n, config.query_share, run_cost=False)
+    room = n - int(keep.sum())
+    if room > 0:
+        keep[np.flatnonzero(~keep)[-room:]] = True
+    idx = np.flatnonzero(keep).astype(np.int64)
+    return np.stack([idx, idx + 1], axis=1).reshape(-1, 2)
 
 
 def _free_runs_count(protected: np.ndarray) -> int:

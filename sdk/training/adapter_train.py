@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from semedge.checks import check_number
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, adapter_layout
 from semedge.deps import require
 from semedge.errors import InputError
 from semedge.eval.windows import tokenize_text, window_starts
@@ -147,6 +147,7 @@ def prepare_examples(
         compression or config.compression, ratio=config.ratio, target_tokens=None,
         protected_strings=(),
     )  # fmt: skip
+    compression = adapter_layout(compression)  # an adapter learns from merged spans
     compressor = SemTokenCompressor(model, tokenizer, compression)
     out = []
     for s in tqdm(starts, desc="prepare", disable=not progress):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from semedge import constants as C
@@ -55,6 +57,8 @@ def test_calibration_inputs_equal_pipeline_prepare_with_an_adapter(
             np.testing.assert_array_equal(feed[C.POSITION_IDS][0], want.positions)
             assert feed[C.ATTENTION_MASK].shape == (1, len(want.positions))
         # the adapter is in them: without it the same spans give other multi-token rows
+        assert pipe.compression.merged_spans == "keep"  # an adapter keeps merged spans
+        plain.compression = dataclasses.replace(plain.compression, merged_spans="keep")
         base = plain.prepare(texts[0], ratio)
         np.testing.assert_array_equal(base.spans, prompts[0].spans)
         multi = (base.spans[:, 1] - base.spans[:, 0]) > 1

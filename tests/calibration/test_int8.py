@@ -47,7 +47,10 @@ def test_tensorrt_target_writes_symmetric_qdq(tiny_export, cal_text, tmp_path):
 
 
 def test_sensitivity_keeps_planted_down_proj(planted_down_export, cal_text, tmp_path):
-    cfg = Int8Config(scheme="static", max_ppl_increase=5.0, **INT8_FAST)
+    # uncompressed windows: the tiny random LM is near uniform (ppl ~ its 384-token vocabulary),
+    # and on 27-position compressed windows the planted group's harm is inside that noise
+    # (compressed calibration inputs: tests/calibration/test_data.py)
+    cfg = Int8Config(scheme="static", max_ppl_increase=5.0, compress=False, **INT8_FAST)
     report = calibrate_int8(planted_down_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
     (kept,) = report.sensitivity["kept_groups"]  # exactly the planted group
     assert kept.endswith("down_proj")

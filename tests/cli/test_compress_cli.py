@@ -16,23 +16,34 @@ def article_file(wikitext_test, tmp_path_factory):
     return path
 
 
-def test_compress_json_is_one_object_with_spans(cli, tiny_llama, article_file):
+@pytest.mark.parametrize("merged", ["keep", None])
+def test_compress_json_is_one_object_with_spans(cli, tiny_llama, article_file, merged):
+    extra = ["--merged-spans", merged] if merged else []
     res = cli("compress", article_file, "--ratio", "2.4", "--model", tiny_llama, "--json",
-              "--protect", "Theatre", "--query", "television")  # fmt: skip
+              "--protect", "Theatre", "--query", "television", *extra)  # fmt: skip
     out = json.loads(res.stdout)  # exactly one JSON object on stdout
     T, n = out["original_tokens"], out["compressed_tokens"]
     assert abs(out["ratio"] - 2.4) <= 0.02 * 2.4 and out["ratio"] == pytest.approx(T / n)
     spans = out["spans"]
-    assert len(spans) == n and spans[0][0] == 0 and spans[-1][1] == T
-    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    assert len(spans) == n and spans[-1][1] == T
+    assert all(a[1] <= b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    covered = sum(e - s for s, e in spans)
+    assert out["dropped_tokens"] == T - covered
+    if merged == "keep":  # merged spans tile the text
+        assert spans[0][0] == 0 and covered == T
+    else:  # the default with a query: kept tokens only, the merged stretches left out
+        assert covered == n < T
 
 
 def test_compress_table_shows_stats_and_merged_spans(cli, tiny_llama, article_file):
     res = cli("compress", article_file, "--target-tokens", "1500", "--model", tiny_llama,
-              "--max-chars", "0")  # fmt: skip
+              "--max-chars", "0", "--merged-spans", "keep")  # fmt: skip
     assert "compressed_tokens" in res.stdout and "encoder_layers" in res.stdout
     view = [ln for ln in res.stdout.splitlines() if "|" in ln]  # the span view (may hold newlines)
     assert any("[" in ln for ln in view) and "more positions" not in res.stdout
+    res = cli("compress", article_file, "--target-tokens", "1500", "--model", tiny_llama,
+              "--max-chars", "0")  # fmt: skip
+    assert "dropped>" in res.stdout and "dropped_tokens" in res.stdout
 
 
 def test_compress_handles_files_longer_than_the_context(cli, tiny_llama, wikitext_test, tmp_path):

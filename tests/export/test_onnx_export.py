@@ -10,7 +10,7 @@ import pytest
 
 from semedge import constants as C
 from semedge.artifacts import load_manifest, verify_manifest
-from semedge.config import CompressionConfig
+from semedge.config import CompressionConfig, adapter_layout
 from semedge.errors import ArtifactError, InputError
 from semedge.export import ExportConfig, ParityConfig, export_onnx
 from semedge.export.graphs import past_names, present_names
@@ -142,7 +142,9 @@ def test_adapter_is_shipped_without_auxiliary_heads(tiny_llama, tmp_path):
     assert m.config["adapter"] == C.ADAPTER_WEIGHTS and C.ADAPTER_WEIGHTS in m.files
     assert not any("recon" in k for k in load_file(str(out / C.ADAPTER_WEIGHTS)))
     assert json.loads((out / C.SEMEDGE_CONFIG).read_text())["adapter"]["file"] == C.ADAPTER_WEIGHTS
-    assert m.config["compression"] == CompressionConfig().to_dict()  # it recorded no settings
+    # it recorded no settings: the defaults, with merged spans kept for the adapter
+    assert m.config["compression"] == adapter_layout(CompressionConfig()).to_dict()
+    assert m.config["compression"]["merged_spans"] == "keep"
 
 
 def test_export_takes_the_compression_the_adapter_was_trained_with(tiny_llama, tmp_path):
@@ -165,7 +167,7 @@ def test_export_takes_the_compression_the_adapter_was_trained_with(tiny_llama, t
     own = CompressionConfig(max_span=12)
     export_onnx(tiny_llama, tmp_path / "p",
                 ExportConfig(adapter=str(adapter_dir), parity=fast, compression=own))  # fmt: skip
-    assert verify_manifest(tmp_path / "p").config["compression"] == own.to_dict()
+    assert verify_manifest(tmp_path / "p").config["compression"] == adapter_layout(own).to_dict()
 
 
 def test_adapter_for_another_model_is_refused(tiny_llama, tiny_gpt2, tmp_path):

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from semedge.compressor import SemTokenCompressor
 from semedge.errors import InputError
 from semedge.runtime import Pipeline
 from tests.runtime.toy_export import sample_text
@@ -40,11 +41,20 @@ def pipe(tiny_export):
         yield p
 
 
+@pytest.mark.parametrize("merged", ["auto", "keep"])
 @pytest.mark.parametrize("ratio", [2.4, 4.0])
-def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio):
+def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio, merged):
     text = _prompt()
-    want = compressor.compress(text, ratio=ratio, query=QUESTION)
-    got = pipe.prepare(text, ratio, QUESTION)
+    cfg = dataclasses.replace(compressor.config, merged_spans=merged)
+    want = SemTokenCompressor(compressor.model, compressor.tokenizer, cfg).compress(
+        text, ratio=ratio, query=QUESTION
+    )
+    with _config(pipe, merged_spans=merged):
+        got = pipe.prepare(text, ratio, QUESTION)
+    lengths = want.spans[:, 1] - want.spans[:, 0]
+    assert (lengths > 1).any() == (merged == "keep")  # auto: merged spans dropped
+    assert want.stats["dropped_tokens"] == len(want.input_ids) - lengths.sum()
+    assert (want.stats["dropped_tokens"] > 0) == (merged != "keep")
     np.testing.assert_array_equal(got.spans, want.spans)
     np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
     np.testing.assert_allclose(got.embeds, want.inputs_embeds[0].numpy(), atol=1e-5)
@@ -66,14 +76,19 @@ def test_with_a_query_positions_are_indices_and_generation_continues_after_them(
 
 
 @contextlib.contextmanager
-def _no_ranking(pipe):
-    """The pipeline's config without the implicit query, meanwhile."""
+def _config(pipe, **changes):
+    """The pipeline's compression config with `changes`, meanwhile."""
     keep = pipe.compression
-    pipe.compression = dataclasses.replace(keep, implicit_query=False)
+    pipe.compression = dataclasses.replace(keep, **changes)
     try:
         yield
     finally:
         pipe.compression = keep
+
+
+def _no_ranking(pipe):
+    """The pipeline's config without the implicit query, meanwhile."""
+    return _config(pipe, implicit_query=False)
 
 
 def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):

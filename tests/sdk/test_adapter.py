@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from semedge.adapter_math import ADAPTER_JSON, apply_span_adapter, read_adapter_dir
+from semedge.config import CompressionConfig
 from semedge.errors import ArtifactError, InputError
 
 torch = pytest.importorskip("torch")
@@ -157,7 +158,8 @@ def test_compressor_applies_the_adapter(tiny_examples):
     with torch.no_grad():
         ad.w2.bias.fill_(0.5)
     ids = np.arange(3, 3 + 256) % 200
-    plain = SemTokenCompressor(model, tok).compress(input_ids=ids, ratio=2.4)
+    keep = CompressionConfig(merged_spans="keep")  # what the adapter's compressor uses
+    plain = SemTokenCompressor(model, tok, keep).compress(input_ids=ids, ratio=2.4)
     adapted = SemTokenCompressor(model, tok, adapter=ad).compress(input_ids=ids, ratio=2.4)
     multi = torch.as_tensor(plain.spans[:, 1] - plain.spans[:, 0] > 1)
     diff = (adapted.inputs_embeds[0] - plain.inputs_embeds[0]).abs().amax(dim=1)

@@ -3,6 +3,8 @@ windowed encoders, query-aware mode, adapters, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,11 @@ def test_torch_merge_matches_numpy_reference(mode):
     spans = np.array([[0, 1], [1, 5], [5, 6], [6, 14], [14, 50]])
     got = merge_spans_torch(torch.from_numpy(emb), spans, mode).numpy()
     np.testing.assert_allclose(got, merge_embeddings(emb, spans, mode), rtol=1e-5, atol=1e-6)
+    gaps = np.array([[2, 3], [5, 9], [20, 21], [30, 50]])  # dropped tokens count nowhere
+    got = merge_spans_torch(torch.from_numpy(emb), gaps, mode).numpy()
+    np.testing.assert_allclose(got, merge_embeddings(emb, gaps, mode), rtol=1e-5, atol=1e-6)
+    if mode == "mean":
+        np.testing.assert_allclose(got[1], emb[5:9].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_span_repr_and_position_options(loaded, article):
@@ -120,6 +127,10 @@ def test_adapter_only_touches_merged_spans(loaded, article):
         return merged * 2.0
 
     cfg = CompressionConfig(recency_window=16)
+    # with an adapter, merged spans are kept (auto -> keep); a plain compressor would drop them
+    assert SemTokenCompressor(model, tok, cfg, adapter=adapter).config.merged_spans == "keep"
+    assert SemTokenCompressor(model, tok, cfg).config.drops_merged()
+    cfg = dataclasses.replace(cfg, merged_spans="keep")
     plain = SemTokenCompressor(model, tok, cfg).compress(article[:2000], ratio=2.0)
     adapted = SemTokenCompressor(model, tok, cfg, adapter=adapter).compress(
         article[:2000], ratio=2.0

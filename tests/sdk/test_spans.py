@@ -13,10 +13,12 @@ from semedge.compressor.spans import (
     check_spans,
     find_spans,
     greedy_spans,
+    kept_token_spans,
     merge_embeddings,
     min_spans,
     next_position,
     normalize_features,
+    protect_relevant_units,
     protected_mask,
     semantic_density,
     span_positions,
@@ -236,6 +238,71 @@ def test_check_spans_rejects_gaps():
         check_spans(np.array([[0, 2], [3, 5]]), 5)
     with pytest.raises(InputError, match="cover"):
         check_spans(np.array([[0, 2]]), 5)
+    # where merged spans are dropped, gaps are allowed, overlaps and overruns are not
+    assert check_spans(np.array([[1, 2], [3, 5]]), 5, gaps=True).tolist() == [[1, 2], [3, 5]]
+    with pytest.raises(InputError, match="overlapping"):
+        check_spans(np.array([[0, 3], [2, 5]]), 5, gaps=True)
+    with pytest.raises(InputError, match="lie in"):
+        check_spans(np.array([[0, 2], [3, 6]]), 5, gaps=True)
+
+
+def _ranked(T: int = 400, seed: int = 0):
+    """Random states, 20-token sentences with random relevance scores."""
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(T, 16)).cumsum(axis=0)
+    units = np.arange(T) // 20
+    scores = rng.random(units.max() + 1)
+    return hidden, units, scores
+
+
+@pytest.mark.parametrize("ratio", [1.5, 2.4, 4.0, 8.0])
+def test_dropping_merged_spans_keeps_whole_relevant_sentences_within_the_budget(ratio):
+    hidden, units, scores = _ranked()
+    T = len(hidden)
+    cfg = CompressionConfig(ratio=ratio, recency_fraction=0.5)  # merged_spans auto -> drop
+    assert cfg.drops_merged()
+    prot = protected_mask(["a"] * T, np.zeros(T, bool), cfg)
+    spans, _ = find_spans(hidden, prot, cfg, None, (units, scores))
+    assert np.all(spans[:, 1] - spans[:, 0] == 1)  # only kept tokens, no merged span
+    check_spans(spans, T, gaps=True)
+    assert len(spans) == round(T / ratio)  # exactly the budget
+    kept = np.zeros(T, bool)
+    kept[spans[:, 0]] = True
+    assert kept[prot].all()  # sinks and recency window
+    free = ~prot
+    taken = [u for u in range(units.max() + 1) if free[units == u].any() and kept[units == u].all()]
+    if ratio < 8.0:
+        assert taken, "no sentence was kept whole"
+        best = max(
+            range(units.max() + 1), key=lambda u: scores[u] if free[units == u].any() else -1
+        )
+        if (units == best).sum() <= len(spans) - prot.sum():
+            assert best in taken  # the most relevant sentence that fits is kept
+    # with the same inputs, keeping merged spans spends positions on them
+    keep_cfg = dataclasses.replace(cfg, merged_spans="keep")
+    merged, _ = find_spans(hidden, prot, keep_cfg, None, (units, scores))
+    assert (merged[:, 1] - merged[:, 0] > 1).any()
+    assert merged[-1, 1] == T and merged[0, 0] == 0
+
+
+def test_dropped_runs_cost_nothing_so_more_sentences_fit():
+    _, units, scores = _ranked()
+    prot = np.zeros(len(units), bool)
+    prot[-100:] = True
+    with_runs = protect_relevant_units(prot, units, scores, 200, 1.0)
+    without = protect_relevant_units(prot, units, scores, 200, 1.0, run_cost=False)
+    assert int(without.sum()) == 200 >= int(with_runs.sum())  # 5 sentences of 20 exactly
+    assert (with_runs & ~without).sum() == 0  # the same ranking, a longer prefix of it
+
+
+def test_leftover_room_goes_to_the_tokens_before_the_recency_window():
+    T = 100
+    cfg = CompressionConfig(ratio=4.0, recency_window=10, sink_tokens=2, merged_spans="drop")
+    prot = protected_mask(["a"] * T, np.zeros(T, bool), cfg)
+    spans = kept_token_spans(prot, None, cfg, T)
+    assert spans[:, 0].tolist() == [0, 1] + list(range(77, 100))  # 25 = 2 sinks + 23 latest
+    with pytest.raises(InputError, match="too short"):
+        kept_token_spans(np.ones(T, bool), None, cfg, T)
 
 
 @pytest.mark.parametrize("module", ["semedge.compressor.spans", "semedge.compressor.windows"])
