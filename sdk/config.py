@@ -79,7 +79,7 @@ class CompressionConfig:
     ratio: float | None = 2.4  # input positions / output positions; None -> use target_tokens
     target_tokens: int | None = None  # output positions wanted (overrides ratio when set)
     encoder: str = "lm"  # "lm" (the LM's own first layers) or "minilm"
-    encoder_layers: int = 2  # k: hidden state after the first k LM layers (lm encoder)
+    encoder_layers: int = 1  # k: hidden state after the first k LM layers (lm encoder)
     max_span: int = 16  # longest merged span (grows by itself when a high ratio needs it)
     recency_window: int | None = None  # the last N tokens never merge; None: AUTO_RECENCY
     recency_fraction: float | None = None  # recency window = this share of the output positions
@@ -202,6 +202,7 @@ class CompressionConfig:
         spans up to 8 tokens, a fixed 64-token recency window. Kept for comparison: on a frozen
         LM it scores far below the default (docs/eval.md)."""
         preset = {"span_repr": "mean", "recency_window": 64, "max_span": 8, "query_keep": 0.1,
+                  "encoder_layers": 2,
                   "query_share": 0.0, "implicit_query": False, "span_position": "first",
                   "merged_spans": "keep"}  # fmt: skip
         return cls(**{**preset, **overrides})
@@ -214,7 +215,7 @@ class CompressionConfig:
         noise), the last 448 tokens stay verbatim, spans reach 16 tokens so the far context can take
         the rest of the budget. MT2ST span adapters train on `adapter_default()` instead.
         """
-        preset = {"span_repr": "first", "recency_window": 448, "max_span": 16,
+        preset = {"span_repr": "first", "recency_window": 448, "max_span": 16, "encoder_layers": 2,
                   "implicit_query": False, "span_position": "first",
                   "merged_spans": "keep"}  # fmt: skip
         return cls(**{**preset, **overrides})
@@ -230,6 +231,7 @@ class CompressionConfig:
         there would not fit the budget).
         """
         preset = {"recency_fraction": 0.96, "recency_window": 64, "sink_tokens": 0, "max_span": 64,
+                  "encoder_layers": 2,
                   "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
                   "query_share": 0.0, "implicit_query": False, "span_position": "first",
                   "merged_spans": "keep"}  # fmt: skip

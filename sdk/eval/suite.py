@@ -261,7 +261,7 @@ def run_suite(
                 cut = len(tok.ids) - M.budget_for(len(tok.ids), ratio)
                 rows.append({
                     "task": task, "context": context, "ratio": float(ratio), "method": method,
-                    "sample": i, "depth": round(sample.depth, 4),
+                    "sample": i, "seed": seed, "depth": round(sample.depth, 4),
                     "far": bool(needle is not None and needle < cut),
                     "has_needle": needle is not None,
                     "score": score_answer(answer, sample.answers), "positions": int(used),

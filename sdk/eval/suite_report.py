@@ -4,6 +4,7 @@ and accuracy vs ratio), written atomically."""
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,21 +19,47 @@ if TYPE_CHECKING:
 __all__ = ["suite_table", "write_suite_plot"]
 
 
-def suite_table(report: SuiteReport) -> tuple[list[str], list[list[Any]]]:
-    """(headers, rows): per context, ratio and method, accuracy over tasks and vs full."""
-    rows, full = [], {}
-    summary = report.summary()
-    for r in summary:
+def _sample_key(r: dict) -> tuple:
+    return r["task"], r["sample"], r.get("seed", 0)
+
+
+def _full_on_same_samples(report: SuiteReport) -> dict[tuple, float]:
+    """(context, ratio, method) -> full context's task-averaged accuracy on the samples that
+    method ran (runs with other seeds or sample counts may be pooled in one report)."""
+    full: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+    ran: dict[tuple, set] = defaultdict(set)
+    for r in report.rows:
+        key = (r["context"], r["ratio"])
         if r["method"] == "full":
-            full[(r["context"], r["ratio"])] = r["accuracy"]
-    for r in summary:
-        ref = full.get((r["context"], r["ratio"]))
+            full[key][_sample_key(r)] = r["score"]
+        ran[(*key, r["method"])].add(_sample_key(r))
+    out = {}
+    for (c, q, m), keys in ran.items():
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for k in keys & full[(c, q)].keys():
+            by_task[k[0]].append(full[(c, q)][k])
+        if by_task:
+            out[(c, q, m)] = float(np.mean([np.mean(v) for v in by_task.values()]))
+    return out
+
+
+def suite_table(report: SuiteReport) -> tuple[list[str], list[list[Any]]]:
+    """(headers, rows): per context, ratio and method, accuracy over tasks, vs full context on
+    the same samples, and the samples per task."""
+    rows, full = [], _full_on_same_samples(report)
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in report.rows:
+        counts[(r["context"], r["ratio"], r["method"])][r["task"]] += 1
+    for r in report.summary():
+        key = (r["context"], r["ratio"], r["method"])
+        ref = full.get(key)
         rel = r["accuracy"] / ref if ref else float("nan")
         far = "-" if r["accuracy_far"] is None else round(r["accuracy_far"], 3)
         rows.append([r["context"], r["ratio"], r["method"], round(r["accuracy"], 3),
-                     round(rel, 3), far, round(r["positions"], 1), r["tasks"]])  # fmt: skip
+                     round(rel, 3), far, round(r["positions"], 1), r["tasks"],
+                     min(counts[key].values())])  # fmt: skip
     return ["context", "ratio", "method", "accuracy", "x full", "accuracy far", "positions",
-            "tasks"], rows  # fmt: skip
+            "tasks", "samples"], rows  # fmt: skip
 
 
 def _depth_grid(rows: list[dict], method: str, ratio: float, contexts: list[int], bins: int):

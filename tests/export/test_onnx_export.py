@@ -28,7 +28,8 @@ CONFIG_KEYS = {
 def test_tiny_llama_export_has_the_contract(tiny_export):
     m = verify_manifest(tiny_export, load_manifest(tiny_export, expect_format=C.FORMAT_EXPORT))
     assert set(m.config) == CONFIG_KEYS
-    assert m.config["logits"] == "last" and m.config["encoder"] == {"kind": "lm", "layers": 2}
+    k = CompressionConfig().encoder_layers  # the encoder graph runs the default depth
+    assert m.config["logits"] == "last" and m.config["encoder"] == {"kind": "lm", "layers": k}
     for f in (C.EMBED_ONNX, C.ENCODER_ONNX, C.PREFILL_ONNX, C.DECODE_ONNX, C.TOKENIZER_JSON,
               C.SEMEDGE_CONFIG, "tokenizer_config.json"):  # fmt: skip
         assert f in m.files, f
@@ -114,7 +115,7 @@ def test_manifest_detects_a_tampered_graph(tiny_export, tmp_path):
 
 def test_semedge_config_records_compression(tiny_export):
     cfg = json.loads((tiny_export / C.SEMEDGE_CONFIG).read_text())
-    assert cfg["compression"]["encoder_layers"] == 2 and cfg["adapter"] is None
+    assert cfg["compression"] == CompressionConfig().to_dict() and cfg["adapter"] is None
 
 
 def test_bad_options_fail_before_any_work(tiny_llama, tmp_path):

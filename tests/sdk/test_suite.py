@@ -141,3 +141,22 @@ def test_compact_positions_fit_the_limit_and_keep_the_recent_spacing():
     np.testing.assert_array_equal(compact_positions(pos, 10_000), pos)  # fits: unchanged
     with pytest.raises(InputError):
         compact_positions(np.arange(3000), 2048)
+
+
+def test_suite_table_compares_with_full_context_on_the_same_samples():
+    from semedge.eval.suite import SuiteReport
+    from semedge.eval.suite_report import suite_table
+
+    def row(method, sample, seed, score, task="niah_word"):
+        return {"task": task, "context": 2048, "ratio": 2.4, "method": method, "sample": sample,
+                "seed": seed, "far": False, "has_needle": True, "score": score,
+                "positions": 853, "seconds": 1.0}  # fmt: skip
+
+    rows = [row("full", i, s, 1.0 if s == 0 else 0.0) for s in (0, 1) for i in range(2)]
+    rows += [row("semtoken", i, s, 0.5) for s in (0, 1) for i in range(2)]  # both seeds
+    rows += [row("head_tail", i, 0, 0.5) for i in range(2)]  # seed 0 only
+    headers, table = suite_table(SuiteReport("m", rows))
+    got = {r[headers.index("method")]: r for r in table}
+    rel, n = headers.index("x full"), headers.index("samples")
+    assert got["semtoken"][rel] == 1.0 and got["semtoken"][n] == 4  # full: 0.5 on all four
+    assert got["head_tail"][rel] == 0.5 and got["head_tail"][n] == 2  # full: 1.0 on seed 0
