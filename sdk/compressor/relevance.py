@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from semedge.config import CompressionConfig
 
 __all__ = [
+    "prompt_features",
     "query_similarity",
     "sentence_units",
     "unit_relevance",
@@ -30,17 +31,30 @@ IMPLICIT_QUERY_TOKENS = 64  # at most this many of the last paragraph's tokens a
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 
 
-def query_similarity(hidden: np.ndarray, query_states: np.ndarray) -> np.ndarray:
+def prompt_features(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normalize_features(hidden), the prompt's per-dimension median): what the relevance
+    scores compare the query with, computed once per prompt (the median is the costly part)."""
+    return normalize_features(hidden), np.median(np.asarray(hidden, np.float64), axis=0)
+
+
+def _query_rows(query_states: np.ndarray, median: np.ndarray) -> np.ndarray:
+    q = np.asarray(query_states, dtype=np.float64) - median
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+
+
+def query_similarity(
+    hidden: np.ndarray, query_states: np.ndarray, prepared: tuple | None = None
+) -> np.ndarray:
     """(T,) cosine of each prompt token to the query, for query-aware merging.
 
     The query's encoder states are centred on the prompt's median (like the prompt's own
     features), scaled to unit rows (so one sink token's huge state cannot dominate), then
     mean-pooled. Shared by the PyTorch compressor and the runtime. (T, E), (Q, E) -> (T,).
+    `prepared`: prompt_features(hidden), when the caller has it.
     """
-    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    qv = q.mean(axis=0)
-    return normalize_features(hidden) @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
+    h, median = prepared if prepared is not None else prompt_features(hidden)
+    qv = _query_rows(query_states, median).mean(axis=0)
+    return h @ (qv / max(float(np.linalg.norm(qv)), 1e-12))
 
 
 _SENTENCE_END = (".", "!", "?", "\n")
@@ -68,6 +82,7 @@ def unit_relevance(
     units: np.ndarray,
     ids: np.ndarray,
     query_ids: np.ndarray,
+    prepared: tuple | None = None,
 ) -> np.ndarray:
     """(U,) relevance of each unit (sentence) to the query: IDF-weighted MaxSim.
 
@@ -83,10 +98,10 @@ def unit_relevance(
         query_states: (Q, E) encoder states of the query.
         units: (T,) non-decreasing unit id per token (sentence_units).
         ids: (T,) prompt token ids; query_ids: (Q,) query token ids.
+        prepared: prompt_features(hidden), when the caller has it.
     """
-    h = normalize_features(hidden)
-    q = np.asarray(query_states, dtype=np.float64) - np.median(hidden, axis=0)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    h, median = prepared if prepared is not None else prompt_features(hidden)
+    q = _query_rows(query_states, median)
     units = np.asarray(units, dtype=np.int64)
     starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
     sim = np.maximum.reduceat(h @ q.T, starts, axis=0)  # (U', Q) best match of q_j per unit
@@ -149,7 +164,8 @@ def query_scores(
     unit_relevance, "cosine" = the best query_sim in the sentence). The one query rule, shared
     by the PyTorch compressor and the runtime.
     """
-    sim = query_similarity(hidden, query_states)
+    prepared = prompt_features(hidden)
+    sim = query_similarity(hidden, query_states, prepared)
     units = sentence_units(text, offsets)
     if config.query_relevance == "cosine":
         starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
@@ -157,8 +173,19 @@ def query_scores(
     elif config.query_relevance == "bm25":
         scores = bm25_scores(ids, units, query_ids)
     else:
-        scores = unit_relevance(hidden, query_states, units, ids, query_ids)
-    return sim, (units, scores)
+        scores = unit_relevance(hidden, query_states, units, ids, query_ids, prepared)
+    return sim, (units, _without_empty_units(scores, units, text, offsets))
+
+
+def _without_empty_units(scores: np.ndarray, units: np.ndarray, text: str,
+                         offsets: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Scores with -inf for units that hold no letter or digit (blank lines, lone punctuation):
+    nothing in them can be relevant, and kept as filler they teach the LM to repeat them."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    has_word = np.fromiter((any(c.isalnum() for c in text[a:b]) for a, b in offsets.tolist()),
+                           bool, len(offsets))  # fmt: skip
+    words = np.bincount(units, weights=has_word, minlength=len(scores))[: len(scores)]
+    return np.where(words > 0, scores, -np.inf)
 
 
 def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QUERY_TOKENS):

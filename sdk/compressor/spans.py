@@ -312,8 +312,10 @@ def find_spans(
     Raises:
         InputError: the text is too short or too protected to reach the ratio.
     """
-    x = normalize_features(hidden)
-    T = x.shape[0]
+    hidden = np.asarray(hidden)
+    if hidden.ndim != 2:
+        raise InputError(f"hidden must be (T, E), got shape {hidden.shape}")
+    T = hidden.shape[0]
     protected = np.asarray(protected, dtype=bool).reshape(-1).copy()
     if protected.shape != (T,):
         raise InputError(f"protected has {protected.shape[0]} entries for {T} tokens")
@@ -336,6 +338,7 @@ def find_spans(
         protected = protect_relevant_units(protected, units, scores, target, config.query_share)
     if min_spans(protected, max(T, 1)) > hi_n:  # the query's tokens would not fit: drop them
         protected = base
+    x = normalize_features(hidden)  # (only merging reads the features)
     max_span = _fitting_max_span(protected, config.max_span, hi_n, T, config)
     offsets = threshold_offsets(
         semantic_density(x, config.window), config.density_alpha, query_sim, config.query_weight

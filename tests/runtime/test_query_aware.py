@@ -225,3 +225,36 @@ def test_bm25_relevance_ranks_the_sentence_with_the_rare_query_token_first(pipe)
     question_unit = units[int(np.searchsorted(offsets[:, 0], text.find(QUESTION)))]
     top = [u for u in np.argsort(-scores) if u != question_unit][0]
     assert top == needle_unit
+
+
+def test_units_without_a_word_are_never_ranked():
+    from semedge.compressor.relevance import query_scores
+    from semedge.config import CompressionConfig
+
+    pieces = [
+        "Red",
+        " fox",
+        ".",
+        " \n",
+        " \n",
+        "Blue",
+        " sky",
+        ".",
+        " --",
+        "\n",
+        "Red",
+        " car",
+        ".",
+    ]
+    ends = np.cumsum([len(p) for p in pieces])
+    text, offsets = "".join(pieces), np.stack([ends - [len(p) for p in pieces], ends], axis=1)
+    ids = np.arange(len(pieces), dtype=np.int64)
+    ids[10] = ids[0]  # "Red" twice
+    hidden = np.random.default_rng(0).normal(size=(len(pieces), 8))
+    for relevance in ("maxsim", "cosine", "bm25"):
+        cfg = CompressionConfig(query_relevance=relevance)
+        _, (units, scores) = query_scores(hidden, hidden[[0]], ids, ids[[0]], text, offsets, cfg)
+        blank = {int(units[i]) for i in (3, 4, 8, 9)}  # " \n" lines and the lone " --"
+        words = {int(units[i]) for i in (0, 5, 10)}
+        assert all(scores[u] == -np.inf for u in blank), relevance
+        assert all(np.isfinite(scores[u]) for u in words), relevance
