@@ -66,6 +66,7 @@ NEVER = {
 RUNTIME_SDK = (
     *BASE,
     "semedge.compressor.spans",
+    "semedge.compressor.budget",
     "semedge.compressor.relevance",
     "semedge.compressor.merging",
     "semedge.compressor.windows",

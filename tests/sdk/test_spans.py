@@ -305,7 +305,10 @@ def test_leftover_room_goes_to_the_tokens_before_the_recency_window():
         kept_token_spans(np.ones(T, bool), None, cfg, T)
 
 
-@pytest.mark.parametrize("module", ["semedge.compressor.spans", "semedge.compressor.windows"])
+@pytest.mark.parametrize(
+    "module",
+    ["semedge.compressor.spans", "semedge.compressor.budget", "semedge.compressor.windows"],
+)
 def test_span_modules_are_torch_free(module):
     from tests.conftest import run_python
 
