@@ -238,18 +238,21 @@ class Pipeline:
         out = self.backends["embed"].run({INPUT_IDS: ids.reshape(1, -1).astype(np.int64)})
         return next(iter(out.values()))[0]
 
-    def encode(self, ids: np.ndarray) -> np.ndarray:
-        """(T,) ids -> (T, E) SemToken encoder states, in the PyTorch path's overlapping windows."""
-        from semedge.compressor.windows import encoder_windows
+    def encode(self, ids: np.ndarray, needed: np.ndarray | None = None) -> np.ndarray:
+        """(T,) ids -> (T, E) SemToken encoder states, in the PyTorch path's overlapping windows
+        (only the `needed` tokens' rows, relevance.states_needed; NaN elsewhere)."""
+        from semedge.compressor.windows import encoder_windows, windowed_states
 
         limit = int(self.config.get("max_positions") or self.max_context)
         window = min(self.compression.encoder_window, limit)
-        enc, out = self.backends["encoder"], []
-        for start, end, keep in encoder_windows(len(ids), window):
+        enc = self.backends["encoder"]
+
+        def run(start: int, end: int) -> np.ndarray:
             chunk = ids[start:end].reshape(1, -1).astype(np.int64)  # (1, W)
             feeds = {INPUT_IDS: chunk, ATTENTION_MASK: np.ones_like(chunk)}
-            out.append(enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0, keep - start :])
-        return np.concatenate(out).astype(np.float32)
+            return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0]
+
+        return windowed_states(len(ids), encoder_windows(len(ids), window, needed=needed), run)
 
     def compression_config(self, ratio: float, query: str | None = None) -> CompressionConfig:
         """The export's compression settings at `ratio`; its calibrated tau applies only at the
@@ -311,13 +314,15 @@ class Pipeline:
         protected mask), the tokenization (`enc`, from tokenize) being done when None. The one
         home of these inputs: `prepare` and ratio calibration both use it."""
         from semedge.compressor import spans as sp
+        from semedge.compressor.relevance import states_needed
 
         enc = enc if enc is not None else self.tokenize(text)
         ids = np.asarray(enc.ids, dtype=np.int64)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         special = np.isin(ids, self._special_ids)
         texts = [text[s:e] for s, e in enc.offsets]
-        return self.encode(ids), sp.protected_mask(texts, special, cfg, text, offsets)
+        needed = states_needed(text, offsets, cfg)
+        return self.encode(ids, needed), sp.protected_mask(texts, special, cfg, text, offsets)
 
     def _query_scores(self, hidden, ids, text, offsets, query, cfg) -> tuple:
         """find_spans' query arguments (relevance.query_scores), or (None, None) without a query."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
 from semedge.compressor.merging import next_position
-from semedge.compressor.relevance import implicit_query_scores, query_scores
+from semedge.compressor.relevance import implicit_query_scores, query_scores, states_needed
 from semedge.compressor.spans import (
     check_spans,
     find_spans,
@@ -207,7 +207,8 @@ class SemTokenCompressor:
         """(T, E) encoder states and, in query mode, relevance.query_scores' (sim, unit scores)."""
         enc = self.encoder(cfg.encoder)
         if cfg.encoder == "lm":
-            hidden = encode_lm_windows(enc, toks.ids, cfg.encoder_window)
+            needed = states_needed(toks.text, toks.offsets, cfg)
+            hidden = encode_lm_windows(enc, toks.ids, cfg.encoder_window, needed)
         else:
             hidden = enc.token_states(toks.text, toks.offsets)
         if query is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semedge.compressor.windows import align_to_tokens, encoder_windows
+from semedge.compressor.windows import align_to_tokens, encoder_windows, windowed_states
 from semedge.deps import require
 from semedge.errors import BackendUnavailable, InputError
 
@@ -78,26 +78,31 @@ class LMEncoder(nn.Module):
         return out.last_hidden_state
 
 
-def encode_lm_windows(encoder: LMEncoder, input_ids: np.ndarray, window: int) -> np.ndarray:
+def encode_lm_windows(
+    encoder: LMEncoder, input_ids: np.ndarray, window: int, needed: np.ndarray | None = None
+) -> np.ndarray:
     """Encode a text of any length in overlapping windows (positions restart per window).
 
     Args:
         encoder: the LM encoder.
         input_ids: (T,) token ids.
         window: tokens per window, capped at the model's max positions.
+        needed: (T,) bool, the tokens whose states are wanted (relevance.states_needed);
+            default all.
 
     Returns:
-        (T, D) float32 hidden states.
+        (T, D) float32 hidden states (NaN rows where not needed).
     """
     ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
     T = int(ids.shape[0])
-    out = []
+
+    def run(start: int, end: int) -> np.ndarray:
+        chunk = ids[start:end].unsqueeze(0)  # (1, W)
+        return encoder(chunk, torch.ones_like(chunk))[0].float().numpy()  # (W, D)
+
+    plan = encoder_windows(T, min(window, encoder.max_positions), needed=needed)
     with torch.inference_mode():
-        for start, end, keep in encoder_windows(T, min(window, encoder.max_positions)):
-            chunk = ids[start:end].unsqueeze(0)  # (1, W)
-            hidden = encoder(chunk, torch.ones_like(chunk))[0]  # (W, D)
-            out.append(hidden[keep - start :].float().numpy())
-    return np.concatenate(out)
+        return windowed_states(T, plan, run)
 
 
 def minilm_dir() -> Path:

@@ -9,10 +9,12 @@ import numpy as np
 
 from semedge.errors import InputError
 
-__all__ = ["encoder_windows", "align_to_tokens"]
+__all__ = ["encoder_windows", "windowed_states", "align_to_tokens"]
 
 
-def encoder_windows(T: int, window: int, overlap: int | None = None) -> list[tuple[int, int, int]]:
+def encoder_windows(
+    T: int, window: int, overlap: int | None = None, needed: np.ndarray | None = None
+) -> list[tuple[int, int, int]]:
     """Plan overlapping windows so every token is encoded with at least `overlap` tokens of left
     context (except the first `overlap` tokens of the text).
 
@@ -20,10 +22,13 @@ def encoder_windows(T: int, window: int, overlap: int | None = None) -> list[tup
         T: tokens in the text.
         window: tokens per window (at most the encoder's max positions).
         overlap: left context shared with the previous window; default window // 4.
+        needed: (T,) bool, the tokens whose states are wanted (default: all). Each run of needed
+            tokens is planned on its own, starting `overlap` tokens before it, so a run that
+            starts at 0 gets exactly the windows the whole text would.
 
     Returns:
         [(start, end, keep)]: encode tokens [start, end) and keep the states of [keep, end);
-        the kept ranges tile 0..T in order.
+        the kept ranges tile the needed runs (0..T by default) in order.
 
     Raises:
         InputError: window too small for the overlap.
@@ -31,15 +36,39 @@ def encoder_windows(T: int, window: int, overlap: int | None = None) -> list[tup
     overlap = window // 4 if overlap is None else overlap
     if window < 1 or not 0 <= overlap < window:
         raise InputError(f"encoder window {window} must exceed its overlap {overlap}")
-    plan, keep = [], 0
-    while keep < T or not plan:
-        start = max(0, keep - overlap)
-        end = min(T, start + window)
-        plan.append((start, end, keep))
-        keep = end
-        if T == 0:
-            break
+    if T == 0:
+        return [(0, 0, 0)]
+    plan = []
+    for run_start, run_end in _runs(np.ones(T, bool) if needed is None else needed):
+        keep = run_start
+        while keep < run_end:
+            start = max(0, keep - overlap)
+            end = min(run_end, start + window)
+            plan.append((start, end, keep))
+            keep = end
     return plan
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) runs of True in a (T,) bool mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(mask, np.int8), [0]])))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def windowed_states(T: int, plan: list[tuple[int, int, int]], run_window) -> np.ndarray:
+    """(T, E) float32 states from `plan` (encoder_windows): run_window(start, end) -> (end -
+    start, E) states of that window; rows no window keeps are NaN (not needed, never read)."""
+    out = None
+    for start, end, keep in plan:
+        if end <= start:
+            continue
+        states = np.asarray(run_window(start, end), dtype=np.float32)
+        if out is None:
+            out = np.full((T, states.shape[1]), np.nan, dtype=np.float32)
+        out[keep:end] = states[keep - start :]
+    if out is None:
+        raise InputError("text has no tokens; give some text")
+    return out
 
 
 def align_to_tokens(

@@ -41,16 +41,18 @@ def pipe(tiny_export):
         yield p
 
 
+@pytest.mark.parametrize("query", [QUESTION, None])  # None: the implicit query (last paragraph)
 @pytest.mark.parametrize("merged", ["auto", "keep"])
 @pytest.mark.parametrize("ratio", [2.4, 4.0])
-def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio, merged):
+def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio, merged, query):
+    """Both paths encode only the states the span search reads (relevance.states_needed)."""
     text = _prompt()
     cfg = dataclasses.replace(compressor.config, merged_spans=merged)
     want = SemTokenCompressor(compressor.model, compressor.tokenizer, cfg).compress(
-        text, ratio=ratio, query=QUESTION
+        text, ratio=ratio, query=query
     )
     with _config(pipe, merged_spans=merged):
-        got = pipe.prepare(text, ratio, QUESTION)
+        got = pipe.prepare(text, ratio, query)
     lengths = want.spans[:, 1] - want.spans[:, 0]
     assert (lengths > 1).any() == (merged == "keep")  # auto: merged spans dropped
     assert want.stats["dropped_tokens"] == len(want.input_ids) - lengths.sum()

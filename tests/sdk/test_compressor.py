@@ -151,6 +151,60 @@ def test_encoder_windows_tile_the_text():
         assert all(e - s <= W and (k - s >= W // 4 or s == 0) for s, e, k in plan)
 
 
+def test_encoder_windows_cover_only_the_needed_runs():
+    T, W = 1000, 64
+    needed = np.zeros(T, bool)
+    needed[:300] = True
+    needed[940:] = True
+    plan = encoder_windows(T, W, needed=needed)
+    kept = [i for s, e, k in plan for i in range(k, e)]
+    assert kept == np.flatnonzero(needed).tolist()
+    full = encoder_windows(T, W)
+    assert plan[: len([p for p in full if p[1] <= 300])] == [p for p in full if p[1] <= 300]
+    assert all(e - s <= W and (k - s >= W // 4 or s == 0) for s, e, k in plan)
+    assert sum(e - s for s, e, _ in plan) < sum(e - s for s, e, _ in full) / 2
+
+
+def test_only_the_states_the_span_search_reads_are_encoded(loaded, article):
+    """With merged spans dropped (the default), the encoder skips the recency window but the
+    prompt's last paragraph; merging (merged_spans="keep") encodes every token."""
+    from semedge.compressor.relevance import sentence_units, states_needed
+
+    model, tok = loaded["llama"]
+    text = article[:3000] + "\n\nWhat is the article about?"
+    seen: list[int] = []
+    processed = {}
+    for merged, query in [("keep", None), ("auto", None), ("auto", "the storm")]:
+        comp = SemTokenCompressor(model, tok, CompressionConfig(merged_spans=merged))
+        enc = comp.encoder("lm")
+        forward = enc.forward
+        enc.forward = lambda ids, mask, f=forward: (seen.append(ids.shape[1]), f(ids, mask))[1]
+        try:
+            prompt = comp.compress(text, ratio=2.4, query=query)
+        finally:
+            enc.forward = forward
+        cfg = dataclasses.replace(comp.config, ratio=2.4, query=query)
+        ids = tok(text, return_offsets_mapping=True)
+        offsets = np.asarray(ids["offset_mapping"])
+        T = len(offsets)
+        needed = states_needed(text, offsets, cfg)
+        q_tokens = len(tok(query, add_special_tokens=False)["input_ids"]) if query else 0
+        processed[merged, query] = sum(seen) - q_tokens  # tokens through the encoder
+        seen.clear()
+        if merged == "keep":
+            assert needed is None and processed[merged, query] >= T
+            continue
+        assert processed[merged, query] < processed["keep", None]
+        recent = cfg.recency_tokens(T)
+        units = sentence_units(text, offsets)
+        assert needed[: T - recent].all()  # every sentence before the window is scored
+        assert not needed[T - recent : T - 8].all()
+        assert needed[-3:].all() == (query is None)  # the implicit query's tokens
+        assert units[np.flatnonzero(needed[: T - 8])[-1]] >= units[T - recent - 1]
+        kept = np.concatenate([np.arange(s, e) for s, e in prompt.spans])
+        assert set(range(T - recent, T)) <= set(kept.tolist())
+
+
 def test_lm_encoder_windows_match_a_single_pass(loaded):
     model, tok = loaded["llama"]
     enc = LMEncoder(model, layers=2)
@@ -230,3 +284,17 @@ def test_bad_inputs_raise_clear_errors(loaded):
         comp.compress("Some text here.", ratio=0.5)
     with pytest.raises(InputError, match="text or input_ids"):
         comp.compress()
+
+
+def test_units_without_a_letter_or_digit_are_never_ranked_in_any_script():
+    from semedge.compressor.relevance import _alnum_chars, _without_empty_units
+
+    text = "Ωμέγα ½.\n \n— … 中文字。\n¼ ⅓.\n𝔘x"
+    assert _alnum_chars(text).tolist() == [c.isalnum() for c in text]
+    pieces = ["Ωμέγα", " ½.", "\n \n", "— …", " 中文字。", "\n", "¼ ⅓.", "\n", "𝔘x"]
+    ends = np.cumsum([len(p) for p in pieces])
+    offsets = np.stack([ends - [len(p) for p in pieces], ends], axis=1)
+    units = np.arange(len(pieces))
+    got = _without_empty_units(np.ones(len(pieces)), units, text, offsets)
+    want = [any(c.isalnum() for c in p) for p in pieces]
+    assert np.isfinite(got).tolist() == want and not all(want)
