@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--fit-positions", type=int, default=None)
     ap.add_argument("--config", default="{}", help="CompressionConfig overrides as JSON")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="filler text (default: the shipped excerpt, ~11K SmolLM2 tokens)")  # fmt: skip
     a = ap.parse_args()
     if a.report:
         report(a.out, a.markdown, a.plot)
@@ -90,6 +92,7 @@ def main() -> None:
     if a.dtype == "bf16":
         model = model.to(torch.bfloat16)
     runner = TorchRunner(model, tok, CompressionConfig(**json.loads(a.config)), a.fit_positions)
+    filler = a.data.read_text(encoding="utf-8") if a.data else default_filler()
     done = {r["task"] for r in _rows(a.out)}
     for task in parse_tasks(a.tasks):
         if task in done:
@@ -97,7 +100,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rep = run_suite(runner, task, [int(c) for c in a.context.split(",")],
                         [float(r) for r in a.ratio.split(",")], a.methods, a.samples,
-                        default_filler(), a.model, a.seed)  # fmt: skip
+                        filler, a.model, a.seed)  # fmt: skip
         with a.out.open("a", encoding="utf-8") as f:
             for r in rep.rows:
                 f.write(json.dumps(r) + "\n")

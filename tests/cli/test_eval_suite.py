@@ -89,3 +89,16 @@ def test_empty_query_is_one_line(cli, tiny_llama, tmp_path):
     res = cli("compress", article, "--model", tiny_llama, "--query", " ", expect_rc=1)
     assert_one_line_error(res)
     assert "query" in res.stderr
+
+
+def test_a_context_beyond_the_model_runs_compacted_with_fit_positions(cli, tiny_llama):
+    """The tiny Llama reads 2048 positions: a 2400-token context runs compressed into 1024
+    positions, but never with the full method."""
+    args = ("eval", "suite", "--model", tiny_llama, "--context", 2400, "--ratio", 4,
+            "--tasks", "niah_number", "--samples", 1, "--fit-positions", 1024, "--json")  # fmt: skip
+    out = json.loads(cli(*args, "--methods", "truncate,semtoken_query").stdout)
+    assert {r["method"] for r in out["results"]} == {"truncate", "semtoken_query"}
+    assert all(s["tokens"] > 2048 and s["positions"] <= 1024 for s in out["samples"])
+    res = cli(*args, "--methods", "full,truncate", expect_rc=1)
+    assert_one_line_error(res)
+    assert "exceeds the model" in res.stderr and "--fit-positions" in res.stderr
