@@ -2,12 +2,14 @@
 
 For suite prompts (the same generators as `semedge eval suite`, own seeds), per variant of
 CompressionConfig (JSON): the share of needle tokens kept as singleton spans ("recall") and, with
---gen, the answer's score. A variant's "mode": "spans" (the product), "compact" (positions
-compacted), "drop" (only the singleton spans, at consecutive positions: the merged residue left
-out), "dropgap" (the same at original positions). SmolLM2 bf16, one thread.
+--gen, the answer's score. A variant's "mode": "spans" (the product) or "compact" (positions
+compacted). The earlier manual "drop" modes are the product's own settings now:
+`{"merged_spans": "drop"}` (the residue left out) with `{"span_position": "first"}` for the
+original positions. SmolLM2 bf16, one thread.
 
     python benchmarks/query_residue_probe.py --tasks niah_word,multivalue,recall --samples 10 \
-        --ratios 2.4,4 --gen --out probe.jsonl --variants '{"spans": {}, "drop": {"mode": "drop"}}'
+        --ratios 2.4,4 --gen --out probe.jsonl \
+        --variants '{"keep": {"merged_spans": "keep"}, "drop": {"merged_spans": "drop"}}'
 """
 
 import argparse
@@ -70,20 +72,6 @@ for task in tasks:
                     mode = modes.get(name, "spans")
                     if mode == "compact":
                         p = p.fit_positions(len(sp))
-                    elif mode == "drop":
-                        keep = sp[L == 1, 0]
-                        p = rn.inputs(tk, M._compact(keep))
-                    elif mode == "dropgap":
-                        keep = sp[L == 1, 0]
-
-                        p = rn.inputs(tk, M._compact(keep))
-                        import dataclasses as dc
-
-                        p = dc.replace(
-                            p,
-                            position_ids=torch.as_tensor(keep)[None],
-                            first_new_position=len(tk.ids),
-                        )
                     ans, used = rn.generate(p, s.max_new_tokens)
                     row["score"] = score_answer(ans, s.answers)
                     row["ans"] = ans[:40]

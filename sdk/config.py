@@ -67,6 +67,10 @@ SPAN_POSITIONS = ("auto", "first", "last", "index")
 # "auto": "drop" when sentences are ranked, else "keep" (docs/eval.md: with ranked sentences
 # a frozen LM answers the suite better from whole sentences than from merged stretches).
 MERGED_SPANS = ("auto", "keep", "drop")
+# How sentences are ranked for a query: "maxsim" (IDF-weighted MaxSim over encoder states),
+# "cosine" (best cosine to the mean query state), "bm25" (Okapi BM25 over token ids), "hybrid"
+# (reciprocal-rank fusion of maxsim and bm25).
+QUERY_RELEVANCE = ("maxsim", "cosine", "bm25", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class CompressionConfig:
     query_keep: float = 0.0  # query-aware: fraction of tokens most similar to the query kept
     query_weight: float = 1.0  # query-aware: how much query similarity raises tau
     query_share: float = 1.0  # query-aware: share of the free budget for relevant sentences
-    query_relevance: str = "maxsim"  # sentence relevance: "maxsim" (IDF MaxSim) | "cosine" | "bm25"
+    query_relevance: str = "maxsim"  # sentence relevance: QUERY_RELEVANCE
     implicit_query: bool = True  # without a query, the prompt's last paragraph serves as one
     merged_spans: str = "auto"  # MERGED_SPANS; see drops_merged()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
@@ -141,9 +145,9 @@ class CompressionConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # NaN fails too
                 raise InputError(f"{name} must be in [0, 1], got {value}")
-        if self.query_relevance not in ("maxsim", "cosine", "bm25"):
+        if self.query_relevance not in QUERY_RELEVANCE:
             raise InputError(
-                f"query_relevance must be 'maxsim', 'cosine' or 'bm25', got {self.query_relevance!r}"
+                f"query_relevance must be one of {QUERY_RELEVANCE}, got {self.query_relevance!r}"
             )
         if self.query is not None and not self.query.strip():
             raise InputError("query is empty; give a question or leave it out")

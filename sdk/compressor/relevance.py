@@ -174,6 +174,18 @@ def bm25_scores(ids: np.ndarray, units: np.ndarray, query_ids: np.ndarray,
     return scores
 
 
+def rank_fusion(*scores: np.ndarray, k: float = 60.0) -> np.ndarray:
+    """(U,) reciprocal-rank fusion: sum of 1 / (k + rank) over the score arrays (rank 1 = best;
+    ties share their best rank); -inf (or NaN) in any array stays -inf."""
+    out = np.zeros(len(scores[0]))
+    for s in scores:
+        s = np.asarray(s, dtype=np.float64)
+        ranks = 1 + np.searchsorted(np.sort(-s), -s, side="left")
+        out += 1.0 / (k + ranks)
+    bad = np.logical_or.reduce([~np.isfinite(np.asarray(s, np.float64)) for s in scores])
+    return np.where(bad, -np.inf, out)
+
+
 def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(U,) scores by unit id from one score per run of equal ids (-inf for absent ids)."""
     full = np.full(int(units.max()) + 1 if len(units) else 0, -np.inf)
@@ -208,6 +220,8 @@ def query_scores(
         scores = bm25_scores(ids, units, query_ids)
     else:
         scores = unit_relevance(hidden, query_states, units, ids, query_ids, prepared)
+        if config.query_relevance == "hybrid":
+            scores = rank_fusion(scores, bm25_scores(ids, units, query_ids))
     scores = np.where(np.isnan(scores), -np.inf, scores)  # units with no states: never ranked
     return sim, (units, _without_empty_units(scores, units, text, offsets))
 

@@ -229,6 +229,19 @@ def test_bm25_relevance_ranks_the_sentence_with_the_rare_query_token_first(pipe)
     assert top == needle_unit
 
 
+def test_rank_fusion_rewards_agreement_and_keeps_never_ranked_units_out():
+    from semedge.compressor.relevance import rank_fusion
+
+    a = np.array([0.9, 0.5, 0.1, -np.inf, 0.4])
+    b = np.array([0.2, 7.0, 0.0, 3.0, 5.0])  # BM25-like: unbounded, ties at 0
+    fused = rank_fusion(a, b)
+    assert fused[3] == -np.inf  # never ranked in one list: never ranked
+    assert np.argmax(fused) == 1  # 2nd and 1st beats 1st and 4th
+    assert min(fused[0], fused[4]) > fused[2]  # both lists rank 2 low
+    np.testing.assert_allclose(rank_fusion(a), np.where(np.isfinite(a), 1 / (60 + np.array(
+        [1, 2, 4, 5, 3])), -np.inf))  # fmt: skip
+
+
 def test_units_without_a_word_are_never_ranked():
     from semedge.compressor.relevance import query_scores
     from semedge.config import CompressionConfig
@@ -253,7 +266,7 @@ def test_units_without_a_word_are_never_ranked():
     ids = np.arange(len(pieces), dtype=np.int64)
     ids[10] = ids[0]  # "Red" twice
     hidden = np.random.default_rng(0).normal(size=(len(pieces), 8))
-    for relevance in ("maxsim", "cosine", "bm25"):
+    for relevance in ("maxsim", "cosine", "bm25", "hybrid"):
         cfg = CompressionConfig(query_relevance=relevance)
         _, (units, scores) = query_scores(hidden, hidden[[0]], ids, ids[[0]], text, offsets, cfg)
         blank = {int(units[i]) for i in (3, 4, 8, 9)}  # " \n" lines and the lone " --"
