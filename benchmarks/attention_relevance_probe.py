@@ -32,8 +32,8 @@ from semedge.compressor.relevance import implicit_query, sentence_units
 from semedge.config import CompressionConfig
 from semedge.eval import methods as M
 from semedge.eval.passkey import default_filler
-from semedge.eval.suite import TorchRunner
-from semedge.eval.tasks import FillerText, make_sample, parse_tasks, score_answer
+from semedge.eval.suite import TorchRunner, suite_sample
+from semedge.eval.tasks import FillerText, parse_tasks, score_answer
 from semedge.models import load_model
 
 
@@ -95,10 +95,8 @@ def main() -> None:
     scores: dict[str, list[float]] = {}
     for task in a.tasks.split(","):
         for i in range(a.samples):
-            rng = np.random.default_rng([a.seed, i, a.context, all_tasks.index(task)])
-            depth = float((i + rng.random()) / a.samples)
-            s = make_sample(task, a.context, text, depth, int(rng.integers(2**31)),
-                            runner.count_tokens)  # fmt: skip
+            s = suite_sample(task, all_tasks.index(task), a.context, i, a.samples, a.seed, text,
+                             runner.count_tokens)  # fmt: skip
             tk = runner.tokenize(s.prompt)
             T = len(tk.ids)
             units = sentence_units(tk.text, tk.offsets)

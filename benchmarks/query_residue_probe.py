@@ -22,8 +22,8 @@ from semedge.compressor.relevance import sentence_units
 from semedge.config import CompressionConfig
 from semedge.eval import methods as M
 from semedge.eval.passkey import default_filler
-from semedge.eval.suite import TorchRunner
-from semedge.eval.tasks import FillerText, make_sample, parse_tasks, score_answer
+from semedge.eval.suite import TorchRunner, suite_sample
+from semedge.eval.tasks import FillerText, parse_tasks, score_answer
 from semedge.models import load_model
 
 ap = argparse.ArgumentParser()
@@ -51,9 +51,8 @@ res = {}
 out = open(a.out, "a") if a.out else None
 for task in tasks:
     for i in range(a.samples):
-        rng = np.random.default_rng([a.seed, i, a.context, alltasks.index(task)])
-        depth = float((i + rng.random()) / a.samples)
-        s = make_sample(task, a.context, text, depth, int(rng.integers(2**31)), r0.count_tokens)
+        s = suite_sample(task, alltasks.index(task), a.context, i, a.samples, a.seed, text,
+                         r0.count_tokens)  # fmt: skip
         tk = r0.tokenize(s.prompt)
         # needle token sets
         nd = []

@@ -177,13 +177,11 @@ def bm25_scores(ids: np.ndarray, units: np.ndarray, query_ids: np.ndarray,
 def rank_fusion(*scores: np.ndarray, k: float = 60.0) -> np.ndarray:
     """(U,) reciprocal-rank fusion: sum of 1 / (k + rank) over the score arrays (rank 1 = best;
     ties share their best rank); -inf (or NaN) in any array stays -inf."""
-    out = np.zeros(len(scores[0]))
-    for s in scores:
-        s = np.asarray(s, dtype=np.float64)
-        ranks = 1 + np.searchsorted(np.sort(-s), -s, side="left")
-        out += 1.0 / (k + ranks)
-    bad = np.logical_or.reduce([~np.isfinite(np.asarray(s, np.float64)) for s in scores])
-    return np.where(bad, -np.inf, out)
+    arrays = [np.asarray(s, dtype=np.float64) for s in scores]
+    out = np.zeros(len(arrays[0]))
+    for s in arrays:
+        out += 1.0 / (k + 1 + np.searchsorted(np.sort(-s), -s, side="left"))
+    return np.where(np.logical_or.reduce([~np.isfinite(s) for s in arrays]), -np.inf, out)
 
 
 def _scatter_units(units: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from semedge.errors import InputError
 from semedge.eval import methods as M
 from semedge.eval.tasks import FillerText, TaskSample, make_sample, parse_tasks, score_answer
 
-__all__ = ["SuiteReport", "run_suite", "TorchRunner", "DEPTH_BINS"]
+__all__ = ["SuiteReport", "run_suite", "suite_sample", "TorchRunner", "DEPTH_BINS"]
 
 DEPTH_BINS = 5  # needle depth strata in the heatmap
 
@@ -42,6 +42,7 @@ class Runner:
 
     config: CompressionConfig
     max_positions: int | None = None
+    fit: int | None = None  # compressed positions compacted below this (PyTorch path)
 
     def _cfg(self, ratio: float, query: str | None = None) -> CompressionConfig:
         return dataclasses.replace(self.config, ratio=float(ratio), target_tokens=None, query=query)
@@ -200,6 +201,15 @@ def _needle_tokens(sample: TaskSample, tok: Tokenized) -> int | None:
     return int(np.searchsorted(tok.offsets[:, 1], start, side="right"))
 
 
+def suite_sample(task: str, task_index: int, context: int, i: int, samples: int, seed: int,
+                 text: FillerText, count_tokens) -> TaskSample:  # fmt: skip
+    """Sample i of `samples` of a task: seeded by (seed, i, context, task_index), its needle
+    depth drawn in the i-th of `samples` equal depth bins (depth-stratified)."""
+    rng = np.random.default_rng([seed, i, context, task_index])
+    depth = float((i + rng.random()) / samples)
+    return make_sample(task, context, text, depth, int(rng.integers(2**31)), count_tokens)
+
+
 def run_suite(
     runner: Runner,
     tasks: tuple[str, ...] | str,
@@ -226,7 +236,7 @@ def run_suite(
             raise InputError(f"ratio must be a number >= 1, got {r}")
     if samples < 1:
         raise InputError(f"samples must be >= 1, got {samples}")
-    fits = getattr(runner, "fit", None) and "full" not in methods  # compacted below fit
+    fits = runner.fit is not None and "full" not in methods  # compacted below fit
     for c in contexts:
         if runner.max_positions is not None and c + 64 > runner.max_positions and not fits:
             raise InputError(
@@ -238,10 +248,8 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     jobs = [(t, c, i) for t in tasks for c in contexts for i in range(samples)]
     for task, context, i in tqdm(jobs, desc="eval suite", unit="sample", disable=not progress):
-        rng = np.random.default_rng([seed, i, context, tasks.index(task)])
-        depth = float((i + rng.random()) / samples)
-        sample = make_sample(task, context, text, depth, int(rng.integers(2**31)),
-                             runner.count_tokens)  # fmt: skip
+        sample = suite_sample(task, tasks.index(task), context, i, samples, seed, text,
+                              runner.count_tokens)  # fmt: skip
         tok = runner.tokenize(sample.prompt)
         needle = _needle_tokens(sample, tok)
         for method in methods:
