@@ -256,6 +256,10 @@ def _convert(precision: str, fp32_dir: Path, out: Path, data: Path, cfg: Precisi
     """Write the `precision` candidate of `fp32_dir` to `out` (fp32/bf16: the graphs as they are)."""
     if precision in ("fp32", "bf16"):
         shutil.copytree(fp32_dir, out)
+        if precision == "bf16":  # the graphs are fp32; the manifest tells OpenVINO to run bf16
+            m = load_manifest(out)
+            m.config = {**m.config, "precision": "bf16", "provider": PROVIDER["bf16"]}
+            write_manifest(out, m)
         return out
     if precision == "fp16":
         from semedge.calibration.fp16 import Fp16Config, convert_fp16
