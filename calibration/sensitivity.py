@@ -173,8 +173,12 @@ def search_exclusions(
     if res.passed:
         return res
     log.info("all-quantized loss +%.2f %% > %.2f %%: ranking groups", res.increase_pct, budget_pct)
+    from tqdm.auto import tqdm
+
     everything = [n for nodes in groups.values() for n in nodes]
-    for g, nodes in groups.items():  # quantize one group at a time
+    bar = tqdm(groups.items(), desc="int8 sensitivity", unit="group", total=len(groups),
+               disable=not log.isEnabledFor(logging.INFO))  # fmt: skip
+    for g, nodes in bar:  # quantize one group at a time
         loss = evaluate([n for n in everything if n not in set(nodes)])
         res.scores.append(GroupScore(g, tuple(nodes), loss, _pct(loss, baseline)))
         res.evaluations += 1
