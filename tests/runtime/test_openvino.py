@@ -27,6 +27,8 @@ def test_openvino_matches_onnx_runtime_through_prefill_and_decode(plain_export, 
         want = ref.generate(text[:600], max_new_tokens=6, ratio=2.0)
     with Pipeline.from_pretrained(plain_export, providers="openvino", threads=1) as ov:
         assert ov.provider == "openvino" and ov.prefill.precision == "fp32"
+        assert ov.backends["encoder"].provider_name == "openvino"
+        assert ov.decode.provider_name == "cpu"  # one token at a time: ONNX Runtime is faster
         nll, _ = score_pipeline(ov, [ids], 32)  # 1 prefill + 15 decode steps on the KV cache
         got = ov.generate(text[:600], max_new_tokens=6, ratio=2.0)
     np.testing.assert_allclose(nll, nll_ref, atol=1e-3)
