@@ -157,7 +157,7 @@ def _niah(kind: str) -> Callable[[np.random.Generator], _Spec]:
             f"What is the special magic {what} for {key} mentioned in the provided text? "
             f"Answer: The special magic {what} for {key} mentioned in the provided text is",
             (value,),
-            28 if kind == "uuid" else 12,
+            48 if kind == "uuid" else 12,  # a UUID is 36 characters: up to ~38 tokens
         )
 
     return spec
@@ -234,7 +234,7 @@ def _variable_tracking(rng: np.random.Generator) -> _Spec:
         f"Answer: According to the chain(s) of variable assignment in the text above, "
         f"{len(names)} variables are assigned the value {value}, they are:",
         tuple(names),
-        24,
+        32,  # four 5-letter names and separators: up to 28 tokens at one per character
         spread=False,  # in order: each hop after the previous one
     )
 

@@ -55,6 +55,19 @@ def test_every_task_builds_a_prompt_of_the_asked_length_with_its_needles(task, f
     assert make_sample(task, 1024, text, 0.3, 8, count).prompt != s.prompt
 
 
+def test_every_answer_fits_its_generation_budget():
+    """A byte-level tokenizer spends at most one token per ASCII character: the budget must
+    hold the whole answer so, or the task scores 0 for every method (niah_uuid had 28 tokens
+    for 36-character UUIDs)."""
+    from semedge.eval.tasks import TASK_MAKERS
+
+    for name, make in TASK_MAKERS.items():
+        for seed in range(20):
+            spec = make(np.random.default_rng(seed))
+            need = len(" " + ", ".join(spec.answers) + ".")
+            assert spec.max_new_tokens >= need, (name, spec.max_new_tokens, need)
+
+
 def test_needle_depth_follows_the_asked_depth(filler):
     text, count = filler
     where = []
