@@ -66,6 +66,10 @@ class PrecisionConfig:
     speed_repeats: int = 3
     int8_samples: int = 16  # int8: windows for the sensitivity search's data split
     int8_seq_len: int = 256
+    # bf16: decode (ONNX Runtime) with weight-only int8 MatMulNBits where it passes the gate and
+    # steps faster than fp32 (decode reads every weight once per token: half the bytes or less)
+    int8_decode: bool = True
+    int8_decode_min_speedup: float = 1.05  # measured decode speed-up needed to keep it
 
     def __post_init__(self) -> None:
         if not self.max_ppl_increase >= 0:
@@ -96,7 +100,17 @@ class PrecisionReport:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
-    HEADERS = ["precision", "provider", "ppl", "ppl fp32", "delta %", "top-1", "prefill ms", "gate"]
+    HEADERS = [
+        "precision",
+        "provider",
+        "decode",
+        "ppl",
+        "ppl fp32",
+        "delta %",
+        "top-1",
+        "prefill ms",
+        "gate",
+    ]
 
     def rows(self) -> list[list[Any]]:
         out = []
@@ -105,7 +119,7 @@ class PrecisionReport:
             if c["precision"] == self.precision and c["passed"]:
                 mark += " (chosen)"
             out.append([
-                c["precision"], c["provider"], _f(c.get("ppl")), _f(c.get("ppl_fp32")),
+                c["precision"], c["provider"], c.get("decode_precision", "fp32"), _f(c.get("ppl")), _f(c.get("ppl_fp32")),
                 _f(c.get("ppl_delta_pct"), "+.2f"), _f(c.get("top1"), ".3f"),
                 _f(c.get("prefill_ms"), ".1f"), mark,
             ])  # fmt: skip
@@ -280,6 +294,57 @@ def _convert(precision: str, fp32_dir: Path, out: Path, data: Path, cfg: Precisi
     return out
 
 
+def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -> dict | None:
+    """Swap `cand`'s decode graph for a weight-only int8 one (MatMulNBits, sensitive layers kept
+    fp32 by calibration.int8's search). Returns what it recorded in the manifest, or None (and
+    `cand` unchanged) when no weight-only graph fits the budget or it decodes no faster."""
+    from semedge.calibration.int8 import Int8Config, _graph_files, calibrate_int8
+
+    i8 = Int8Config(
+        scheme="weight-only", max_ppl_increase=cfg.max_ppl_increase, samples=cfg.int8_samples,
+        seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows, eval_context=cfg.eval_context,
+        eval_tokens=cfg.eval_tokens, speed_tokens=cfg.speed_tokens, speed_repeats=1,
+    )  # fmt: skip
+    tmp = cand.parent / f"{cand.name}-int8-decode"
+    try:
+        with log_timed(log, "weight-only int8 decode graph"):
+            rep = calibrate_int8(fp32_dir, tmp, data, i8, cache_root=cand.parent / "range-cache")
+    except AccuracyError as err:
+        log.info("decode stays fp32: %s", str(err).split(";")[0])
+        return None
+    try:
+        speedup = rep.decode_ms_fp32 / rep.decode_ms_int8
+        if speedup < cfg.int8_decode_min_speedup:
+            log.info("decode stays fp32: weight-only int8 steps only %.2fx faster", speedup)
+            return None
+        for name in _graph_files(cand, C.DECODE_ONNX):
+            (cand / name).unlink()
+        for name in _graph_files(tmp, C.DECODE_ONNX):
+            shutil.copy2(tmp / name, cand / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rec = {"precision": "int8-weight-only", "provider": "cpu", "decode_speedup": speedup,
+           "kept_fp32": rep.kept_high_precision, "ppl_delta_pct_alone":
+           (rep.ppl_int8 / rep.ppl_fp32 - 1.0) * 100.0}  # fmt: skip
+    m = load_manifest(cand)
+    m.config = {**m.config, "decode_precision": rec}
+    write_manifest(cand, m)
+    return rec
+
+
+def _fp32_decode(fp32_dir: Path, cand: Path) -> None:
+    """Undo _int8_decode: the fp32 decode graph back, decode_precision dropped."""
+    from semedge.calibration.int8 import _graph_files
+
+    for name in _graph_files(cand, C.DECODE_ONNX):
+        (cand / name).unlink()
+    for name in _graph_files(fp32_dir, C.DECODE_ONNX):
+        shutil.copy2(fp32_dir / name, cand / name)
+    m = load_manifest(cand)
+    m.config = {k: v for k, v in m.config.items() if k != "decode_precision"}
+    write_manifest(cand, m)
+
+
 def _stamp(cand: Path, precision: str, provider: str, gate: dict, tuned: list[str]) -> None:
     m = load_manifest(cand)
     m.config = {**m.config, "precision": precision, "provider": provider,
@@ -363,9 +428,17 @@ def export_precision(
             try:
                 with log_timed(log, f"{p} candidate"):
                     _convert(p, src, cand, data, cfg)
+                    decode8 = _int8_decode(src, cand, data, cfg) if (
+                        p == "bf16" and cfg.int8_decode) else None  # fmt: skip
                     for hook in _CANDIDATE_HOOKS:
                         hook(p, cand)
                     rec.update(_gate(cand, provider, ref, windows, cfg))
+                    if decode8 and not rec["passed"]:  # bf16 and int8 together past the budget
+                        log.info("bf16 with int8 decode misses the gate: decode back to fp32")
+                        _fp32_decode(src, cand)
+                        decode8 = None
+                        rec.update(_gate(cand, provider, ref, windows, cfg))
+                    rec["decode_precision"] = decode8["precision"] if decode8 else "fp32"
             except AccuracyError as err:  # int8's own search found nothing in budget
                 rec.update(passed=False, error=str(err))
             results.append(rec)

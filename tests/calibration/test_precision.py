@@ -47,12 +47,14 @@ def test_precision_passes_its_gate_and_is_recorded(precision, tiny_llama, cal_te
 @pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
 def test_bf16_runs_on_openvino_with_plain_attention(tiny_llama, cal_text, tmp_path):
     out = tmp_path / "bf16"
-    loose = P.PrecisionConfig(**{**FAST.__dict__, "min_top1": 0.5})  # random weights: flat logits
+    loose = P.PrecisionConfig(**{**FAST.__dict__, "min_top1": 0.5, "int8_decode": False})
+    # (random weights: flat logits; int8 decode is the next test's)
     rep = P.export_precision(
         tiny_llama, out, "bf16", ExportConfig(parity=FAST_GATE), loose, cal_text
     )
     m = load_manifest(out)
     assert rep.provider == "openvino" and m.config["provider"] == "openvino"
+    assert rep.candidates[0]["decode_precision"] == "fp32"
     gate = rep.candidates[0]  # measured in bf16: the logits move (an fp32 run matches exactly)
     assert gate["ppl"] != gate["ppl_fp32"] and m.config["quality"]["ppl"] == gate["ppl"]
     assert m.extra["attention"] == "plain"
@@ -62,6 +64,28 @@ def test_bf16_runs_on_openvino_with_plain_attention(tiny_llama, cal_text, tmp_pa
     with Pipeline.from_pretrained(out, providers="openvino") as pipe:
         assert pipe.prefill.precision == "bf16" and pipe.backends["encoder"].precision == "fp32"
         assert len(pipe.generate("The valley had a river.", max_new_tokens=3).tokens) == 3
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
+def test_bf16_ships_a_weight_only_int8_decode_graph_behind_the_gate(tiny_llama, cal_text, tmp_path):
+    """Speed is not asserted: the speed-up threshold is set to 0 so the swap always happens."""
+    from semedge.runtime import Pipeline
+
+    out = tmp_path / "bf16-int8-decode"
+    cfg = P.PrecisionConfig(**{**FAST.__dict__, "min_top1": 0.5, "max_ppl_increase": 50.0,
+                               "int8_decode_min_speedup": 0.0})  # fmt: skip
+    rep = P.export_precision(tiny_llama, out, "bf16", ExportConfig(parity=FAST_GATE), cfg, cal_text)
+    m = load_manifest(out)
+    assert rep.candidates[0]["decode_precision"] == "int8-weight-only"
+    assert m.config["decode_precision"]["precision"] == "int8-weight-only"
+    assert m.config["quality"]["decode_precision"] == "int8-weight-only"
+    decode_ops = {n.op_type for n in onnx.load(str(out / "decode.onnx")).graph.node}
+    prefill_ops = {n.op_type for n in onnx.load(str(out / "prefill.onnx")).graph.node}
+    assert "MatMulNBits" in decode_ops and "MatMulNBits" not in prefill_ops  # OpenVINO: fp32 graph
+    with Pipeline.from_pretrained(out, providers="openvino") as pipe:  # hashes verified
+        assert pipe.decode.provider_name == "cpu"
+        assert len(pipe.generate("The valley had a river.", max_new_tokens=3).tokens) == 3
+    assert not _leftovers(out)
 
 
 def test_int8_keeps_a_planted_sensitive_layer_fp32(tiny_llama, cal_text, tmp_path, monkeypatch):
