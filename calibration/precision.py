@@ -434,7 +434,9 @@ def export_precision(
                         hook(p, cand)
                     rec.update(_gate(cand, provider, ref, windows, cfg))
                     if decode8 and not rec["passed"]:  # bf16 and int8 together past the budget
-                        log.info("bf16 with int8 decode misses the gate: decode back to fp32")
+                        log.info("bf16 with int8 decode misses the gate (ppl %+.2f %%, top-1 %.3f): "
+                                 "decode back to fp32", rec["ppl_delta_pct"], rec["top1"])  # fmt: skip
+                        rec["int8_decode_gate"] = {k: rec[k] for k in ("ppl_delta_pct", "top1")}
                         _fp32_decode(src, cand)
                         decode8 = None
                         rec.update(_gate(cand, provider, ref, windows, cfg))
