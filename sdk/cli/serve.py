@@ -19,7 +19,9 @@ __all__ = ["command"]
 @click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
 @click.option("--model-name", default=None, help="The `model` clients send [the export's model].")
 @click.option("--adapter", default=None, help="MT2ST span adapter: DEFAULT or a directory.")
-@click.option("--provider", default="cpu", show_default=True, help="cpu | cuda | tensorrt | openvino.")
+@click.option(
+    "--provider", default="cpu", show_default=True, help="cpu | cuda | tensorrt | openvino."
+)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads per session.")
 @click.option("--max-batch", type=int, default=None, help="Requests batched together [8].")
 @click.option("--batch-wait-ms", type=float, default=None, help="Wait for a batch to fill [10].")
