@@ -119,8 +119,8 @@ class PrecisionReport:
             if c["precision"] == self.precision and c["passed"]:
                 mark += " (chosen)"
             out.append([
-                c["precision"], c["provider"], c.get("decode_precision", "fp32"), _f(c.get("ppl")), _f(c.get("ppl_fp32")),
-                _f(c.get("ppl_delta_pct"), "+.2f"), _f(c.get("top1"), ".3f"),
+                c["precision"], c["provider"], c.get("decode_precision", "fp32"),
+                _f(c.get("ppl")), _f(c.get("ppl_fp32")), _f(c.get("ppl_delta_pct"), "+.2f"), _f(c.get("top1"), ".3f"),
                 _f(c.get("prefill_ms"), ".1f"), mark,
             ])  # fmt: skip
         return out
@@ -298,7 +298,7 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
     """Swap `cand`'s decode graph for a weight-only int8 one (MatMulNBits, sensitive layers kept
     fp32 by calibration.int8's search). Returns what it recorded in the manifest, or None (and
     `cand` unchanged) when no weight-only graph fits the budget or it decodes no faster."""
-    from semedge.calibration.int8 import Int8Config, _graph_files, calibrate_int8
+    from semedge.calibration.int8 import Int8Config, calibrate_int8
 
     i8 = Int8Config(
         scheme="weight-only", max_ppl_increase=cfg.max_ppl_increase, samples=cfg.int8_samples,
@@ -317,31 +317,28 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
         if speedup < cfg.int8_decode_min_speedup:
             log.info("decode stays fp32: weight-only int8 steps only %.2fx faster", speedup)
             return None
-        for name in _graph_files(cand, C.DECODE_ONNX):
-            (cand / name).unlink()
-        for name in _graph_files(tmp, C.DECODE_ONNX):
-            shutil.copy2(tmp / name, cand / name)
+        rec = {"precision": "int8-weight-only", "provider": "cpu", "decode_speedup": speedup,
+               "kept_fp32": rep.kept_high_precision, "ppl_delta_pct_alone":
+               (rep.ppl_int8 / rep.ppl_fp32 - 1.0) * 100.0}  # fmt: skip
+        _replace_decode(tmp, cand, rec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rec = {"precision": "int8-weight-only", "provider": "cpu", "decode_speedup": speedup,
-           "kept_fp32": rep.kept_high_precision, "ppl_delta_pct_alone":
-           (rep.ppl_int8 / rep.ppl_fp32 - 1.0) * 100.0}  # fmt: skip
-    m = load_manifest(cand)
-    m.config = {**m.config, "decode_precision": rec}
-    write_manifest(cand, m)
     return rec
 
 
-def _fp32_decode(fp32_dir: Path, cand: Path) -> None:
-    """Undo _int8_decode: the fp32 decode graph back, decode_precision dropped."""
+def _replace_decode(src: Path, cand: Path, decode_precision: dict | None) -> None:
+    """`cand`'s decode graph (and its external data) replaced by `src`'s; the manifest records
+    `decode_precision` (None: the fp32 graph, the key dropped) and is re-hashed."""
     from semedge.calibration.int8 import _graph_files
 
     for name in _graph_files(cand, C.DECODE_ONNX):
         (cand / name).unlink()
-    for name in _graph_files(fp32_dir, C.DECODE_ONNX):
-        shutil.copy2(fp32_dir / name, cand / name)
+    for name in _graph_files(src, C.DECODE_ONNX):
+        shutil.copy2(src / name, cand / name)
     m = load_manifest(cand)
     m.config = {k: v for k, v in m.config.items() if k != "decode_precision"}
+    if decode_precision:
+        m.config["decode_precision"] = decode_precision
     write_manifest(cand, m)
 
 
@@ -437,7 +434,7 @@ def export_precision(
                         log.info("bf16 with int8 decode misses the gate (ppl %+.2f %%, top-1 %.3f): "
                                  "decode back to fp32", rec["ppl_delta_pct"], rec["top1"])  # fmt: skip
                         rec["int8_decode_gate"] = {k: rec[k] for k in ("ppl_delta_pct", "top1")}
-                        _fp32_decode(src, cand)
+                        _replace_decode(src, cand, None)
                         decode8 = None
                         rec.update(_gate(cand, provider, ref, windows, cfg))
                     rec["decode_precision"] = decode8["precision"] if decode8 else "fp32"

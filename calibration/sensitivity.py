@@ -176,8 +176,10 @@ def search_exclusions(
     from tqdm.auto import tqdm
 
     everything = [n for nodes in groups.values() for n in nodes]
+    # disable=None: tqdm draws only on a terminal (as the CLI's show_progress), so redirected
+    # stderr keeps its one error line
     bar = tqdm(groups.items(), desc="int8 sensitivity", unit="group", total=len(groups),
-               disable=not log.isEnabledFor(logging.INFO))  # fmt: skip
+               disable=None if log.isEnabledFor(logging.INFO) else True)  # fmt: skip
     for g, nodes in bar:  # quantize one group at a time
         loss = evaluate([n for n in everything if n not in set(nodes)])
         res.scores.append(GroupScore(g, tuple(nodes), loss, _pct(loss, baseline)))

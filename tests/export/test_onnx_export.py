@@ -97,11 +97,11 @@ def test_full_logits_and_plain_attention(tiny_gpt2, tmp_path):
     m = load_manifest(tmp_path / "o")
     assert m.config["logits"] == "all" and m.extra["attention"] == "plain"
     assert m.graphs["prefill"]["outputs"][C.LOGITS]["shape"][1] == "sequence_length"
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "o" / C.PREFILL_ONNX)).graph.node}
+    graph = onnx.load(str(tmp_path / "o" / C.PREFILL_ONNX)).graph
+    ops = {n.op_type for n in graph.node}
     assert "GroupQueryAttention" not in ops and "Softmax" in ops
     from semedge.export.attention import PLAIN_QUERY_BLOCKS
 
-    graph = onnx.load(str(tmp_path / "o" / C.PREFILL_ONNX)).graph
     softmax = sum(n.op_type == "Softmax" for n in graph.node)
     assert softmax == PLAIN_QUERY_BLOCKS * m.config["num_layers"]  # causal query blocks (prefill)
     decode = onnx.load(str(tmp_path / "o" / C.DECODE_ONNX)).graph
