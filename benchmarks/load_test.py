@@ -204,7 +204,9 @@ def run_load(ask, port: int, model: str, requests: list[Request], clients: int, 
         for i in range(per_client):
             if time.monotonic() > deadline:
                 return
-            req = requests[(c * per_client + i) % len(requests)]
+            req = requests[
+                (c + i) % len(requests)
+            ]  # clients start apart: a mixed load at every moment
             t0 = time.perf_counter()
             try:
                 text, ttft, gen = ask(port, model, req, timeout=max_seconds)

@@ -20,7 +20,7 @@ from semedge.runtime.trace import NULL_TIMER
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 
-__all__ = ["Generator", "GenerationResult", "batch_inputs"]
+__all__ = ["Generator", "GenerationResult", "batch_inputs", "regroup"]
 
 
 @dataclass
@@ -209,6 +209,60 @@ class Generator:
                 )
             )  # fmt: skip
         return out
+
+
+def regroup(parts: list[tuple[Generator, list[int]]], config: GenerationConfig) -> Generator:
+    """One Generator with the chosen rows of several, to decode together (continuous batching).
+
+    Each part's pending token is fed first, so that every row has fresh logits; the rows' caches
+    are then copied right-aligned (left-padded, masked) into one cache of the longest length with
+    room for `config.max_new_tokens` more tokens per row. Rows keep their tokens, finish state and
+    position ids, so each continues exactly as it would alone (greedy). Host (CPU) caches only.
+
+    Args:
+        parts: (generator, row indices to keep) pairs; generators with no kept rows are skipped.
+        config: the merged batch's settings; the first kept part's random generator goes on.
+
+    Raises:
+        UsageError: a cache lives on a GPU, or a part has no prompt yet.
+    """
+    parts = [(g, list(rows)) for g, rows in parts if rows]
+    if not parts:
+        raise UsageError("regroup() needs at least one row")
+    for g, _ in parts:
+        if g.cache is None or g._logits is None:
+            raise UsageError("regroup() needs generators that have their prompts")
+        if g.cache.device != "cpu":
+            raise UsageError("regroup() needs host (CPU) caches")
+        if g._pending is not None:
+            g._decode(g._pending)
+            g._pending = None
+    first = parts[0][0]
+    out = Generator(first.pipeline, config, first.timer, first.tap)
+    out.rng = first.rng
+    for g, rows in parts:
+        out.prompts += [g.prompts[b] for b in rows]
+        out.tokens += [g.tokens[b] for b in rows]
+        out.finish += [g.finish[b] for b in rows]
+    P = max(g.cache.length for g, _ in parts)
+    room = max(config.max_new_tokens - len(t) for t in out.tokens)
+    out.cache = first.pipeline.new_cache(out.batch, P + max(room, 1))
+    out.cache.length = P
+    mask = np.zeros((out.batch, P), dtype=np.int64)
+    dst = out.cache.past()
+    r0 = 0
+    for g, rows in parts:
+        n, idx = g.cache.length, np.asarray(rows)
+        mask[r0 : r0 + len(rows), P - n :] = g._mask[idx]
+        for name, buf in g.cache.past().items():
+            d = dst[name].host
+            d[r0 : r0 + len(rows), :, : P - n] = 0  # padding: masked, but NaN-free
+            d[r0 : r0 + len(rows), :, P - n :] = buf.host[idx]
+        r0 += len(rows)
+    out._mask = mask
+    out._logits = np.concatenate([g._logits[np.asarray(rows)] for g, rows in parts])
+    out._next_pos = np.concatenate([g._next_pos[np.asarray(rows)] for g, rows in parts])
+    return out
 
 
 def batch_inputs(

@@ -61,12 +61,11 @@ class KVCache:
         self.num_layers, self.batch = num_layers, batch
         self.n_kv_heads, self.head_dim, self.max_len = n_kv_heads, head_dim, max_len
         self.dtype, self.device = np.dtype(dtype), device
-        n = batch * n_kv_heads * max_len * head_dim
-        # [side][layer][0=key, 1=value] -> (ptr, host array or None, keepalive)
-        self._bufs = [
-            [[allocate(n, self.dtype) for _ in range(2)] for _ in range(num_layers)]
-            for _ in range(2)
-        ]
+        self._n = batch * n_kv_heads * max_len * head_dim  # elements per layer's key or value
+        # one allocation per side, [layer][0=key, 1=value] slices of it: (ptr, host or None,
+        # keepalive). One large block goes back to the OS when freed; 4 x num_layers smaller
+        # ones fragment the heap of a server that allocates a cache per batch.
+        self._sides = [allocate(self._n * num_layers * 2, self.dtype) for _ in range(2)]
         self.length = 0  # positions held (P)
         self._side = 0  # which side holds the current past
 
@@ -84,11 +83,11 @@ class KVCache:
         )
 
     def _view(self, side: int, layer: int, kv: int, length: int) -> Buffer:
-        ptr, host, _ = self._bufs[side][layer][kv]
+        ptr, host, _ = self._sides[side]
         shape = (self.batch, self.n_kv_heads, length, self.head_dim)
-        n = int(np.prod(shape))
-        view = host[:n].reshape(shape) if host is not None else None
-        return Buffer(ptr, shape, self.dtype, self.device, view)
+        offset, n = (2 * layer + kv) * self._n, int(np.prod(shape))
+        view = host[offset : offset + n].reshape(shape) if host is not None else None
+        return Buffer(ptr + offset * self.dtype.itemsize, shape, self.dtype, self.device, view)
 
     def past(self) -> dict[str, Buffer]:
         """The current past as `past_key_values.{i}.key/value` views of shape (B, n_kv, P, hd)."""

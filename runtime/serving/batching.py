@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from semedge.runtime.generator import GenerationResult, Generator, cut_at_stop
+from semedge.runtime.generator import GenerationResult, Generator, cut_at_stop, regroup
 from semedge.runtime.sampling import GenerationConfig
 
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 
-__all__ = ["Job", "fail_job", "run_batch", "sampling_key"]
+__all__ = ["DecodeBatch", "Job", "fail_job", "prepare_job", "run_batch", "sampling_key"]
 
 MAX_PADDING = 1.25  # a batch's padded positions may exceed its real ones by 25 % at most
 
@@ -55,54 +55,153 @@ def sampling_key(config: GenerationConfig) -> tuple:
     return ("sample", config.temperature, config.top_k, config.top_p)
 
 
-def run_batch(pipe: Pipeline, jobs: Sequence[Job], max_positions: int = 8192) -> None:
-    """Prepare every job (its own compression), then prefill and decode them in batches.
+class DecodeBatch:
+    """Rows that decode together; prepared jobs join between steps and finished rows leave.
 
-    Prepared prompts are sorted by length and cut into batches whose padded size (rows x longest
-    prompt) stays within `max_positions` and within MAX_PADDING x their real positions: prefill
-    is compute-bound on a CPU, so padding costs in full while batching pays in decode. A job with bad input gets `error`; the others get `result`. Each row
-    stops on its own EOS, stop string or max_new_tokens, and its `done` event is set right then
-    (a short request need not wait for the batch's longest). All jobs must share a `sampling_key`.
+    Iteration-level (continuous) batching: a request that arrives while others decode is
+    prefilled on its own (prefill is compute-bound on a CPU: padding would cost in full) and then
+    joins the running decode batch (memory-bound: rows share the weight reads), so nobody waits
+    for a whole batch to finish. Joining copies the caches right-aligned into one
+    (`generator.regroup`); a GPU cache cannot be copied that way, so there a batch takes new jobs
+    only once it has drained.
+
+    Args:
+        pipe: the loaded Pipeline.
+        max_rows: rows decoding at once at most.
+        max_positions: rows x cache length at most (bounds the KV cache); a job that would pass
+            it waits until rows leave (a job alone always runs).
     """
-    live = []
-    for job in jobs:
-        c = job.config
+
+    def __init__(self, pipe: Pipeline, max_rows: int = 8, max_positions: int = 8192) -> None:
+        self.pipe, self.max_rows, self.max_positions = pipe, max_rows, max_positions
+        self.gen: Generator | None = None
+        self.jobs: list[Job] = []  # one per row of self.gen
+        self.key: tuple | None = None  # the running rows' sampling_key
+        self._mergeable = pipe.decode.device == "cpu"
+
+    @property
+    def live(self) -> int:
+        """Rows still generating."""
+        return sum(1 for j in self.jobs if not j.done.is_set())
+
+    def admit(self, jobs: Sequence[Job]) -> list[Job]:
+        """The leading prepared `jobs` that may join now, in order (nobody overtakes): the same
+        sampler as the running rows, free rows, and rows x longest length within max_positions
+        (the first job into an empty batch always fits)."""
+        if self.gen is not None and not self._mergeable:
+            return []
+        key = self.key if self.gen is not None else None
+        rows = self.live
+        longest = self.gen.cache.length + 1 if self.gen is not None else 0
+        out: list[Job] = []
+        for job in jobs:
+            key = key or sampling_key(job.config)
+            longest = max(longest, len(job.prepared.positions))
+            if rows == 0:
+                pass  # an empty batch takes its first job whatever its size
+            elif sampling_key(job.config) != key or rows + 1 > self.max_rows:
+                break
+            elif (rows + 1) * longest > self.max_positions:
+                break
+            out.append(job)
+            rows += 1
+        return out
+
+    def join(self, jobs: Sequence[Job]) -> None:
+        """Prefill prepared `jobs` (which `accepts`) in length groups, then merge them in."""
+        jobs = sorted(jobs, key=lambda j: len(j.prepared.positions))
+        groups: list[list[Job]] = []
+        for job in jobs:
+            n, last = len(job.prepared.positions), groups[-1] if groups else []
+            if last and (len(last) + 1) * n > MAX_PADDING * (
+                sum(len(j.prepared.positions) for j in last) + n
+            ):
+                groups.append([job])
+            elif last:
+                last.append(job)
+            else:
+                groups.append([job])
+        if self.key is None and jobs:
+            self.key = sampling_key(jobs[0].config)
+        for group in groups:
+            try:
+                gen = Generator(self.pipe, self._config(group))
+                gen.append_prompts([j.prepared for j in group])
+            except Exception as err:
+                for job in group:
+                    fail_job(job, err)
+                continue
+            self._merge(gen, group)
+
+    def step(self) -> None:
+        """One token for every row; rows that finish get their result (and leave later)."""
+        if self.gen is None:
+            return
         try:
-            job.prepared = pipe.prepare(job.prompt, c.ratio, c.query, c.max_new_tokens)
-            live.append(job)
-        except Exception as err:  # InputError (too long, empty) or a backend failure
-            fail_job(job, err)
-    live.sort(key=lambda j: len(j.prepared.positions))
-    batch: list[Job] = []
-    for job in live:
-        n = len(job.prepared.positions)
-        padded, real = (len(batch) + 1) * n, sum(len(j.prepared.positions) for j in batch) + n
-        if batch and (padded > max_positions or padded > MAX_PADDING * real):
-            _generate(pipe, batch)
-            batch = []
-        batch.append(job)
-    if batch:
-        _generate(pipe, batch)
-
-
-def _generate(pipe: Pipeline, live: list[Job]) -> None:
-    """One left-padded batch: prefill, then decode until every row has stopped."""
-    first = live[0].config
-    shared = GenerationConfig(
-        max_new_tokens=max(j.config.max_new_tokens for j in live), temperature=first.temperature,
-        top_k=first.top_k, top_p=first.top_p, seed=first.seed,
-    )  # fmt: skip
-    try:
-        gen = Generator(pipe, shared)
-        gen.append_prompts([j.prepared for j in live])
-        while not gen.is_done():
-            gen.generate_next_token()
-            for b, job in enumerate(live):
+            self.gen.generate_next_token()
+            for b, job in enumerate(self.jobs):
                 if not job.done.is_set():
-                    _step_row(pipe, gen, b, job)
-    except Exception as err:
-        for job in live:
-            fail_job(job, err)
+                    _step_row(self.pipe, self.gen, b, job)
+        except Exception as err:
+            for job in self.jobs:
+                fail_job(job, err)
+        if self.live == 0:
+            self.gen, self.jobs, self.key = None, [], None
+        elif self._mergeable and 2 * self.live <= len(self.jobs):
+            self._merge(None, [])  # half the rows are done: stop decoding them
+
+    def _config(self, jobs: Sequence[Job]) -> GenerationConfig:
+        """One sampler for the rows: the batch's longest max_new_tokens (rows stop on their own)."""
+        first = jobs[0].config
+        return GenerationConfig(
+            max_new_tokens=max(j.config.max_new_tokens for j in jobs), temperature=first.temperature,
+            top_k=first.top_k, top_p=first.top_p, seed=first.seed,
+        )  # fmt: skip
+
+    def _merge(self, gen: Generator | None, group: list[Job]) -> None:
+        """Keep the live rows and add `gen`'s (all of `group`)."""
+        if self.gen is None:
+            self.gen, self.jobs = gen, list(group)
+            return
+        keep = [b for b, j in enumerate(self.jobs) if not j.done.is_set()]
+        parts = [(self.gen, keep)] + ([(gen, list(range(len(group))))] if gen is not None else [])
+        jobs = [self.jobs[b] for b in keep] + list(group)
+        try:
+            self.gen, self.jobs = regroup(parts, self._config(jobs)), jobs
+        except Exception as err:
+            for job in jobs:
+                fail_job(job, err)
+            self.gen, self.jobs, self.key = None, [], None
+
+
+def prepare_job(pipe: Pipeline, job: Job) -> bool:
+    """Tokenize and compress `job`'s prompt; a bad one gets its error (False)."""
+    c = job.config
+    try:
+        job.prepared = pipe.prepare(job.prompt, c.ratio, c.query, c.max_new_tokens)
+        return True
+    except Exception as err:  # InputError (too long, empty) or a backend failure
+        fail_job(job, err)
+        return False
+
+
+def run_batch(pipe: Pipeline, jobs: Sequence[Job], max_positions: int = 8192) -> None:
+    """Prepare every job (its own compression), then generate them all, continuously batched.
+
+    Jobs are prefilled in length groups (at most MAX_PADDING x their real positions) and decode
+    together within `max_positions` (rows x cache length); a job that does not fit joins when
+    rows leave. A job with bad input gets `error`; the others get `result`. Each row stops on
+    its own EOS, stop string or max_new_tokens, and its `done` event is set right then. All
+    jobs must share a `sampling_key`.
+    """
+    waiting = [j for j in jobs if prepare_job(pipe, j)]
+    waiting.sort(key=lambda j: len(j.prepared.positions))
+    batch = DecodeBatch(pipe, max_rows=max(len(waiting), 1), max_positions=max_positions)
+    while waiting or batch.gen is not None:
+        if take := batch.admit(waiting):
+            del waiting[: len(take)]
+            batch.join(take)
+        batch.step()
 
 
 def fail_job(job: Job, err: Exception) -> None:

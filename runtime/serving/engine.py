@@ -1,7 +1,9 @@
-"""A request queue in front of one Pipeline: worker threads batch the requests waiting together.
+"""A request queue in front of one Pipeline: worker threads decode the requests continuously batched.
 
-Torch-free. Requests that arrive within `batch_wait_ms` of each other and share a sampler run as
-one left-padded batch (runtime/serving/batching.py); `max_batch=1` runs each request on its own.
+Torch-free. A worker decodes its running rows one token at a time; between tokens, queued
+requests that share the rows' sampler are prefilled and join (runtime/serving/batching.py), and
+finished rows leave, so a request never waits for a whole batch. `max_batch=1` runs each request
+on its own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from semedge.errors import InputError
-from semedge.runtime.serving.batching import Job, fail_job, run_batch, sampling_key
+from semedge.runtime.serving.batching import DecodeBatch, Job, fail_job, prepare_job, sampling_key
 
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline
@@ -29,12 +31,13 @@ class EngineConfig:
     """How requests share the CPU.
 
     Args:
-        max_batch: requests run together in one batch at most (1: no batching).
-        batch_wait_ms: how long a worker waits for more requests before it starts a batch.
+        max_batch: requests decoding together at most (1: no batching).
+        batch_wait_ms: how long an idle worker waits for more requests before it starts.
         workers: batches that run at once (each on its own thread; ORT sessions are shared).
         max_queue: requests waiting at most; more are refused (HTTP 503) instead of queuing.
-        max_batch_positions: rows x longest prompt (after compression) per batch at most; a
-            taken batch past it runs as several, shortest prompts first (bounds the KV cache).
+        max_batch_positions: rows x cache length (after compression) per batch at most; a
+            request past it waits until rows leave (bounds the KV cache; one request alone
+            always runs).
     """
 
     max_batch: int = 8
@@ -108,37 +111,59 @@ class Engine:
         for t in self._threads:
             t.join(timeout=30)
 
-    def _take_batch(self) -> list[Job] | None:
-        """Wait for a job, then up to batch_wait_ms for more that share its sampler."""
+    def _take(self, batch: DecodeBatch, room: int) -> list[Job] | None:
+        """Up to `room` queued jobs that share the running rows' sampler (or the first job's).
+
+        An idle worker blocks for the first job, then waits up to batch_wait_ms for more; a busy
+        one takes what is queued without waiting. None: the engine is closing and this worker
+        has nothing left to run.
+        """
+        idle = batch.gen is None
         with self._cv:
-            while not self._queue and not self._closed:
+            while idle and not self._queue and not self._closed:
                 self._cv.wait()
-            if self._closed:
+            if self._closed and idle:
                 return None
-            deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-            while len(self._queue) < self.config.max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cv.wait(timeout=left):
-                    break
-            key = sampling_key(self._queue[0].config)
-            batch = [j for j in self._queue if sampling_key(j.config) == key]
-            batch = batch[: self.config.max_batch]
-            for j in batch:
+            if idle:
+                deadline = time.monotonic() + self.config.batch_wait_ms / 1000
+                while len(self._queue) < room:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cv.wait(timeout=left):
+                        break
+            if not self._queue or room <= 0:
+                return []
+            key = batch.key if not idle else sampling_key(self._queue[0].config)
+            take = [j for j in self._queue if sampling_key(j.config) == key][:room]
+            for j in take:
                 self._queue.remove(j)
             if self._queue:
                 self._cv.notify()  # another worker can take the rest
-            return batch
+            return take
 
     def _work(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            for j in [j for j in batch if j.cancelled.is_set()]:
-                fail_job(j, InputError("the client cancelled the request"))
-            batch = [j for j in batch if not j.cancelled.is_set()]
-            if not batch:
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
+        """Decode the running rows one token at a time; between tokens, prepare queued jobs and
+        let them join (runtime/serving/batching.DecodeBatch)."""
+        batch = DecodeBatch(self.pipe, self.config.max_batch, self.config.max_batch_positions)
+        ready: list[Job] = []  # prepared, waiting for room in the batch
+        while True:
+            room = self.config.max_batch - batch.live - len(ready)
+            new = self._take(batch, room if not ready else 0)
+            if new is None:
+                for j in ready:
+                    fail_job(j, InputError("the server is shutting down"))
+                return
             try:
-                run_batch(self.pipe, batch, self.config.max_batch_positions)
-            except Exception:  # run_batch reports errors per job; this is a bug
+                for j in new:
+                    if j.cancelled.is_set():
+                        fail_job(j, InputError("the client cancelled the request"))
+                    elif prepare_job(self.pipe, j):
+                        ready.append(j)
+                ready = [j for j in ready if not j.done.is_set()]
+                if take := batch.admit(ready):
+                    del ready[: len(take)]
+                    batch.join(take)
+                    if self.on_batch is not None:
+                        self.on_batch(len(batch.jobs))
+                batch.step()
+            except Exception:  # DecodeBatch reports errors per job; this is a bug
                 log.exception("batch failed")

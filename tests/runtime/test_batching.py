@@ -53,3 +53,69 @@ def test_sampling_keys():
     assert sampling_key(warm) == sampling_key(GenerationConfig(temperature=0.7)) != greedy
     seeded = GenerationConfig(temperature=0.7, seed=1)
     assert sampling_key(seeded) != sampling_key(seeded)  # seeded requests run alone
+
+
+def test_regroup_mid_generation_keeps_every_row(pipe):
+    """Rows of two generators at different lengths and steps, merged, go on as they would alone."""
+    from semedge.runtime.generator import Generator, regroup
+
+    words = TEXT.split()
+    prompts = [" ".join(words[:n]) for n in (9, 30, 17)]
+    want = [pipe.generate(p, max_new_tokens=8, ignore_eos=True).tokens for p in prompts]
+    config = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    a = Generator(pipe, config)
+    a.append_prompts([pipe.prepare(prompts[0]), pipe.prepare(prompts[1])])
+    for _ in range(3):
+        a.generate_next_token()
+    b = Generator(pipe, config)
+    b.append_prompts([pipe.prepare(prompts[2])])
+    b.generate_next_token()
+    merged = regroup([(a, [1, 0]), (b, [0])], config)  # reordered rows, a at step 3, b at step 1
+    assert merged.batch == 3 and merged.cache.length == max(a.cache.length, b.cache.length)
+    while not merged.is_done():
+        merged.generate_next_token()
+    assert merged.tokens == [want[1], want[0], want[2]]
+
+
+def test_a_job_joins_a_running_batch_and_finished_rows_leave(pipe):
+    from semedge.runtime.serving.batching import DecodeBatch, prepare_job
+
+    words = TEXT.split()
+    long = Job(" ".join(words[:60]), GenerationConfig(max_new_tokens=12, ignore_eos=True))
+    short = Job(" ".join(words[:8]), GenerationConfig(max_new_tokens=2, ignore_eos=True))
+    late = Job(" ".join(words[:25]), GenerationConfig(max_new_tokens=5, ignore_eos=True, ratio=2.0))
+    batch = DecodeBatch(pipe, max_rows=4)
+    for job in (long, short, late):
+        assert prepare_job(pipe, job)
+    batch.join(batch.admit([long, short]))
+    rows = []
+    for _ in range(4):
+        batch.step()
+        rows.append(len(batch.jobs))
+    assert short.done.is_set() and not long.done.is_set()
+    assert rows[-1] == 1  # the finished short row was dropped from the decode batch
+    batch.join(batch.admit([late]))  # joins after long has 5 tokens
+    assert len(batch.jobs) == 2
+    while batch.gen is not None:
+        batch.step()
+    for job in (long, short, late):
+        c = job.config
+        want = pipe.generate(
+            job.prompt, max_new_tokens=c.max_new_tokens, ignore_eos=True, ratio=c.ratio
+        )
+        assert job.result.tokens == want.tokens and job.result.text == want.text
+
+
+def test_admit_respects_rows_positions_and_samplers(pipe):
+    from semedge.runtime.serving.batching import DecodeBatch, prepare_job
+
+    words = TEXT.split()
+    jobs = [Job(" ".join(words[:40]), GenerationConfig(max_new_tokens=3)) for _ in range(3)]
+    warm = Job(" ".join(words[:40]), GenerationConfig(max_new_tokens=3, temperature=0.7))
+    for job in [*jobs, warm]:
+        prepare_job(pipe, job)
+    n = len(jobs[0].prepared.positions)
+    assert len(DecodeBatch(pipe, max_rows=2).admit(jobs)) == 2
+    assert len(DecodeBatch(pipe, max_rows=8, max_positions=2 * n).admit(jobs)) == 2
+    assert len(DecodeBatch(pipe, max_rows=8, max_positions=1).admit(jobs)) == 1  # alone always runs
+    assert len(DecodeBatch(pipe, max_rows=8).admit([jobs[0], warm, jobs[1]])) == 1  # no overtaking
