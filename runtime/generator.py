@@ -257,7 +257,8 @@ def regroup(parts: list[tuple[Generator, list[int]]], config: GenerationConfig) 
         for name, buf in g.cache.past().items():
             d = dst[name].host
             d[r0 : r0 + len(rows), :, : P - n] = 0  # padding: masked, but NaN-free
-            d[r0 : r0 + len(rows), :, P - n :] = buf.host[idx]
+            for i, b in enumerate(rows):  # slices, not fancy indexing: one pass, no temporary
+                d[r0 + i, :, P - n :] = buf.host[b]
         r0 += len(rows)
     out._mask = mask
     out._logits = np.concatenate([g._logits[np.asarray(rows)] for g, rows in parts])

@@ -12,6 +12,7 @@ allocated or copied per token.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from semedge.errors import InputError, UsageError
 
-__all__ = ["KVCache", "Buffer"]
+__all__ = ["Buffer", "HostPool", "KVCache"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +137,40 @@ class KVCache:
                 raise UsageError("host_arrays() needs a host (CPU) cache")
             out[name] = buf.host.copy()
         return out
+
+
+class HostPool:
+    """Host blocks handed back by finished caches, lent to new ones (thread-safe).
+
+    A server that builds a cache each time a request joins a decode batch would otherwise map
+    and page-fault hundreds of MB per join. `release` only what no graph still reads.
+
+    Args:
+        allocate: the backend's allocator, used when no free block is large enough.
+        keep: free blocks kept at most (the largest; 2 = one cache's two sides, what the next
+            join needs).
+    """
+
+    def __init__(self, allocate: Any, keep: int = 2) -> None:
+        self._allocate, self.keep = allocate, keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
+        """`n` elements: the smallest free block that fits, else a new one."""
+        dtype = np.dtype(dtype)
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.size >= n]
+            if fits:
+                block = self._free.pop(min(fits, key=lambda i: self._free[i].size))
+                return block.ctypes.data, block[:n], block
+        return self._allocate(n, dtype)  # host backends keep the whole ndarray alive
+
+    def release(self, cache: KVCache) -> None:
+        """Take back `cache`'s host blocks (the cache must not be used afterwards)."""
+        if cache.device != "cpu":
+            return
+        with self._lock:
+            self._free += [keep for _, _, keep in cache._sides if isinstance(keep, np.ndarray)]
+            self._free = sorted(self._free, key=lambda b: b.size)[-self.keep :]
+        cache._sides = []

@@ -40,7 +40,7 @@ from semedge.logs import log_timed
 from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
-from semedge.runtime.kv_cache import KVCache
+from semedge.runtime.kv_cache import HostPool, KVCache
 from semedge.runtime.sampling import GenerationConfig
 from semedge.runtime.span_adapter import load_span_adapter, span_adapter_fn
 from semedge.runtime.trace import NULL_TIMER
@@ -98,6 +98,7 @@ class Pipeline:
         )
         self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
+        self.kv_pool = HostPool(self.decode.allocate)  # blocks released by serving batches
         self._adapter = load_span_adapter(path, self.config.get("adapter"), manifest.files)
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
@@ -372,10 +373,11 @@ class Pipeline:
         )
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A KV cache on the decode backend's device for `batch` rows of `max_len` positions."""
+        """A KV cache on the decode backend's device for `batch` rows of `max_len` positions
+        (host memory comes from `kv_pool` where blocks were released to it)."""
         c = self.config
         return KVCache(
-            self.decode.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
+            self.kv_pool.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
             int(c["head_dim"]), max_len, self.kv_dtype, self.decode.device,
         )  # fmt: skip
 

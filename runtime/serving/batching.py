@@ -146,6 +146,8 @@ class DecodeBatch:
             for job in self.jobs:
                 fail_job(job, err)
         if self.live == 0:
+            if self._mergeable:
+                self.pipe.kv_pool.release(self.gen.cache)
             self.gen, self.jobs, self.key = None, [], None
         elif self._mergeable and 2 * self.live <= len(self.jobs):
             self._merge(None, [])  # half the rows are done: stop decoding them
@@ -167,7 +169,10 @@ class DecodeBatch:
         parts = [(self.gen, keep)] + ([(gen, list(range(len(group))))] if gen is not None else [])
         jobs = [self.jobs[b] for b in keep] + list(group)
         try:
-            self.gen, self.jobs = regroup(parts, self._config(jobs)), jobs
+            merged = regroup(parts, self._config(jobs))
+            for g, _ in parts:  # their rows are copied: the blocks serve the next cache
+                self.pipe.kv_pool.release(g.cache)
+            self.gen, self.jobs = merged, jobs
         except Exception as err:
             for job in jobs:
                 fail_job(job, err)

@@ -119,3 +119,17 @@ def test_admit_respects_rows_positions_and_samplers(pipe):
     assert len(DecodeBatch(pipe, max_rows=8, max_positions=2 * n).admit(jobs)) == 2
     assert len(DecodeBatch(pipe, max_rows=8, max_positions=1).admit(jobs)) == 1  # alone always runs
     assert len(DecodeBatch(pipe, max_rows=8).admit([jobs[0], warm, jobs[1]])) == 1  # no overtaking
+
+
+def test_released_cache_blocks_are_reused(pipe):
+    from semedge.runtime.kv_cache import HostPool
+
+    pool = HostPool(pipe.decode.allocate, keep=2)
+    c = pipe.new_cache(2, 40)
+    c2 = type(c)(pool.allocate, c.num_layers, 2, c.n_kv_heads, c.head_dim, 40)
+    blocks = {keep.ctypes.data for _, _, keep in c2._sides}
+    pool.release(c2)
+    smaller = type(c)(pool.allocate, c.num_layers, 1, c.n_kv_heads, c.head_dim, 30)
+    assert {keep.ctypes.data for _, _, keep in smaller._sides} == blocks  # recycled, not new
+    larger = type(c)(pool.allocate, c.num_layers, 4, c.n_kv_heads, c.head_dim, 40)
+    assert not {keep.ctypes.data for _, _, keep in larger._sides} & blocks  # too small to reuse
