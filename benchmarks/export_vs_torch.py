@@ -70,9 +70,10 @@ class SemedgeRunner:
     name = "semedge"
     capacity = 512  # decode steps the KV cache reserves after each prefill
 
-    def __init__(self, export_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, export_dir: Path, threads: int | None = None, name: str = "semedge") -> None:
         from semedge.runtime import Pipeline
 
+        self.name = name
         self.pipe = Pipeline.from_pretrained(export_dir, providers="cpu", threads=threads)
 
     def prefill(self, ids: np.ndarray):
@@ -252,6 +253,8 @@ def run(args: argparse.Namespace) -> dict:
         ("openvino", args.openvino, lambda: OpenVinoRunner(Path(args.openvino), threads,
                                                            args.ov_precision)),
         ("genai", args.genai, lambda: GenaiRunner(Path(args.genai), threads)),
+        ("calibrated", args.calibrated, lambda: SemedgeRunner(Path(args.calibrated), threads,
+                                                              "calibrated")),
     ]  # fmt: skip
     for name, wanted, make in extra:
         if not wanted:
@@ -378,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
                    "on the OpenVINO provider")  # fmt: skip
     p.add_argument("--ov-precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--genai", metavar="DIR", help="add an onnxruntime-genai model directory")
+    p.add_argument("--calibrated", metavar="DIR", help="add a calibrated copy of the export "
+                   "(`semedge calibrate int8|fp16`) on the same runtime")  # fmt: skip
     p.add_argument("--decode-prompt", type=int, default=512)
     p.add_argument("--peak", action="store_true", help="measure fp32/bf16 matmul GFLOP/s peaks")
     p.add_argument("--smoke", action="store_true", help="tiny lengths, 1 repeat, 2 decode tokens")

@@ -137,23 +137,26 @@ def decode_feeds(
 
 @contextmanager
 def with_graphs(pipe: Pipeline, folder: Path | None) -> Iterator[Pipeline]:
-    """`pipe` running the prefill/decode graphs in `folder` (a quantized or fp16 copy; None: its
-    own); tokenizer, embed and encoder stay shared. The copies' sessions close on exit."""
+    """`pipe` running the prefill/decode graphs in `folder` (a quantized or fp16 copy; None, or a
+    graph absent from it: its own); tokenizer, embed and encoder stay shared. The copies'
+    sessions close on exit."""
     if folder is None:
         yield pipe
         return
     from semedge.runtime.backends.ort import OrtBackend
 
-    backends = dict(pipe.backends)
+    backends, own = dict(pipe.backends), []
     for key, name in (("prefill", C.PREFILL_ONNX), ("decode", C.DECODE_ONNX)):
-        old = pipe.backends[key]
-        backends[key] = OrtBackend(Path(folder) / name, old.providers, old.spec, old.threads)
+        if (Path(folder) / name).exists():  # absent: not quantized, the export's own serves
+            old = pipe.backends[key]
+            backends[key] = OrtBackend(Path(folder) / name, old.providers, old.spec, old.threads)
+            own.append(key)
     try:
-        for key in ("prefill", "decode"):
+        for key in own:
             backends[key].load()
         yield Pipeline(pipe.path, pipe.manifest, pipe.tokenizer, backends)
     finally:
-        for key in ("prefill", "decode"):
+        for key in own:
             backends[key].close()
 
 

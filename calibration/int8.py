@@ -91,6 +91,7 @@ class Int8Config:
     speed_tokens: int = 512  # prefill length (and decode past) for the speed measurement
     speed_repeats: int = 3
     compress: bool = True  # calibrate on SemToken-merged inputs when the export compresses
+    graphs: tuple[str, ...] = GRAPHS  # graphs to quantize; the others stay as exported
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -113,6 +114,8 @@ class Int8Config:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.speed_tokens < 1 or self.speed_repeats < 1:
             raise InputError("speed_tokens and speed_repeats must be >= 1")
+        if not self.graphs or any(g not in GRAPHS for g in self.graphs):
+            raise InputError(f"graphs must be some of {', '.join(GRAPHS)}, got {self.graphs!r}")
 
     @property
     def schemes(self) -> tuple[str, ...]:
@@ -162,7 +165,7 @@ class _Run:
     named: dict[str, Path] = field(default_factory=dict)  # graph -> the file quantized from
 
     def __post_init__(self) -> None:
-        for graph in GRAPHS:
+        for graph in self.config.graphs:
             self.named[graph] = ensure_node_names(self.src / graph, self.scratch / "named")
 
     def prompts(self) -> list:
@@ -186,12 +189,13 @@ class _Run:
         )
 
     def build(self, scheme: str, exclude: list[str]) -> Path:
-        """Quantize both graphs (memoized per scheme + exclusion set); return their folder."""
+        """Quantize config.graphs (memoized per scheme + exclusion set); return their folder
+        (a graph not quantized is not in it: `with_graphs` keeps the export's own)."""
         out = self.scratch / f"{scheme}@{abs(hash(tuple(sorted(exclude)))):x}"
         if out.is_dir():
             return out
         s = self.settings(scheme)
-        for graph in GRAPHS:
+        for graph in self.config.graphs:
             cache_path = None
             if s.needs_ranges:
                 key = self.cache.key(
@@ -218,18 +222,21 @@ class _Run:
         return self.scores[key]
 
 
-def _mb(folder: Path) -> float:
-    return sum((folder / g).stat().st_size for g in GRAPHS) / 1e6
+def _mb(run: _Run, folder: Path) -> float:
+    """Graph bytes (MB) of the calibrated export: the quantized ones from `folder`."""
+    return (
+        sum(((folder if (folder / g).exists() else run.src) / g).stat().st_size for g in GRAPHS)
+        / 1e6
+    )
 
 
 def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
     """Sensitivity search for one scheme; returns its candidate record (or its failure)."""
     import onnx
 
-    model = onnx.load(str(run.named[C.PREFILL_ONNX]), load_external_data=False)
-    dec = onnx.load(str(run.named[C.DECODE_ONNX]), load_external_data=False)
-    # prefill and decode may share node names: one group entry serves both graphs
-    hints = {**weight_hints(model), **weight_hints(dec)}
+    hints = {}  # prefill and decode may share node names: one group entry serves both graphs
+    for graph in run.config.graphs:
+        hints.update(weight_hints(onnx.load(str(run.named[graph]), load_external_data=False)))
     groups = group_nodes(list(hints), run.config.granularity, hints)
 
     def evaluate(exclude: list[str]) -> float:
@@ -251,7 +258,7 @@ def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
         "ppl": res.loss,
         "sensitivity": res,
         "quantized_nodes": len(hints) - len(res.kept_nodes),
-        "size_mb": _mb(folder),
+        "size_mb": _mb(run, folder),
     }
 
 
@@ -259,7 +266,7 @@ def _attention_matmuls(run: _Run) -> dict[str, str]:
     import onnx
 
     out = {}
-    for graph in GRAPHS:
+    for graph in run.config.graphs:
         model = onnx.load(str(run.named[graph]), load_external_data=False)
         weights = weight_matmuls(model)
         for n in model.graph.node:
@@ -271,30 +278,40 @@ def _attention_matmuls(run: _Run) -> dict[str, str]:
 
 
 def _pick(run: _Run, candidates: list[dict]) -> dict:
-    """Measure the passing schemes' speed side by side with fp32 and take the fastest prefill."""
+    """Measure the passing schemes' speed side by side with fp32 and take the fastest prefill
+    (the fastest decode step when only the decode graph is quantized)."""
     ok = [c for c in candidates if c["passed"]]
     if not ok:
         msgs = "; ".join(c["error"] for c in candidates)
         raise AccuracyError(msgs)
     cfg = run.config
     tokens = min(cfg.speed_tokens, int(run.pipe.config.get("max_context", cfg.speed_tokens)))
-    with log_timed(log, f"timing prefill @{tokens} and decode for fp32 + {len(ok)} schemes"):
-        pre = scoring.prefill_ms(
-            run.pipe,
-            [run.src / C.PREFILL_ONNX, *(c["folder"] / C.PREFILL_ONNX for c in ok)],
-            tokens,
-            cfg.speed_repeats,
-        )
+    timed = [g for g in GRAPHS if g in cfg.graphs]
+    with log_timed(log, f"timing {' and '.join(timed)} @{tokens} for fp32 + {len(ok)} schemes"):
+        pre = [None] * (len(ok) + 1)
+        if C.PREFILL_ONNX in cfg.graphs:
+            pre = scoring.prefill_ms(
+                run.pipe, [run.src / C.PREFILL_ONNX, *(c["folder"] / C.PREFILL_ONNX for c in ok)],
+                tokens, cfg.speed_repeats,
+            )  # fmt: skip
         dec = scoring.decode_ms(
             run.pipe,
-            [run.src / C.DECODE_ONNX, *(c["folder"] / C.DECODE_ONNX for c in ok)],
+            [run.src / C.DECODE_ONNX, *(_graph(run, c, C.DECODE_ONNX) for c in ok)],
             tokens,
         )
     for c, p, d in zip(ok, pre[1:], dec[1:], strict=True):
-        c.update(prefill_ms=p, decode_ms=d, prefill_speedup=pre[0] / p, decode_speedup=dec[0] / d)
-    best = max(ok, key=lambda c: c["prefill_speedup"])
+        c.update(prefill_ms=p, decode_ms=d, decode_speedup=dec[0] / d,
+                 prefill_speedup=pre[0] / p if p else None)  # fmt: skip
+    speedup = "prefill_speedup" if C.PREFILL_ONNX in cfg.graphs else "decode_speedup"
+    best = max(ok, key=lambda c: c[speedup])
     best.update(prefill_ms_fp32=pre[0], decode_ms_fp32=dec[0], speed_tokens=tokens)
     return best
+
+
+def _graph(run: _Run, candidate: dict, graph: str) -> Path:
+    """The candidate's `graph`: quantized, or the export's own where it was not quantized."""
+    path = candidate["folder"] / graph
+    return path if path.exists() else run.src / graph
 
 
 def _public(c: dict) -> dict:
@@ -377,7 +394,7 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
         ppl_fp32=base.ppl, ppl_int8=q.ppl, top1_agreement=scoring.agreement(base, q),
         prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
         decode_ms_fp32=best["decode_ms_fp32"], decode_ms_int8=best["decode_ms"],
-        speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run.src),
+        speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run, run.src),
         quantized_nodes=best["quantized_nodes"], kept_high_precision=sorted(kept),
         kept_reasons=kept, candidates=[_public(c) for c in candidates],
         sensitivity=sens.to_dict(), cache_hit=run.cache_hit,
@@ -397,10 +414,11 @@ def _write(
     run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool
 ) -> None:
     ort = require("onnxruntime")
-    skip = set().union(*(_graph_files(run.src, g) for g in GRAPHS)) | {C.MANIFEST}
+    graphs = run.config.graphs
+    skip = set().union(*(_graph_files(run.src, g) for g in graphs)) | {C.MANIFEST}
     with staged_dir(out, overwrite=overwrite) as tmp:
         copy_verified(run.src, manifest, tmp, skip)
-        for g in GRAPHS:
+        for g in graphs:
             shutil.copy2(best["folder"] / g, tmp / g)
         config = dict(manifest.config)
         config["quantization"] = {

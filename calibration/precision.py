@@ -304,6 +304,7 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
         scheme="weight-only", max_ppl_increase=cfg.max_ppl_increase, samples=cfg.int8_samples,
         seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows, eval_context=cfg.eval_context,
         eval_tokens=cfg.eval_tokens, speed_tokens=cfg.speed_tokens, speed_repeats=1,
+        graphs=(C.DECODE_ONNX,),
     )  # fmt: skip
     tmp = cand.parent / f"{cand.name}-int8-decode"
     try:

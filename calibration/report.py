@@ -67,8 +67,8 @@ class Int8Report:
         return d
 
     def rows(self) -> list[list[Any]]:
-        """(metric, fp32, int8, ratio) rows for a table."""
-        return [
+        """(metric, fp32, int8, ratio) rows for a table (a graph not timed has no row)."""
+        rows = [
             ["perplexity", self.ppl_fp32, self.ppl_int8, f"{self.ppl_increase_pct:+.2f} %"],
             ["top-1 agreement", 1.0, self.top1_agreement, ""],
             [
@@ -90,6 +90,7 @@ class Int8Report:
                 _x(_ratio(self.size_mb_fp32, self.size_mb)),
             ],
         ]
+        return [r for r in rows if r[1] is not None or r[2] is not None]
 
 
 def _x(v: float | None) -> str:

@@ -44,16 +44,21 @@ def command() -> None:
 @click.option("--eval-context", type=int, default=None, help="Prefill tokens per window [128].")
 @click.option("--eval-tokens", type=int, default=None, help="Scored decode tokens per window [32].")
 @click.option("--speed-tokens", type=int, default=None, help="Prefill length timed [512].")
+@click.option("--graphs", type=click.Choice(["both", "decode"]), default="both",
+              help="Quantize both graphs, or only the decode graph (prefill stays as exported).")  # fmt: skip
 @click.option(
     "--cache-dir", type=_PATH, default=None, help="Range cache [$SEMEDGE_CACHE/calibration]."
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def int8(onnx_dir, out_dir, data, cache_dir, overwrite, as_json, **opts) -> None:
+def int8(onnx_dir, out_dir, data, graphs, cache_dir, overwrite, as_json, **opts) -> None:
     """Calibrate ONNX_DIR (fp32 export) to INT8 within a perplexity budget; write OUT_DIR."""
     from semedge.calibration.int8 import Int8Config, calibrate_int8
+    from semedge.constants import DECODE_ONNX
 
     config = replace_set(Int8Config(), **opts)
+    if graphs == "decode":
+        config = replace_set(config, graphs=(DECODE_ONNX,))
     report = calibrate_int8(
         onnx_dir, out_dir, data, config, cache_root=cache_dir, overwrite=overwrite
     )

@@ -112,3 +112,17 @@ def test_runtime_runs_the_calibrated_dir(tiny_export, cal_text, tmp_path):
     with Pipeline.from_pretrained(out) as pipe:
         res = pipe.generate(prompt, max_new_tokens=4, ratio=2.0)
     assert len(res.tokens) == 4 and res.compressed_tokens < res.prompt_tokens
+
+
+def test_decode_only_leaves_the_prefill_graph_as_exported(tiny_export, cal_text, tmp_path):
+    out = tmp_path / "dec8"
+    cfg = Int8Config(scheme="weight-only", max_ppl_increase=50.0, graphs=(C.DECODE_ONNX,),
+                     **INT8_FAST)  # fmt: skip
+    report = calibrate_int8(tiny_export, out, cal_text, cfg, cache_root=tmp_path / "cache")
+    assert sha256_file(out / C.PREFILL_ONNX) == sha256_file(tiny_export / C.PREFILL_ONNX)
+    ops = {n.op_type for n in onnx.load(str(out / C.DECODE_ONNX)).graph.node}
+    assert "MatMulNBits" in ops and report.quantized_nodes > 0
+    assert report.prefill_ms_int8 is None and report.decode_ms_int8 > 0  # prefill not re-timed
+    verify_manifest(out, load_manifest(out, expect_format=C.FORMAT_CALIBRATED))
+    with pytest.raises(Exception, match="graphs must be"):
+        Int8Config(graphs=("encoder.onnx",))
