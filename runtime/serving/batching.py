@@ -1,4 +1,5 @@
-"""Run several requests as one left-padded batch, each with its own ratio, length and stops.
+"""Continuous batching: requests prefill on their own and decode together, each with its own
+ratio, length and stops; rows join and leave between tokens.
 
 Torch-free: shared by `semedge serve` (runtime/serving/engine.py) and the Triton Python backend
 model (export/triton_python/model.py), so both servers generate exactly as `Pipeline.generate`.

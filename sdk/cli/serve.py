@@ -23,11 +23,16 @@ __all__ = ["command"]
     "--provider", default="cpu", show_default=True, help="cpu | cuda | tensorrt | openvino."
 )
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads per session.")
-@click.option("--max-batch", type=int, default=None, help="Requests batched together [8].")
-@click.option("--batch-wait-ms", type=float, default=None, help="Wait for a batch to fill [10].")
+@click.option("--max-batch", type=int, default=None, help="Requests decoding together [8].")
+@click.option(
+    "--batch-wait-ms",
+    type=float,
+    default=None,
+    help="An idle worker waits this long for more requests [10].",
+)
 @click.option("--workers", type=int, default=None, help="Batches running at once [1].")
 @click.option("--max-batch-positions", type=int, default=None,
-              help="Rows x longest prompt per batch [8192]; bounds memory.")  # fmt: skip
+              help="Rows x cache length per batch [8192]; bounds memory.")  # fmt: skip
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body [1 MiB].")
 @click.option("--default-max-tokens", type=int, default=None, help="max_tokens when unset [64].")
 @click.option("--triton-home", type=click.Path(path_type=Path), default=None,

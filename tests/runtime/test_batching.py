@@ -133,3 +133,28 @@ def test_released_cache_blocks_are_reused(pipe):
     assert {keep.ctypes.data for _, _, keep in smaller._sides} == blocks  # recycled, not new
     larger = type(c)(pool.allocate, c.num_layers, 4, c.n_kv_heads, c.head_dim, 40)
     assert not {keep.ctypes.data for _, _, keep in larger._sides} & blocks  # too small to reuse
+
+
+def test_engine_lets_a_short_request_join_and_finish_during_a_long_one(pipe):
+    """Continuous batching: a request that arrives mid-decode does not wait for the batch."""
+    import threading
+
+    from semedge.runtime.serving.engine import Engine, EngineConfig
+
+    started = threading.Event()
+    long = Job(TEXT[:200], GenerationConfig(max_new_tokens=300, ignore_eos=True),
+               on_text=lambda s: started.set())  # fmt: skip
+    short = Job(TEXT[300:420], GenerationConfig(max_new_tokens=3, ignore_eos=True))
+    engine = Engine(pipe, EngineConfig(max_batch=4))
+    try:
+        engine.submit(long)
+        assert started.wait(60)
+        engine.submit(short)
+        assert short.done.wait(60)
+        assert not long.done.is_set()  # the short one joined the running batch and left first
+        assert long.done.wait(120)
+    finally:
+        engine.close()
+    for job in (long, short):
+        want = pipe.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, ignore_eos=True)
+        assert job.result.tokens == want.tokens
