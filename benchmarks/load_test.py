@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-batch-positions", type=int, default=8192)
+    ap.add_argument("--provider", default="cpu", help="semedge serve --provider (cpu | openvino ...)")
     ap.add_argument("--max-seconds", type=float, default=600, help="per run")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from semedge.runtime import Pipeline
 
     t0 = time.perf_counter()
-    with Pipeline.from_pretrained(args.export) as pipe:
+    with Pipeline.from_pretrained(args.export, providers=args.provider) as pipe:
         reqs = build_requests(pipe, [int(x) for x in args.lengths.split(",")],
                               _floats(args.ratios), [int(x) for x in args.new_tokens.split(",")],
                               args.pool, args.compress_from)  # fmt: skip
@@ -281,7 +282,8 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
     if target == "semedge":
         server = Server(["serve", str(args.export), "--model-name", "load", "--max-batch",
                          str(args.max_batch), "--workers", str(args.workers),
-                         "--max-batch-positions", str(args.max_batch_positions)],
+                         "--max-batch-positions", str(args.max_batch_positions),
+                         "--provider", args.provider],
                         r"on http://127\.0\.0\.1:(\d+)/v1")  # fmt: skip
         ask = ask_openai
     elif target == "triton":
