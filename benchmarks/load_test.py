@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-batch-positions", type=int, default=8192)
-    ap.add_argument("--provider", default="cpu", help="semedge serve --provider (cpu | openvino ...)")
+    ap.add_argument(
+        "--provider", default="cpu", help="semedge serve --provider (cpu | openvino ...)"
+    )
     ap.add_argument("--max-seconds", type=float, default=600, help="per run")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)

@@ -109,13 +109,17 @@ class DecodeBatch:
         return out
 
     def join(self, jobs: Sequence[Job]) -> None:
-        """Prefill prepared `jobs` (which `accepts`) in length groups, then merge them in."""
+        """Prefill prepared `jobs` (what `admit` returned) in length groups, then merge them in
+        (a GPU cache cannot be merged: there they prefill as one left-padded batch)."""
         jobs = sorted(jobs, key=lambda j: len(j.prepared.positions))
         groups: list[list[Job]] = []
         for job in jobs:
             n, last = len(job.prepared.positions), groups[-1] if groups else []
-            if last and (len(last) + 1) * n > MAX_PADDING * (
-                sum(len(j.prepared.positions) for j in last) + n
+            if (
+                last
+                and self._mergeable
+                and (len(last) + 1) * n
+                > MAX_PADDING * (sum(len(j.prepared.positions) for j in last) + n)
             ):
                 groups.append([job])
             elif last:

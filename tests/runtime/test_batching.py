@@ -158,3 +158,36 @@ def test_engine_lets_a_short_request_join_and_finish_during_a_long_one(pipe):
     for job in (long, short):
         want = pipe.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, ignore_eos=True)
         assert job.result.tokens == want.tokens
+
+
+def test_a_batch_that_cannot_merge_caches_runs_its_jobs_as_one(pipe, monkeypatch):
+    """GPU caches cannot be regrouped: a batch takes jobs only when empty, as one padded batch."""
+    from semedge.errors import UsageError
+    from semedge.runtime.serving import batching
+    from semedge.runtime.serving.batching import DecodeBatch, prepare_job
+
+    def no_regroup(*args, **kwargs):
+        raise UsageError("regroup() needs host (CPU) caches")
+
+    monkeypatch.setattr(batching, "regroup", no_regroup)  # what a CUDA / TensorRT cache gets
+
+    words = TEXT.split()
+    jobs = [Job(" ".join(words[:n]), GenerationConfig(max_new_tokens=4, ignore_eos=True))
+            for n in (6, 50)]  # fmt: skip
+    later = Job(" ".join(words[:20]), GenerationConfig(max_new_tokens=2, ignore_eos=True))
+    for job in [*jobs, later]:
+        prepare_job(pipe, job)
+    batch = DecodeBatch(pipe, max_rows=4)
+    batch._mergeable = False  # as on a CUDA / TensorRT decode backend
+    batch.join(batch.admit(jobs))  # lengths 6 and 50: two groups where caches can merge
+    assert len(batch.jobs) == 2
+    batch.step()
+    assert batch.admit([later]) == []  # no joining a running batch
+    while batch.gen is not None:
+        batch.step()
+    batch.join(batch.admit([later]))
+    while batch.gen is not None:
+        batch.step()
+    for job in [*jobs, later]:
+        want = pipe.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, ignore_eos=True)
+        assert job.error is None and job.result.tokens == want.tokens
