@@ -67,7 +67,6 @@ class TorchRunner:
 class SemedgeRunner:
     """semedge's export through its runtime (Pipeline + Generator: I/O-bound KV cache), ORT CPU."""
 
-    name = "semedge"
     capacity = 512  # decode steps the KV cache reserves after each prefill
 
     def __init__(self, export_dir: Path, threads: int | None = None, name: str = "semedge") -> None:

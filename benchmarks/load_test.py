@@ -204,9 +204,8 @@ def run_load(ask, port: int, model: str, requests: list[Request], clients: int, 
         for i in range(per_client):
             if time.monotonic() > deadline:
                 return
-            req = requests[
-                (c + i) % len(requests)
-            ]  # clients start apart: a mixed load at every moment
+            # clients start at different requests: the load is mixed at every moment
+            req = requests[(c + i) % len(requests)]
             t0 = time.perf_counter()
             try:
                 text, ttft, gen = ask(port, model, req, timeout=max_seconds)

@@ -222,12 +222,15 @@ class _Run:
         return self.scores[key]
 
 
+def _graph(run: _Run, folder: Path, graph: str) -> Path:
+    """`folder`'s `graph` where it was quantized, else the export's own."""
+    path = folder / graph
+    return path if path.exists() else run.src / graph
+
+
 def _mb(run: _Run, folder: Path) -> float:
     """Graph bytes (MB) of the calibrated export: the quantized ones from `folder`."""
-    return (
-        sum(((folder if (folder / g).exists() else run.src) / g).stat().st_size for g in GRAPHS)
-        / 1e6
-    )
+    return sum(_graph(run, folder, g).stat().st_size for g in GRAPHS) / 1e6
 
 
 def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
@@ -296,7 +299,7 @@ def _pick(run: _Run, candidates: list[dict]) -> dict:
             )  # fmt: skip
         dec = scoring.decode_ms(
             run.pipe,
-            [run.src / C.DECODE_ONNX, *(_graph(run, c, C.DECODE_ONNX) for c in ok)],
+            [run.src / C.DECODE_ONNX, *(_graph(run, c["folder"], C.DECODE_ONNX) for c in ok)],
             tokens,
         )
     for c, p, d in zip(ok, pre[1:], dec[1:], strict=True):
@@ -306,12 +309,6 @@ def _pick(run: _Run, candidates: list[dict]) -> dict:
     best = max(ok, key=lambda c: c[speedup])
     best.update(prefill_ms_fp32=pre[0], decode_ms_fp32=dec[0], speed_tokens=tokens)
     return best
-
-
-def _graph(run: _Run, candidate: dict, graph: str) -> Path:
-    """The candidate's `graph`: quantized, or the export's own where it was not quantized."""
-    path = candidate["folder"] / graph
-    return path if path.exists() else run.src / graph
 
 
 def _public(c: dict) -> dict:

@@ -111,14 +111,13 @@ class Engine:
         for t in self._threads:
             t.join(timeout=30)
 
-    def _take(self, batch: DecodeBatch, room: int) -> list[Job] | None:
-        """Up to `room` queued jobs that share the running rows' sampler (or the first job's).
+    def _take(self, key: tuple | None, room: int, idle: bool) -> list[Job] | None:
+        """Up to `room` queued jobs that share sampler `key` (None: the first queued job's).
 
-        An idle worker blocks for the first job, then waits up to batch_wait_ms for more; a busy
-        one takes what is queued without waiting. None: the engine is closing and this worker
-        has nothing left to run.
+        An idle worker (no rows, nothing prepared) blocks for the first job, then waits up to
+        batch_wait_ms for more; a busy one takes what is queued without waiting. None: the
+        engine is closing and this worker has nothing left to run.
         """
-        idle = batch.gen is None
         with self._cv:
             while idle and not self._queue and not self._closed:
                 self._cv.wait()
@@ -132,7 +131,7 @@ class Engine:
                         break
             if not self._queue or room <= 0:
                 return []
-            key = batch.key if not idle else sampling_key(self._queue[0].config)
+            key = key or sampling_key(self._queue[0].config)
             take = [j for j in self._queue if sampling_key(j.config) == key][:room]
             for j in take:
                 self._queue.remove(j)
@@ -146,8 +145,9 @@ class Engine:
         batch = DecodeBatch(self.pipe, self.config.max_batch, self.config.max_batch_positions)
         ready: list[Job] = []  # prepared, waiting for room in the batch
         while True:
-            room = self.config.max_batch - batch.live - len(ready)
-            new = self._take(batch, room if not ready else 0)
+            # prepared jobs go first; a worker holding some is busy even once its rows are done
+            room = 0 if ready else self.config.max_batch - batch.live
+            new = self._take(batch.key, room, idle=batch.gen is None and not ready)
             if new is None:
                 for j in ready:
                     fail_job(j, InputError("the server is shutting down"))

@@ -191,3 +191,27 @@ def test_a_batch_that_cannot_merge_caches_runs_its_jobs_as_one(pipe, monkeypatch
     for job in [*jobs, later]:
         want = pipe.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, ignore_eos=True)
         assert job.error is None and job.result.tokens == want.tokens
+
+
+def test_engine_runs_a_waiting_job_once_the_batch_drains_without_new_traffic(pipe):
+    """A prepared job too large to join waits for rows to leave; when the batch drains and no
+    other request comes, the worker must still run it (not block on the empty queue)."""
+    import threading
+
+    from semedge.runtime.serving.engine import Engine, EngineConfig
+
+    started = threading.Event()
+    first = Job(TEXT[:200], GenerationConfig(max_new_tokens=40, ignore_eos=True),
+                on_text=lambda s: started.set())  # fmt: skip
+    big = Job(TEXT[:600], GenerationConfig(max_new_tokens=3, ignore_eos=True))
+    positions = len(pipe.prepare(big.prompt).positions)
+    engine = Engine(pipe, EngineConfig(max_batch=4, max_batch_positions=positions + 10))
+    try:
+        engine.submit(first)
+        assert started.wait(60)
+        engine.submit(big)  # two rows x its length > max_batch_positions: it waits
+        assert first.done.wait(60)
+        assert big.done.wait(60), "the waiting job never ran"
+    finally:
+        engine.close()
+    assert big.result.tokens == pipe.generate(big.prompt, max_new_tokens=3, ignore_eos=True).tokens
