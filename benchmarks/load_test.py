@@ -58,6 +58,7 @@ class RunStats:
     rss_warm_mb: float = 0.0
     rss_end_mb: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    rss_timeline_mb: list = field(default_factory=list)  # [seconds into the run, MB]
     by_ratio: dict = field(default_factory=dict)  # ratio -> latencies of those requests
 
     def to_dict(self) -> dict:
@@ -78,6 +79,7 @@ class RunStats:
             "ttft_p99_s": pct(self.ttfts, 99), "rss_warm_mb": round(self.rss_warm_mb, 1),
             "rss_end_mb": round(self.rss_end_mb, 1), "error_samples": self.error_samples[:3],
             "p50_s_by_ratio": {str(k): pct(v, 50) for k, v in self.by_ratio.items()},
+            "rss_timeline_mb": self.rss_timeline_mb,
         }  # fmt: skip
 
 
@@ -196,9 +198,12 @@ def ask_triton(port: int, model: str, req: Request, timeout: float) -> tuple[str
 
 
 def run_load(ask, port: int, model: str, requests: list[Request], clients: int, per_client: int,
-             max_seconds: float, stats: RunStats) -> None:  # fmt: skip
-    """`clients` threads, each sending `per_client` requests in turn until the deadline."""
+             max_seconds: float, stats: RunStats, pid: int | None = None,
+             rss_every_s: float = 60.0) -> None:  # fmt: skip
+    """`clients` threads, each sending `per_client` requests in turn until the deadline; with
+    `pid`, the server's RSS is sampled every `rss_every_s` into stats.rss_timeline_mb."""
     lock, deadline = threading.Lock(), time.monotonic() + max_seconds
+    running = threading.Event()
 
     def client(c: int) -> None:
         for i in range(per_client):
@@ -221,12 +226,20 @@ def run_load(ask, port: int, model: str, requests: list[Request], clients: int, 
                 stats.generated += gen
                 stats.wrong += text != req.want
 
+    def sample_rss() -> None:
+        while not running.wait(rss_every_s):
+            stats.rss_timeline_mb.append([round(time.perf_counter() - t0), round(_rss_mb(pid), 1)])
+
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
+    sampler = threading.Thread(target=sample_rss, daemon=True) if pid else None
+    if sampler is not None:
+        sampler.start()
     for t in threads:
         t.join()
+    running.set()
     stats.seconds += time.perf_counter() - t0  # a stats object over several calls: their sum
 
 
@@ -310,7 +323,15 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
         for clients in counts:
             stats = RunStats(target, clients, rss_warm_mb=_rss_mb(server.proc.pid))
             run_load(
-                ask, server.port, "load", reqs, clients, args.requests, args.max_seconds, stats
+                ask,
+                server.port,
+                "load",
+                reqs,
+                clients,
+                args.requests,
+                args.max_seconds,
+                stats,
+                pid=server.proc.pid,
             )
             stats.rss_end_mb = _rss_mb(server.proc.pid)
             out.append(stats.to_dict())

@@ -166,6 +166,11 @@ class HostPool:
                 return block.ctypes.data, block[:n], block
         return self._allocate(n, dtype)  # host backends keep the whole ndarray alive
 
+    def clear(self) -> None:
+        """Drop the free blocks (an idle server gives their memory back)."""
+        with self._lock:
+            self._free = []
+
     def release(self, cache: KVCache) -> None:
         """Take back `cache`'s host blocks (the cache must not be used afterwards)."""
         if cache.device != "cpu":

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from semedge.runtime.generator import GenerationResult, Generator, cut_at_stop, regroup
 from semedge.runtime.sampling import GenerationConfig
+from semedge.runtime.serving import heap
 
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
@@ -142,6 +143,7 @@ class DecodeBatch:
         """One token for every row; rows that finish get their result (and leave later)."""
         if self.gen is None:
             return
+        live = self.live
         try:
             self.gen.generate_next_token()
             for b, job in enumerate(self.jobs):
@@ -156,6 +158,8 @@ class DecodeBatch:
             self.gen, self.jobs, self.key = None, [], None
         elif self._mergeable and 2 * self.live <= len(self.jobs):
             self._merge(None, [])  # half the rows are done: stop decoding them
+        if self.live < live:
+            heap.trim()  # their buffers are free: hand the pages back (RSS stays flat)
 
     def _config(self, jobs: Sequence[Job]) -> GenerationConfig:
         """One sampler for the rows: the batch's longest max_new_tokens (rows stop on their own)."""

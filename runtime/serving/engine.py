@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from semedge.errors import InputError
+from semedge.runtime.serving import heap
 from semedge.runtime.serving.batching import DecodeBatch, Job, fail_job, prepare_job, sampling_key
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class Engine:
         self._queue: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
+        self.rests = 0  # times a worker found nothing to do and gave memory back
         self._threads = [
             threading.Thread(target=self._work, name=f"semedge-worker-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -139,6 +141,13 @@ class Engine:
                 self._cv.notify()  # another worker can take the rest
             return take
 
+    def _rest(self) -> None:
+        """Nothing to run: give the pooled cache blocks and free heap pages back, so an idle
+        server's RSS falls to what the model needs (the next join maps its cache anew)."""
+        self.pipe.kv_pool.clear()
+        heap.malloc_trim()
+        self.rests += 1
+
     def _work(self) -> None:
         """Decode the running rows one token at a time; between tokens, prepare queued jobs and
         let them join (runtime/serving/batching.DecodeBatch)."""
@@ -147,7 +156,10 @@ class Engine:
         while True:
             # prepared jobs go first; a worker holding some is busy even once its rows are done
             room = 0 if ready else self.config.max_batch - batch.live
-            new = self._take(batch.key, room, idle=batch.gen is None and not ready)
+            idle = batch.gen is None and not ready
+            if idle and not self._queue:
+                self._rest()
+            new = self._take(batch.key, room, idle=idle)
             if new is None:
                 for j in ready:
                     fail_job(j, InputError("the server is shutting down"))

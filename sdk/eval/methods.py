@@ -5,7 +5,8 @@ the n = round(T / ratio) positions the LM reads, and at which position id. SemTo
 (`semtoken`, `semtoken_query`) runs through the product compressor / runtime; this module holds
 the baselines, each kept to exactly the same budget:
 
-- `full`: every token.  `truncate`: the last n tokens.
+- `full`: every token.  `truncate`: the last n tokens (after the prompt's leading special
+  tokens, BOS: a model trained with BOS at position 0 reads it whatever the method).
 - `head_tail`: the first tokens (instruction, attention sinks) + the most recent (StreamingLLM).
 - `random` / `uniform`: SemToken's protected tokens, random / evenly spaced span boundaries, spans
   represented like SemToken's (first token, original positions): only the boundaries differ.
@@ -34,6 +35,7 @@ __all__ = [
     "parse_suite_methods",
     "budget_for",
     "plan_full",
+    "leading_specials",
     "plan_truncate",
     "plan_head_tail",
     "plan_spans",
@@ -86,9 +88,18 @@ def plan_full(n_tokens: int) -> ContextPlan:
     return _compact(np.arange(n_tokens))
 
 
-def plan_truncate(n_tokens: int, ratio: float) -> ContextPlan:
+def leading_specials(special: np.ndarray, limit: int = 4) -> int:
+    """How many special tokens open the prompt (BOS and the like), at most `limit`: what
+    truncation keeps in front of the recent tokens."""
+    special = np.asarray(special, dtype=bool)[:limit]
+    return int(np.argmin(special)) if not special.all() else len(special)
+
+
+def plan_truncate(n_tokens: int, ratio: float, lead: int = 0) -> ContextPlan:
+    """The first `lead` tokens (leading_specials: BOS) and the last n - lead, n in all."""
     n = budget_for(n_tokens, ratio)
-    return _compact(np.arange(n_tokens - n, n_tokens))
+    lead = min(lead, n - 1)
+    return _compact(np.concatenate([np.arange(lead), np.arange(n_tokens - (n - lead), n_tokens)]))
 
 
 def plan_head_tail(n_tokens: int, ratio: float) -> ContextPlan:

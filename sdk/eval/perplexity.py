@@ -13,7 +13,7 @@ import numpy as np
 
 from semedge.config import CompressionConfig
 from semedge.eval.prompts import METHODS, PromptBuilder, parse_methods
-from semedge.eval.windows import check_window_fits, window_starts
+from semedge.eval.windows import check_window_fits, leading_bos, window_starts
 
 __all__ = ["MethodResult", "PerplexityReport", "evaluate_perplexity"]
 
@@ -82,7 +82,8 @@ def evaluate_perplexity(
     Args:
         model, tokenizer: a loaded causal LM (see `semedge.load_model`).
         token_ids: the whole data file as token ids.
-        context: T, context tokens per window; target: tokens scored after it.
+        context: T, context tokens per window (BOS first, counted in T, where the tokenizer
+            puts one before every text: windows.leading_bos); target: tokens scored after it.
         ratio: R, context tokens / positions for the compressed methods.
         methods: subset of METHODS.
         config: SemToken settings (its ratio is overridden by `ratio`).
@@ -101,13 +102,16 @@ def evaluate_perplexity(
     methods = parse_methods(methods)
     config = CompressionConfig(**{**_fields(config), "ratio": ratio, "target_tokens": None})
     check_window_fits(context, target, _max_positions(model))
-    starts = window_starts(len(token_ids), context + target, windows)
+    bos = leading_bos(tokenizer)  # BOS opens each window's context where the model expects it
+    lead = [] if bos is None else [bos]
+    starts = window_starts(len(token_ids), context - len(lead) + target, windows)
     builder = PromptBuilder(model, tokenizer, config, seed=seed, adapter=adapter)
     nll = {m: 0.0 for m in methods}
     used = {m: [] for m in methods}
     for s in tqdm(starts, desc="eval ppl", unit="window", disable=not progress):
-        ctx = token_ids[s : s + context]
-        tgt = token_ids[s + context : s + context + target]
+        end = s + context - len(lead)
+        ctx = np.concatenate([np.asarray(lead, dtype=np.int64), token_ids[s:end]])
+        tgt = token_ids[end : end + target]
         for m in methods:
             prompt = builder.build(m, ctx, ratio)
             nll[m] += score_continuation(model, prompt, tgt)[0]

@@ -12,7 +12,8 @@ import numpy as np
 
 from semedge.config import CompressionConfig
 from semedge.errors import InputError
-from semedge.eval.baselines import random_spans, truncate_keep, uniform_spans
+from semedge.eval.baselines import random_spans, uniform_spans
+from semedge.eval.methods import leading_specials, plan_truncate
 from semedge.textio import parse_names
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class PromptBuilder:
         n = len(ids)
         if method == "full":
             return plain_prompt(self.model, ids)
-        if method == "truncate":  # re-positioned from 0, as a plain short prompt
-            return plain_prompt(self.model, ids[n - truncate_keep(n, ratio) :])
+        if method == "truncate":  # re-positioned from 0, as a plain short prompt (BOS kept)
+            lead = leading_specials(self._special(ids))
+            return plain_prompt(self.model, ids[plan_truncate(n, ratio, lead).source])
         if method == "semtoken":
             return self.compressor.compress(input_ids=ids, ratio=ratio, query=query)
         if ratio == 1.0:
@@ -76,8 +78,10 @@ class PromptBuilder:
         from semedge.compressor.spans import protected_mask
 
         texts = self.tokenizer.batch_decode(ids[:, None].tolist())
-        special = np.isin(ids, np.asarray(self.tokenizer.all_special_ids, dtype=np.int64))
-        return protected_mask(texts, special, self.config)
+        return protected_mask(texts, self._special(ids), self.config)
+
+    def _special(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, np.asarray(self.tokenizer.all_special_ids, dtype=np.int64))
 
     def _merged(self, ids: np.ndarray, spans: np.ndarray) -> CompressedPrompt:
         # the compressor's own span -> (embeds, positions) rules: only the boundaries differ

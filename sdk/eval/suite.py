@@ -67,7 +67,7 @@ class Runner:
         if method == "full":
             return M.plan_full(T)
         if method == "truncate":
-            return M.plan_truncate(T, ratio)
+            return M.plan_truncate(T, ratio, M.leading_specials(tok.special))
         if method == "head_tail":
             return M.plan_head_tail(T, ratio)
         if method in ("random", "uniform"):

@@ -9,13 +9,21 @@ import numpy as np
 
 from semedge.errors import InputError
 
-__all__ = ["tokenize_text", "window_starts", "check_window_fits"]
+__all__ = ["tokenize_text", "leading_bos", "window_starts", "check_window_fits"]
 
 
 def tokenize_text(text: str, tokenizer) -> np.ndarray:
     """Token ids of `text` (no special tokens added) as an int64 array."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return np.asarray(ids, dtype=np.int64)
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts before every text (Gemma 3), or None (SmolLM2): a model
+    trained that way is scored with BOS opening each window."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return int(bos) if bos is not None and len(ids) and ids[0] == bos else None
 
 
 def window_starts(n_tokens: int, length: int, count: int) -> list[int]:

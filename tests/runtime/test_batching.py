@@ -215,3 +215,51 @@ def test_engine_runs_a_waiting_job_once_the_batch_drains_without_new_traffic(pip
     finally:
         engine.close()
     assert big.result.tokens == pipe.generate(big.prompt, max_new_tokens=3, ignore_eos=True).tokens
+
+
+def test_rows_leaving_a_batch_trim_the_heap_at_most_once_per_interval(pipe, monkeypatch):
+    from semedge.runtime.serving import heap
+
+    trims = []
+    monkeypatch.setattr(heap, "malloc_trim", lambda: trims.append(1) or True)
+    monkeypatch.setattr(heap, "trim", heap.HeapTrimmer(min_interval_s=0.0))
+    # three rows that finish at three different steps: three times rows leave
+    jobs = [Job(TEXT[:60], GenerationConfig(max_new_tokens=k, ignore_eos=True)) for k in (1, 3, 5)]
+    run_batch(pipe, jobs)
+    assert all(j.error is None for j in jobs) and len(trims) == 3
+    slow = heap.HeapTrimmer(min_interval_s=3600.0)
+    slow(), slow(), slow()
+    assert slow.calls == 1
+
+
+def test_an_idle_engine_gives_its_pooled_cache_blocks_back(pipe):
+    """Rows that leave hand their blocks to the pool; once nothing is queued or running, the
+    worker empties the pool (an idle server's RSS falls back)."""
+    import time
+
+    from semedge.runtime.serving.engine import Engine
+
+    engine = Engine(pipe)
+    try:
+        rests = engine.rests
+        job = engine.submit(Job(TEXT[:120], GenerationConfig(max_new_tokens=3, ignore_eos=True)))
+        assert job.done.wait(60) and job.error is None
+        deadline = time.monotonic() + 10
+        while engine.rests == rests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.rests > rests and pipe.kv_pool._free == []
+    finally:
+        engine.close()
+
+
+def test_prefill_hands_its_arena_back_after_each_run_and_decode_keeps_it(pipe):
+    assert pipe.prefill.shrink_arena and not pipe.decode.shrink_arena
+    opts = pipe.prefill._run_options()
+    assert opts.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert pipe.decode._run_options() is None
+    want = pipe.generate(TEXT[:300], max_new_tokens=4, ignore_eos=True).tokens
+    pipe.prefill.shrink_arena = False
+    try:
+        assert pipe.generate(TEXT[:300], max_new_tokens=4, ignore_eos=True).tokens == want
+    finally:
+        pipe.prefill.shrink_arena = True

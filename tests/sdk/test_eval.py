@@ -129,3 +129,42 @@ def test_passkey_report_scores_each_method(tiny):
     for row in d["samples"]:
         assert isinstance(row["key_dropped"], bool)
         assert row["truncate"]["tokens"] == 100 and row["full"]["tokens"] == 200
+
+
+def test_a_bos_model_is_scored_with_bos_opening_each_window_and_truncation_keeps_it(tiny_models):
+    import torch
+
+    from semedge.eval import evaluate_perplexity
+    from semedge.eval.passkey import default_filler
+    from semedge.eval.prompts import PromptBuilder
+    from semedge.eval.windows import leading_bos
+    from semedge.models import load_model
+
+    gemma = load_model(tiny_models["gemma3"])
+    bos = leading_bos(gemma.tokenizer)
+    assert bos == gemma.tokenizer.bos_token_id and bos is not None
+    ids = tokenize_text(default_filler(), gemma.tokenizer)
+    assert bos not in ids[:4].tolist()  # the stream itself carries no BOS
+    rep = evaluate_perplexity(*gemma, ids, context=96, target=24, windows=3, methods="full")
+    nll = 0.0
+    for s in window_starts(len(ids), 95 + 24, 3):
+        x = torch.as_tensor(np.concatenate([[bos], ids[s : s + 95 + 24]]))[None]
+        with torch.no_grad():
+            logits = gemma.model(x).logits[0, 95:-1]
+        nll += float(torch.nn.functional.cross_entropy(logits, x[0, 96:], reduction="sum"))
+    assert rep.results["full"].ppl == pytest.approx(math.exp(nll / 72), rel=1e-5)
+    ctx = np.concatenate([[bos], ids[:99]])
+    kept = PromptBuilder(*gemma).build("truncate", ctx, 4.0)
+    assert kept.compressed_tokens == 25 and kept.input_ids[0] == bos
+    assert kept.input_ids[1:].tolist() == ctx[-24:].tolist()
+    assert leading_bos(load_model(tiny_models["llama"]).tokenizer) is None
+
+
+def test_truncation_plans_keep_the_leading_special_tokens():
+    from semedge.eval.methods import leading_specials, plan_truncate
+
+    assert leading_specials(np.array([True, False, True])) == 1
+    assert leading_specials(np.array([False, True])) == 0
+    plan = plan_truncate(100, 4.0, lead=1)
+    assert plan.source.tolist() == [0, *range(76, 100)]
+    assert plan_truncate(100, 4.0).source.tolist() == list(range(75, 100))
