@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "test.txt"
+REST_S = 3.0  # > the heap trimmer's 2 s interval: RSS "at rest" is read after this
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
         run_load(ask, server.port, "load", reqs, 1, len(reqs), args.max_seconds, warm)
         if max(counts) > 1:
             run_load(ask, server.port, "load", reqs, max(counts), 1, args.max_seconds, warm)
+        time.sleep(REST_S)  # an idle server releases its pool: RSS is read at rest
         warm.rss_end_mb = _rss_mb(server.proc.pid)
         out.append(warm.to_dict())
         for clients in counts:
@@ -333,6 +335,7 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
                 stats,
                 pid=server.proc.pid,
             )
+            time.sleep(REST_S)
             stats.rss_end_mb = _rss_mb(server.proc.pid)
             out.append(stats.to_dict())
     finally:

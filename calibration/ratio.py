@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class RatioConfig:
     held_out: float = 0.25  # fraction of the text kept for the held-out check
 
     def __post_init__(self) -> None:
-        if not self.ratio > 1.0:
+        if not (self.ratio > 1.0 and math.isfinite(self.ratio)):  # before any model loads
             raise InputError(f"--ratio must be > 1 (2.4 = 2.4x fewer positions), got {self.ratio}")
         if self.chunk_tokens < 32:
             raise InputError(f"--chunk-tokens must be >= 32, got {self.chunk_tokens}")
