@@ -73,6 +73,7 @@ def session_from_path(
     providers: Sequence[str],
     threads: int | None = None,
     profile_prefix: str | None = None,
+    stop_spinning: bool = False,
 ) -> onnxruntime.InferenceSession:
     """Create an InferenceSession and fail loudly when ONNX Runtime silently falls back to CPU.
 
@@ -86,6 +87,8 @@ def session_from_path(
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if stop_spinning:  # the intra-op workers stop spinning when a run returns
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -125,6 +128,10 @@ class OrtBackend:
             `memory.enable_memory_arena_shrinkage`): for the prefill graph, whose activations
             are large and rare, so a server's memory falls back between prompts (measured: no
             slower at 256-2,048 tokens). CPU only; ignored on GPU providers.
+        stop_spinning: the session's thread pool stops spinning as soon as a run returns
+            (`session.force_spinning_stop`): for the decode graph, whose workers otherwise
+            keep spinning into the next request's encoder and prefill on the same cores
+            (measured at 2,048 tokens: compression overhead 204 -> 168 ms, decode unchanged).
     """
 
     def __init__(
@@ -135,9 +142,11 @@ class OrtBackend:
         threads: int | None = None,
         profile_prefix: str | None = None,
         shrink_arena: bool = False,
+        stop_spinning: bool = False,
     ) -> None:
         self.path = Path(path)
         self.shrink_arena = shrink_arena
+        self.stop_spinning = stop_spinning
         self.providers = list(providers)
         self.spec = spec or {}
         self.threads = threads
@@ -158,7 +167,9 @@ class OrtBackend:
         """Create the session and check its I/O against the manifest. Returns self."""
         if self.session is not None:
             return self
-        sess = session_from_path(self.path, self.providers, self.threads, self.profile_prefix)
+        sess = session_from_path(
+            self.path, self.providers, self.threads, self.profile_prefix, self.stop_spinning
+        )
         self.inputs = {i.name: (ORT_DTYPES.get(i.type, object), i.shape) for i in sess.get_inputs()}
         self.outputs = {
             o.name: (ORT_DTYPES.get(o.type, object), o.shape) for o in sess.get_outputs()

@@ -51,7 +51,8 @@ def backends_for(
         fname = graph_path.name
         spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
         prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
-        out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof, key == "prefill")
+        out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof,
+                              shrink_arena=key == "prefill", stop_spinning=key == "decode")  # fmt: skip
         out[key].provider_name = provider
     return out
 

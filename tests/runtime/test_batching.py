@@ -252,6 +252,18 @@ def test_an_idle_engine_gives_its_pooled_cache_blocks_back(pipe):
         engine.close()
 
 
+def test_decode_threads_stop_spinning_when_a_step_returns(pipe):
+    def entry(backend):
+        opts = backend.session.get_session_options()
+        try:
+            return opts.get_session_config_entry("session.force_spinning_stop")
+        except RuntimeError:  # ORT raises for a key never set
+            return None
+
+    assert pipe.decode.stop_spinning and entry(pipe.decode) == "1"
+    assert not pipe.prefill.stop_spinning and entry(pipe.prefill) != "1"
+
+
 def test_prefill_hands_its_arena_back_after_each_run_and_decode_keeps_it(pipe):
     assert pipe.prefill.shrink_arena and not pipe.decode.shrink_arena
     opts = pipe.prefill._run_options()
