@@ -109,4 +109,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from semedge.errors import SemedgeError
+
+    try:
+        main()
+    except SemedgeError as err:  # bad arguments or data: one line, exit 1
+        sys.exit(f"Error: {err}")

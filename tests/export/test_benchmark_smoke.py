@@ -30,3 +30,22 @@ def test_export_vs_torch_smoke(tiny_llama, tiny_export, tiny_export_plain, tmp_p
         assert row["max_abs_dlogits_openvino_fp32"] < 1e-3
         assert out["decode"]["same_greedy_tokens_openvino_fp32"]
     assert row["max_abs_dlogits_torch_bf16"] < 1.0
+
+
+def test_long_context_suite_runs_and_refuses_short_filler_in_one_line(tiny_llama, tmp_path):
+    script = str(ROOT / "benchmarks" / "long_context_suite.py")
+    base = [sys.executable, script, "--model", str(tiny_llama), "--context", "256",
+            "--samples", "1", "--tasks", "niah_number", "--methods", "full,truncate"]  # fmt: skip
+    out = tmp_path / "rows.jsonl"
+    res = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"full", "truncate"}
+    assert all(r["task"] == "niah_number" and r["context"] == 256 for r in rows)
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words of filler here.\n")
+    bad = [*base, "--out", str(tmp_path / "bad.jsonl"), "--data", str(short)]
+    res = subprocess.run(bad, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]
+    assert res.returncode == 1 and lines == [lines[-1]] and lines[-1].startswith("Error: ")
+    assert "Traceback" not in res.stderr and not (tmp_path / "bad.jsonl").exists()
