@@ -131,7 +131,8 @@ class OrtBackend:
         stop_spinning: the session's thread pool stops spinning as soon as a run returns
             (`session.force_spinning_stop`): for the decode graph, whose workers otherwise
             keep spinning into the next request's encoder and prefill on the same cores
-            (measured at 2,048 tokens: compression overhead 204 -> 168 ms, decode unchanged).
+            (scratch A/B at 2,048 tokens, README: compression overhead 187-205 -> 163-174 ms,
+            decode ms/token unchanged).
     """
 
     def __init__(
