@@ -1,9 +1,12 @@
 """The Triton Python-backend model: semedge's whole pipeline (SemToken + prefill + decode).
 
 Torch-free. A repository's `model.py` (written by `semedge export triton --backend python`) only
-puts the launcher's site directories on sys.path and subclasses `TritonModel`. Requests queued
-together by Triton's dynamic batcher run as one batch (runtime/serving/batching.py); a decoupled
-model streams each request's text as it is generated.
+puts the launcher's site directories on sys.path and subclasses `TritonModel`. Each instance
+runs `semedge serve`'s engine (runtime/serving/engine.py): requests are continuously batched
+across `execute` calls (a decoupled model's `execute` hands its requests over and returns; the
+engine's worker streams each request's text as it is generated and sends the final response),
+and an idle instance gives its KV blocks and free heap pages back. A non-decoupled model's
+`execute` waits for its requests' results.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from semedge.errors import InputError
 from semedge.runtime.sampling import GenerationConfig
-from semedge.runtime.serving.batching import Job, run_batch, sampling_key
+from semedge.runtime.serving.batching import Job, fail_job
+from semedge.runtime.serving.engine import Engine, EngineConfig
 
 __all__ = ["TritonModel", "INPUTS", "OUTPUTS", "config_from_inputs"]
 
@@ -92,6 +96,10 @@ class TritonModel:
         self.decoupled = self.pb.using_decoupled_model_transaction_policy(cfg)
         threads = int(params.get("threads") or 0) or None
         self.pipe = Pipeline.from_pretrained(export, threads=threads)
+        self.engine = Engine(self.pipe, EngineConfig(
+            max_batch=max(int(cfg.get("max_batch_size") or 1), 1),
+            max_batch_positions=int(params.get("max_batch_positions") or 8192),
+        ))  # fmt: skip
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray | None]:
         out = {}
@@ -150,13 +158,17 @@ class TritonModel:
         for job in jobs:
             if job.error is not None and job.on_done is not None:
                 job.on_done()
-        groups: dict[tuple, list[Job]] = {}
+            elif job.error is None:
+                try:
+                    self.engine.submit(job)
+                except InputError as err:  # the queue is full, or the model is unloading
+                    fail_job(job, err)
+        if self.decoupled:
+            return None  # the engine's worker sends every response
         for job in jobs:
-            if job.error is None:
-                groups.setdefault(sampling_key(job.config), []).append(job)
-        for group in groups.values():
-            run_batch(self.pipe, group)
-        return None if self.decoupled else [self._response(j) for j in jobs]
+            job.done.wait()
+        return [self._response(j) for j in jobs]
 
     def finalize(self) -> None:
+        self.engine.close()
         self.pipe.close()
