@@ -27,6 +27,10 @@ BATCH = "batch_size"  # B
 SEQ = "sequence_length"  # T: new tokens this call
 PAST = "past_sequence_length"  # P: cached KV slots
 TOTAL = "total_sequence_length"  # P + T: KV slots after this call
+# a sliding-window layer's cache holds only its window's last slots (runtime.kv_cache.local_kv)
+LOCAL_SEQ = "local_sequence_length"  # min(T, W - 1): what a local layer keeps of a prefill
+LOCAL_PAST = "local_past_sequence_length"  # min(P, W - 1)
+LOCAL_TOTAL = "local_total_sequence_length"  # min(P + 1, W - 1)
 
 _ONNX_DTYPE = {"int64": 7, "float32": 1, "float16": 10}  # onnx.TensorProto enum values
 
@@ -97,6 +101,7 @@ def graph_specs(
     vocab_size: int,
     float_dtype: str = "float32",
     full_logits: bool = False,
+    local_layers: frozenset[int] = frozenset(),
 ) -> dict[str, GraphSpec]:
     """The four graphs of an export, keyed "embed", "encoder", "prefill", "decode".
 
@@ -104,11 +109,17 @@ def graph_specs(
         num_layers, num_kv_heads, head_dim, hidden_size, vocab_size: the LM's dimensions.
         float_dtype: "float32" or "float16" (embeddings, hidden states, logits, KV).
         full_logits: prefill returns logits for every position (B, T, V), else (B, 1, V).
+        local_layers: sliding-window layers whose KV tensors hold only the window's slots.
     """
     f, i64 = float_dtype, "int64"
+    local_dim = {SEQ: LOCAL_SEQ, PAST: LOCAL_PAST, TOTAL: LOCAL_TOTAL}
 
     def kv(names: list[str], length: str) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(n, f, (BATCH, num_kv_heads, length, head_dim)) for n in names)
+        def dim(name: str) -> str:
+            layer = int(name.split(".")[1])  # past_key_values.{i}.key / present.{i}.value
+            return local_dim[length] if layer in local_layers else length
+
+        return tuple(TensorSpec(n, f, (BATCH, num_kv_heads, dim(n), head_dim)) for n in names)
 
     ids = TensorSpec(C.INPUT_IDS, i64, (BATCH, SEQ))
     embeds = TensorSpec(C.INPUTS_EMBEDS, f, (BATCH, SEQ, hidden_size))

@@ -163,6 +163,9 @@ def _manifest_config(spec: str, model, tokenizer, dims, cfg: ExportConfig, max_c
         "compression": cfg.compression.to_dict(),
         "encoder": {"kind": "lm", "layers": k},
         "adapter": C.ADAPTER_WEIGHTS if cfg.adapter else None,
+        # sliding-window layers' graphs take and return their window's last slots only
+        **({"local_layers": list(dims.local_layers), "sliding_window": dims.sliding_window,
+            "local_kv_slots": dims.sliding_window - 1} if dims.local_layers else {}),
     }  # fmt: skip
 
 
@@ -188,7 +191,7 @@ def _write_graphs(tmp: Path, model, cfg: ExportConfig, k: int) -> dict[str, Grap
     d = core.dims
     specs = graph_specs(
         d.num_layers, d.num_kv_heads, d.head_dim, d.hidden_size, d.vocab_size,
-        DTYPES[cfg.dtype], cfg.full_logits,
+        DTYPES[cfg.dtype], cfg.full_logits, frozenset(d.local_layers),
     )  # fmt: skip
     modules = {
         "embed": W.EmbedGraph(core),

@@ -21,6 +21,7 @@ from semedge.constants import (
     PREFILL_ONNX,
 )
 from semedge.errors import ArtifactError, InputError
+from semedge.runtime.kv_cache import local_kv
 
 __all__ = [
     "DimRange",
@@ -152,12 +153,15 @@ def decode_profile(
     p_min = min(context.min, p_max)
     p = (p_min, min(max(context.opt, p_min), p_max), p_max)
     b = (batch.min, batch.opt, batch.max)
+    local_layers, slots = local_kv(cfg)
 
     def roles(name: str, i: int) -> tuple[int, ...]:
         if name in (INPUT_IDS, POSITION_IDS):  # (B, 1)
             return (b[i], 1)
         if name == ATTENTION_MASK:  # (B, P + 1): past and the new token
             return (b[i], p[i] + 1)
+        if int(name.split(".")[1]) in local_layers:  # a sliding-window layer's last slots
+            return (b[i], n_kv, min(p[i], slots), head_dim)
         return (b[i], n_kv, p[i], head_dim)  # past_key_values.{i}.key|value: (B, n_kv, P, hd)
 
     return _profile(inputs, roles)

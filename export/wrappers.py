@@ -142,7 +142,8 @@ class DecoderCore(nn.Module):
         """Layers 0..n_layers-1 over x (B, T, D); pasts: [(k, v)] per layer or None.
 
         Returns:
-            hidden (B, T, D) and the presents [(k, v)] with k, v (B, KV, P+T, H).
+            hidden (B, T, D) and the presents [(k, v)] with k, v (B, KV, P+T, H); a
+            sliding-window layer's past and present hold only its last W - 1 slots.
         """
         if self.gpt2:
             x = x + self.base.wpe(position_ids)  # learned absolute positions
@@ -185,7 +186,11 @@ class DecoderCore(nn.Module):
         k = k * cos + _rotate_half(k) * sin
         q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
         window = d.sliding_window if local else None
+        if local and past[0] is not None:  # its cache holds the window's last slots only
+            bias = bias[:, :, :, -(past[0].shape[2] + T) :]
         out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window)
+        if local:  # what the next token can see: W - 1 slots (runtime.kv_cache.local_kv)
+            pk, pv = pk[:, :, -(d.sliding_window - 1) :], pv[:, :, -(d.sliding_window - 1) :]
         x = x + layer.post_attention_layernorm(a.o_proj(out))
         gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).chunk(2, dim=-1)
         x = x + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))

@@ -255,10 +255,13 @@ def regroup(parts: list[tuple[Generator, list[int]]], config: GenerationConfig) 
         n, idx = g.cache.length, np.asarray(rows)
         mask[r0 : r0 + len(rows), P - n :] = g._mask[idx]
         for name, buf in g.cache.past().items():
-            d = dst[name].host
-            d[r0 : r0 + len(rows), :, : P - n] = 0  # padding: masked, but NaN-free
+            # right-aligned; a local layer holds its window's last slots, so the mask's last
+            # columns stay its slots' mask (rows shorter than the window are padded the same)
+            d, m = dst[name].host, buf.shape[2]
+            pad = d.shape[2] - m
+            d[r0 : r0 + len(rows), :, :pad] = 0  # padding: masked, but NaN-free
             for i, b in enumerate(rows):  # slices, not fancy indexing: one pass, no temporary
-                d[r0 + i, :, P - n :] = buf.host[b]
+                d[r0 + i, :, pad:] = buf.host[b]
         r0 += len(rows)
     out._mask = mask
     out._logits = np.concatenate([g._logits[np.asarray(rows)] for g, rows in parts])

@@ -8,6 +8,11 @@ allocated or copied per token.
 
     step s:   past  = A[:B*n_kv*P*hd]      -> graph ->  present = B[:B*n_kv*(P+1)*hd]
     step s+1: past  = B[:B*n_kv*(P+1)*hd]  -> graph ->  present = A[:B*n_kv*(P+2)*hd]
+
+A sliding-window layer (Gemma 3's local layers) sees itself and W - 1 slots before it, so its
+graphs take and return only the last W - 1 slots (`local_kv`): its buffers hold W - 1
+positions whatever the context, and its past and present are min(P, W - 1) and
+min(P + 1, W - 1) slots long (the graph drops the oldest slot itself).
 """
 
 from __future__ import annotations
@@ -21,7 +26,18 @@ import numpy as np
 from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from semedge.errors import InputError, UsageError
 
-__all__ = ["Buffer", "HostPool", "KVCache"]
+__all__ = ["Buffer", "HostPool", "KVCache", "local_kv"]
+
+
+def local_kv(config: dict[str, Any]) -> tuple[frozenset[int], int]:
+    """(sliding-window layers, slots their cache holds) from an export manifest's config.
+
+    slots 0: every layer's cache holds every position (no local layers, or an export written
+    before local caches, whose graphs return every slot)."""
+    slots = int(config.get("local_kv_slots") or 0)
+    if not slots:
+        return frozenset(), 0
+    return frozenset(int(i) for i in config.get("local_layers") or ()), slots
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,8 @@ class KVCache:
         max_len: positions to reserve (compressed prompt + new tokens).
         dtype: numpy dtype of the cache tensors.
         device: "cpu" or "cuda".
+        local_layers, local_slots: layers whose cache holds only its last `local_slots`
+            positions (local_kv); none by default.
     """
 
     def __init__(
@@ -56,42 +74,45 @@ class KVCache:
         max_len: int,
         dtype: Any = np.float32,
         device: str = "cpu",
+        local_layers: frozenset[int] = frozenset(),
+        local_slots: int = 0,
     ) -> None:
         if max_len < 1:
             raise InputError(f"KV cache needs at least one position, got max_len={max_len}")
         self.num_layers, self.batch = num_layers, batch
         self.n_kv_heads, self.head_dim, self.max_len = n_kv_heads, head_dim, max_len
         self.dtype, self.device = np.dtype(dtype), device
-        self._n = batch * n_kv_heads * max_len * head_dim  # elements per layer's key or value
+        # positions each layer's buffers hold; a local layer never more than local_slots
+        self._cap = [min(max_len, local_slots) if local_slots and i in local_layers else max_len
+                     for i in range(num_layers)]  # fmt: skip
+        row = batch * n_kv_heads * head_dim  # elements per position of one key or value
+        self._offset = np.concatenate([[0], np.cumsum([2 * c * row for c in self._cap])])
         # one allocation per side, [layer][0=key, 1=value] slices of it: (ptr, host or None,
         # keepalive). One large block goes back to the OS when freed; 4 x num_layers smaller
         # ones fragment the heap of a server that allocates a cache per batch.
-        self._sides = [allocate(self._n * num_layers * 2, self.dtype) for _ in range(2)]
+        self._sides = [allocate(int(self._offset[-1]), self.dtype) for _ in range(2)]
         self.length = 0  # positions held (P)
         self._side = 0  # which side holds the current past
 
     @property
     def nbytes(self) -> int:
         """Bytes reserved for the cache (both ping-pong sides)."""
-        return (
-            2
-            * 2
-            * self.num_layers
-            * self.batch
-            * self.n_kv_heads
-            * self.max_len
-            * (self.head_dim * self.dtype.itemsize)
-        )
+        return 2 * int(self._offset[-1]) * self.dtype.itemsize
 
     def _view(self, side: int, layer: int, kv: int, length: int) -> Buffer:
         ptr, host, _ = self._sides[side]
+        length = min(length, self._cap[layer])  # a local layer keeps its window's last slots
         shape = (self.batch, self.n_kv_heads, length, self.head_dim)
-        offset, n = (2 * layer + kv) * self._n, int(np.prod(shape))
+        n = int(np.prod(shape))
+        offset = (
+            int(self._offset[layer]) + kv * (self._offset[layer + 1] - self._offset[layer]) // 2
+        )
         view = host[offset : offset + n].reshape(shape) if host is not None else None
         return Buffer(ptr + offset * self.dtype.itemsize, shape, self.dtype, self.device, view)
 
     def past(self) -> dict[str, Buffer]:
-        """The current past as `past_key_values.{i}.key/value` views of shape (B, n_kv, P, hd)."""
+        """The current past as `past_key_values.{i}.key/value` views of shape (B, n_kv, P, hd)
+        (a local layer's: min(P, its slots))."""
         out = {}
         for i in range(self.num_layers):
             out[PAST_KEY.format(i=i)] = self._view(self._side, i, 0, self.length)
@@ -99,7 +120,8 @@ class KVCache:
         return out
 
     def present(self, new_tokens: int = 1) -> dict[str, Buffer]:
-        """Where the next call writes `present.{i}.key/value`: (B, n_kv, P + new_tokens, hd).
+        """Where the next call writes `present.{i}.key/value`: (B, n_kv, P + new_tokens, hd)
+        (a local layer's: min(P + new_tokens, its slots)).
 
         For the prefill (P == 0) this is the current side; for decode the other side.
 

@@ -40,7 +40,7 @@ from semedge.logs import log_timed
 from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
-from semedge.runtime.kv_cache import HostPool, KVCache
+from semedge.runtime.kv_cache import HostPool, KVCache, local_kv
 from semedge.runtime.sampling import GenerationConfig
 from semedge.runtime.span_adapter import load_span_adapter, span_adapter_fn
 from semedge.runtime.trace import NULL_TIMER
@@ -376,9 +376,11 @@ class Pipeline:
         """A KV cache on the decode backend's device for `batch` rows of `max_len` positions
         (host memory comes from `kv_pool` where blocks were released to it)."""
         c = self.config
+        local_layers, local_slots = local_kv(c)
         return KVCache(
             self.kv_pool.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
             int(c["head_dim"]), max_len, self.kv_dtype, self.decode.device,
+            local_layers, local_slots,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- generation

@@ -111,7 +111,7 @@ def confined(root: Path | str, rel: Any, what: str = "path") -> Path:
 # ------------------------------------------------------------------ schema
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _POSITIVE = ("max_context", "max_positions", "num_layers", "num_kv_heads", "head_dim",
-             "hidden_size", "vocab_size")  # fmt: skip
+             "hidden_size", "vocab_size", "sliding_window", "local_kv_slots")  # fmt: skip
 _TEXT = ("model", "model_type", "dtype", "logits")
 _SECTIONS = ("created_by", "graphs", "config")
 
@@ -156,6 +156,10 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
             isinstance(v, list) and all(_int(i) and i >= 0 for i in v))  # fmt: skip
         if not ok:
             raise _schema_error(path, f"config.{key}", v, "a token id or a list of them")
+    local, layers = config.get("local_layers"), config.get("num_layers")
+    if local is not None and not (isinstance(local, list) and all(
+            _int(i) and 0 <= i < (layers if _int(layers) else 0) for i in local)):  # fmt: skip
+        raise _schema_error(path, "config.local_layers", local, "a list of layer indices")
     adapter = config.get("adapter")
     if adapter is not None:
         confined(path.parent, adapter, "config.adapter")
