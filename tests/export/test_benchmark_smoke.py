@@ -49,3 +49,23 @@ def test_long_context_suite_runs_and_refuses_short_filler_in_one_line(tiny_llama
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]
     assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_decode_kv_reports_the_window_on_gemma3_only(tiny_export, tiny_export_gemma3, tmp_path):
+    out = tmp_path / "kv.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_kv.py"), "--exports",
+           f"{tiny_export},{tiny_export_gemma3}", "--contexts", "40,100", "--steps", "2",
+           "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    llama, gemma = rows[:2], rows[2:]
+    assert [r["local_slots"] for r in rows] == [0, 0, 15, 15]
+    assert all(r["ms_per_token"] > 0 for r in rows)
+    # tiny Gemma 3: 2 of 6 layers grow with the context, the 4 local ones stay at 15 slots
+    grow = gemma[1]["kv_bytes"] / gemma[0]["kv_bytes"]
+    assert grow < llama[1]["kv_bytes"] / llama[0]["kv_bytes"]
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing")], capture_output=True, text=True,
+                         cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.startswith("Error:")
+    assert "Traceback" not in bad.stderr

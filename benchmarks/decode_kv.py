@@ -1,0 +1,85 @@
+"""Decode cost at long context, side by side: exports whose sliding-window layers keep only their
+window (local_kv_slots in the manifest) against exports whose every layer keeps every position.
+
+For each export and context P: a KV cache of P positions (zeros: the cost does not depend on the
+values), then `--steps` decode steps through the runtime's decode graph with the cache bound as
+the Generator binds it. Prints KV MB and ms/token per export, and the ratio to the first export.
+
+    python benchmarks/decode_kv.py --exports OLD_EXPORT,NEW_EXPORT --contexts 2048,8192,16384
+
+Timing only: no token is checked (tests/runtime/test_local_kv.py checks the tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semedge import constants as C
+from semedge.errors import SemedgeError
+from semedge.runtime import Pipeline
+from semedge.runtime.kv_cache import local_kv
+from semedge.runtime.profiling import device_name
+
+
+def measure(pipe: Pipeline, context: int, steps: int) -> dict:
+    cache = pipe.new_cache(1, context + steps + 1)
+    cache.length = context
+    for buf in cache.past().values():
+        buf.host[...] = 0.0
+    mask = np.ones((1, context), dtype=np.int64)
+    times = []
+    for s in range(steps + 1):  # the first step warms the session for this shape
+        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        feeds = {C.INPUT_IDS: np.array([[5]], dtype=np.int64),
+                 C.POSITION_IDS: np.array([[context + s]], dtype=np.int64), C.ATTENTION_MASK: mask}  # fmt: skip
+        bound = {**cache.past(), **cache.present(1)}
+        t0 = time.perf_counter()
+        pipe.decode.run_bound(feeds, bound, [C.LOGITS])
+        cache.advance(1)
+        times.append(time.perf_counter() - t0)
+    return {"context": context, "kv_mb": round(cache.nbytes / 2**20, 1), "kv_bytes": cache.nbytes,
+            "ms_per_token": round(1000 * statistics.median(times[1:]), 2)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--exports", required=True, help="comma list of export dirs")
+    ap.add_argument("--contexts", default="2048,8192,16384")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    rows = []
+    for path in args.exports.split(","):
+        with Pipeline.from_pretrained(path) as pipe:
+            layers, slots = local_kv(pipe.config)
+            for ctx in (int(c) for c in args.contexts.split(",")):
+                row = {"export": path, "local_layers": len(layers), "local_slots": slots,
+                       **measure(pipe, ctx, args.steps)}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    base = {r["context"]: r for r in rows if r["export"] == rows[0]["export"]}
+    print(
+        f"\n{device_name('cpu')}\n| export | local layers x slots | context | KV MB | ms/token | vs first |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        b = base[r["context"]]
+        print(f"| {r['export']} | {r['local_layers']} x {r['local_slots']} | {r['context']} | "
+              f"{r['kv_mb']} | {r['ms_per_token']} | {b['ms_per_token'] / r['ms_per_token']:.2f}x |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": device_name("cpu"), "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SemedgeError as err:
+        sys.exit(f"Error: {err}")
