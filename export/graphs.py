@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semedge import constants as C
+from semedge.runtime.kv_cache import kv_layer
 
 __all__ = [
     "BATCH",
@@ -116,8 +117,7 @@ def graph_specs(
 
     def kv(names: list[str], length: str) -> tuple[TensorSpec, ...]:
         def dim(name: str) -> str:
-            layer = int(name.split(".")[1])  # past_key_values.{i}.key / present.{i}.value
-            return local_dim[length] if layer in local_layers else length
+            return local_dim[length] if kv_layer(name) in local_layers else length
 
         return tuple(TensorSpec(n, f, (BATCH, num_kv_heads, dim(n), head_dim)) for n in names)
 

@@ -164,8 +164,8 @@ def _manifest_config(spec: str, model, tokenizer, dims, cfg: ExportConfig, max_c
         "encoder": {"kind": "lm", "layers": k},
         "adapter": C.ADAPTER_WEIGHTS if cfg.adapter else None,
         # sliding-window layers' graphs take and return their window's last slots only
-        **({"local_layers": list(dims.local_layers), "sliding_window": dims.sliding_window,
-            "local_kv_slots": dims.sliding_window - 1} if dims.local_layers else {}),
+        **({"local_layers": list(dims.local_layers), "local_kv_slots": dims.local_kv_slots}
+           if dims.local_kv_slots else {}),
     }  # fmt: skip
 
 

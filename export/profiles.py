@@ -21,7 +21,7 @@ from semedge.constants import (
     PREFILL_ONNX,
 )
 from semedge.errors import ArtifactError, InputError
-from semedge.runtime.kv_cache import local_kv
+from semedge.runtime.kv_cache import kv_layer, local_kv
 
 __all__ = [
     "DimRange",
@@ -160,7 +160,7 @@ def decode_profile(
             return (b[i], 1)
         if name == ATTENTION_MASK:  # (B, P + 1): past and the new token
             return (b[i], p[i] + 1)
-        if int(name.split(".")[1]) in local_layers:  # a sliding-window layer's last slots
+        if kv_layer(name) in local_layers:  # a sliding-window layer's last slots
             return (b[i], n_kv, min(p[i], slots), head_dim)
         return (b[i], n_kv, p[i], head_dim)  # past_key_values.{i}.key|value: (B, n_kv, P, hd)
 

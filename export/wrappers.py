@@ -47,6 +47,12 @@ class ModelDims:
     sliding_window: int | None = None  # slots a local layer sees (itself included)
     local_layers: tuple[int, ...] = ()  # layers with sliding-window attention
 
+    @property
+    def local_kv_slots(self) -> int:
+        """Slots a local layer's cache holds: what the next token sees besides itself (0: no
+        local layers). The graphs keep these; runtime.kv_cache.local_kv reads them back."""
+        return self.sliding_window - 1 if self.local_layers and self.sliding_window else 0
+
 
 def model_dims(model) -> ModelDims:
     """Read the dimensions of a supported HF causal LM.
@@ -189,8 +195,8 @@ class DecoderCore(nn.Module):
         if local and past[0] is not None:  # its cache holds the window's last slots only
             bias = bias[:, :, :, -(past[0].shape[2] + T) :]
         out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window)
-        if local:  # what the next token can see: W - 1 slots (runtime.kv_cache.local_kv)
-            pk, pv = pk[:, :, -(d.sliding_window - 1) :], pv[:, :, -(d.sliding_window - 1) :]
+        if local:  # what the next token can see besides itself
+            pk, pv = pk[:, :, -d.local_kv_slots :], pv[:, :, -d.local_kv_slots :]
         x = x + layer.post_attention_layernorm(a.o_proj(out))
         gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).chunk(2, dim=-1)
         x = x + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))

@@ -26,7 +26,12 @@ import numpy as np
 from semedge.constants import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from semedge.errors import InputError, UsageError
 
-__all__ = ["Buffer", "HostPool", "KVCache", "local_kv"]
+__all__ = ["Buffer", "HostPool", "KVCache", "kv_layer", "local_kv"]
+
+
+def kv_layer(name: str) -> int:
+    """The layer index in a KV tensor's name (`past_key_values.{i}.key`, `present.{i}.value`)."""
+    return int(name.split(".")[1])
 
 
 def local_kv(config: dict[str, Any]) -> tuple[frozenset[int], int]:
@@ -85,28 +90,28 @@ class KVCache:
         # positions each layer's buffers hold; a local layer never more than local_slots
         self._cap = [min(max_len, local_slots) if local_slots and i in local_layers else max_len
                      for i in range(num_layers)]  # fmt: skip
-        row = batch * n_kv_heads * head_dim  # elements per position of one key or value
-        self._offset = np.concatenate([[0], np.cumsum([2 * c * row for c in self._cap])])
+        self._row = batch * n_kv_heads * head_dim  # elements per position of one key or value
+        self._offset = [0]  # where each layer's key starts; its value follows cap * row later
+        for cap in self._cap:
+            self._offset.append(self._offset[-1] + 2 * cap * self._row)
         # one allocation per side, [layer][0=key, 1=value] slices of it: (ptr, host or None,
         # keepalive). One large block goes back to the OS when freed; 4 x num_layers smaller
         # ones fragment the heap of a server that allocates a cache per batch.
-        self._sides = [allocate(int(self._offset[-1]), self.dtype) for _ in range(2)]
+        self._sides = [allocate(self._offset[-1], self.dtype) for _ in range(2)]
         self.length = 0  # positions held (P)
         self._side = 0  # which side holds the current past
 
     @property
     def nbytes(self) -> int:
         """Bytes reserved for the cache (both ping-pong sides)."""
-        return 2 * int(self._offset[-1]) * self.dtype.itemsize
+        return 2 * self._offset[-1] * self.dtype.itemsize
 
     def _view(self, side: int, layer: int, kv: int, length: int) -> Buffer:
         ptr, host, _ = self._sides[side]
         length = min(length, self._cap[layer])  # a local layer keeps its window's last slots
         shape = (self.batch, self.n_kv_heads, length, self.head_dim)
         n = int(np.prod(shape))
-        offset = (
-            int(self._offset[layer]) + kv * (self._offset[layer + 1] - self._offset[layer]) // 2
-        )
+        offset = self._offset[layer] + kv * self._cap[layer] * self._row
         view = host[offset : offset + n].reshape(shape) if host is not None else None
         return Buffer(ptr + offset * self.dtype.itemsize, shape, self.dtype, self.device, view)
 

@@ -111,7 +111,7 @@ def confined(root: Path | str, rel: Any, what: str = "path") -> Path:
 # ------------------------------------------------------------------ schema
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _POSITIVE = ("max_context", "max_positions", "num_layers", "num_kv_heads", "head_dim",
-             "hidden_size", "vocab_size", "sliding_window", "local_kv_slots")  # fmt: skip
+             "hidden_size", "vocab_size", "local_kv_slots")  # fmt: skip
 _TEXT = ("model", "model_type", "dtype", "logits")
 _SECTIONS = ("created_by", "graphs", "config")
 

@@ -96,10 +96,8 @@ class TritonModel:
         self.decoupled = self.pb.using_decoupled_model_transaction_policy(cfg)
         threads = int(params.get("threads") or 0) or None
         self.pipe = Pipeline.from_pretrained(export, threads=threads)
-        self.engine = Engine(self.pipe, EngineConfig(
-            max_batch=max(int(cfg.get("max_batch_size") or 1), 1),
-            max_batch_positions=int(params.get("max_batch_positions") or 8192),
-        ))  # fmt: skip
+        # Triton's max_batch_size 0 means "no batching": one row at a time
+        self.engine = Engine(self.pipe, EngineConfig(max_batch=int(cfg.get("max_batch_size") or 1)))
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray | None]:
         out = {}
