@@ -109,6 +109,7 @@ class Fp16Report:
     ppl_fp16: float
     kept_fp32_ops: list[str] = field(default_factory=list)  # op types kept fp32
     kept_fp32_nodes: int = 0
+    kept_fp32_range_nodes: int = 0  # nodes kept fp32 because their measured range is too wide
     size_mb: float = 0.0
     size_mb_fp32: float = 0.0
     min_agreement: float = 0.99  # the gate
@@ -137,6 +138,7 @@ class Fp16Report:
             ["perplexity fp16", self.ppl_fp16],
             ["size MB fp32 -> fp16", f"{self.size_mb_fp32:.1f} -> {self.size_mb:.1f}"],
             ["kept fp32", ", ".join(self.kept_fp32_ops) or "-"],
+            ["kept fp32 (range past fp16)", f"{self.kept_fp32_range_nodes} nodes"],
         ]
 
 

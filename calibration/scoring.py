@@ -21,7 +21,14 @@ from semedge.runtime.generator import Generator
 from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 from semedge.runtime.sampling import GenerationConfig
 
-__all__ = ["HeldOutScore", "score_graphs", "agreement", "prefill_ms", "decode_ms"]
+__all__ = [
+    "HeldOutScore",
+    "score_graphs",
+    "agreement",
+    "leading_specials",
+    "prefill_ms",
+    "decode_ms",
+]
 
 
 @dataclass
@@ -44,8 +51,9 @@ def _nll(z: np.ndarray, target: int) -> float:
 
 
 def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> HeldOutScore:
-    """Prefill `context` tokens of each window, decode the rest teacher-forced through the
-    runtime's Generator (`Generator.score`); score every next token.
+    """Prefill `context` tokens of each window (after the tokenizer's leading special tokens, as
+    a prompt is read), decode the rest teacher-forced through the runtime's Generator
+    (`Generator.score`); score every next token.
 
     Args:
         pipe: the export to score (`data.with_graphs` swaps in quantized graphs).
@@ -53,9 +61,10 @@ def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> Hel
         context: tokens given to prefill (uncompressed).
     """
     nll, arg, per_window = [], [], []
+    lead = leading_specials(pipe)
     for ids in windows:
-        head = ids[:context]
-        prompt = PreparedPrompt(head, pipe.embed(head), np.arange(context, dtype=np.int64), None)
+        head = np.concatenate([lead, ids[:context]])
+        prompt = PreparedPrompt(head, pipe.embed(head), np.arange(head.size, dtype=np.int64), None)
         gen = Generator(pipe, GenerationConfig(max_new_tokens=ids.size - context))
         gen.append_prompts([prompt])
         z = gen.score(ids[None, context:])[0].astype(np.float32)  # (k, V): row r -> ids[context+r]
@@ -63,6 +72,14 @@ def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> Hel
         nll.extend(_nll(r, int(t)) for r, t in zip(z, ids[context:], strict=True))
         arg.append(z.argmax(-1))
     return HeldOutScore(np.asarray(nll), np.concatenate(arg), per_window)
+
+
+def leading_specials(pipe: Pipeline) -> np.ndarray:
+    """The ids the export's tokenizer puts before any prompt (Gemma 3's BOS; none for SmolLM2).
+
+    A window scored without them is not what the deployed model reads: Gemma 3 270M without its
+    BOS has a WikiText-2 perplexity near 100, and the flat distributions flip top-1 on noise."""
+    return np.asarray(pipe.tokenizer.encode("").ids, dtype=np.int64)
 
 
 def agreement(a: HeldOutScore, b: HeldOutScore) -> float:

@@ -75,13 +75,14 @@ def pseudo_ppl(path: Path, feeds, reference: list[np.ndarray]) -> float:
     return float(np.exp(np.mean(np.concatenate(nll))))
 
 
-def plant_outliers(export_dir: Path, out_dir: Path, match: str = "") -> Path:
+def plant_outliers(export_dir: Path, out_dir: Path, match: str = "", value: float = 400.0) -> Path:
     """Copy an export, planting a quantization-hostile outlier before chosen weight MatMuls.
 
     For each prefill/decode MatMul with a constant weight whose name contains `match`:
     input x -> x + [400, 0, ...] and the weight's row 0 -> 0. The fp32 model ignores channel 0,
     so it stays a valid model, but any per-tensor (or per-block) int8 activation range is then
-    set by the outlier and the other channels round to zero.
+    set by the outlier and the other channels round to zero. A `value` past 65504 overflows fp16
+    (made at run time by a Mul, since the fp16 converter clamps constants).
     """
     import shutil
 
@@ -109,13 +110,22 @@ def plant_outliers(export_dir: Path, out_dir: Path, match: str = "") -> Path:
                 else:
                     arr[0] = 0.0
                 out = np.zeros(arr.shape[1] if trans_b else arr.shape[0], np.float32)
-                out[0] = 400.0
+                out[0] = min(value, 400.0)
                 model.graph.initializer.extend(
                     [numpy_helper.from_array(arr, f"planted_w{k}"),
                      numpy_helper.from_array(out, f"planted_c{k}")]
                 )  # fmt: skip
+                offset = f"planted_c{k}"
+                if value > 400.0:  # computed at run time: a stored constant would be clamped
+                    scale = np.array(value / 400.0, np.float32)
+                    model.graph.initializer.append(numpy_helper.from_array(scale, f"planted_s{k}"))
+                    nodes.append(helper.make_node("Mul", [offset, f"planted_s{k}"],
+                                                  [f"planted_o{k}"], f"planted_mul{k}"))  # fmt: skip
+                    offset = f"planted_o{k}"
                 nodes.append(
-                    helper.make_node("Add", [node.input[0], f"planted_c{k}"], [f"planted_x{k}"])
+                    helper.make_node(
+                        "Add", [node.input[0], offset], [f"planted_x{k}"], f"planted_add{k}"
+                    )
                 )
                 node.input[0], node.input[1] = f"planted_x{k}", f"planted_w{k}"
             nodes.append(node)

@@ -70,3 +70,74 @@ def test_kept_fp32_chain_does_not_round_trip_through_fp16(tmp_path):
     got = ort.InferenceSession(str(tmp_path / "b.onnx")).run(None, x)[0]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=2e-3)
+
+
+def test_nodes_past_fp16_range_stay_fp32(tiny_export, cal_text, tmp_path):
+    """A planted activation of 2e5 (past fp16's 65504) before every down_proj MatMul, with that
+    channel's weight row zeroed: the fp32 model is unchanged; under the op-type block list alone
+    the sum is an fp16 inf (inf * 0 = NaN on a GPU; ONNX Runtime's CPU casts the fp16 MatMul
+    back to fp32 and hides it). The measured ranges keep the Add and the MatMul reading it fp32."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from semedge.calibration.fp16 import fp16_from_fp32
+    from semedge.calibration.ranges import _output_types, node_ranges, too_wide_for_fp16
+    from tests.calibration.planted import plant_outliers
+
+    planted = plant_outliers(tiny_export, tmp_path / "planted", "down_proj", value=2e5)
+    hidden = json.loads((tiny_export / C.MANIFEST).read_text())["config"]["hidden_size"]
+    feed = {
+        C.INPUTS_EMBEDS: np.random.default_rng(0).normal(0, 1, (1, 8, hidden)).astype(np.float32),
+        C.POSITION_IDS: np.arange(8, dtype=np.int64)[None],
+        C.ATTENTION_MASK: np.ones((1, 8), np.int64),
+    }
+    wide = too_wide_for_fp16(node_ranges(planted / C.PREFILL_ONNX, [feed]))
+    adds = [n for n in wide if n.startswith("planted_add")]
+    assert adds and any("down_proj" in n and "MatMul" in n for n in wide)
+    assert all("planted_" in n or "down_proj" in n for n in wide), wide  # nothing else is wide
+
+    def planted_sum(path):
+        """The first planted Add's output, as the converted graph types it."""
+        model = onnx.load(str(path))
+        add = next(n for n in model.graph.node if n.name == adds[0])
+        kind = _output_types(model)[add.output[0]]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(add.output[0], kind, None))
+        got = ort.InferenceSession(model.SerializeToString()).run([add.output[0]], feed)[0]
+        return got, ort.InferenceSession(str(path)).run(None, feed)[0]
+
+    fp16_from_fp32(planted / C.PREFILL_ONNX, tmp_path / "plain.onnx")
+    plain, _ = planted_sum(tmp_path / "plain.onnx")  # the op-type block list alone: fp16, inf
+    assert plain.dtype == np.float16 and np.isinf(plain).any()
+    fp16_from_fp32(planted / C.PREFILL_ONNX, tmp_path / "kept.onnx", keep_nodes=tuple(wide))
+    kept, logits = planted_sum(tmp_path / "kept.onnx")
+    assert kept.dtype == np.float32 and np.isfinite(kept).all() and kept.max() >= 1.9e5
+    want = ort.InferenceSession(str(planted / C.PREFILL_ONNX)).run(None, feed)[0]
+    np.testing.assert_allclose(logits, want, atol=0.1)
+
+    cfg = Fp16Config(eval_windows=2, eval_context=32, eval_tokens=16)
+    report = convert_fp16(planted, tmp_path / "fp16", cal_text, cfg)
+    assert report.passed and report.kept_fp32_range_nodes >= 2 * len(adds)
+
+
+def test_rotary_angles_stay_fp32(tiny_export, tmp_path):
+    """position x inv_freq and its Cos/Sin compute in fp32: in fp16 the angle's ulp is 0.25 rad
+    at position 512 (Gemma 3's top-1 agreement fell to 0.984 from it)."""
+    from semedge.calibration.fp16 import fp16_from_fp32
+    from semedge.calibration.ranges import _output_types
+
+    fp16_from_fp32(tiny_export / C.PREFILL_ONNX, tmp_path / "p.onnx")
+    model = onnx.load(str(tmp_path / "p.onnx"))
+    types = _output_types(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    trig = [n for n in model.graph.node if n.op_type in ("Cos", "Sin")]
+    assert trig
+    upstream, todo = {}, [producer[i] for n in trig for i in n.input if i in producer]
+    while todo:
+        node = todo.pop()
+        if node.name not in upstream:
+            upstream[node.name] = node
+            todo.extend(producer[i] for i in node.input if i in producer)
+    assert all(types[o] == onnx.TensorProto.FLOAT for n in trig for o in (*n.input, *n.output))
+    assert any(n.op_type in ("MatMul", "Mul") for n in upstream.values())  # position x inv_freq
+    floats = [o for n in upstream.values() for o in n.output if types[o] in (1, 10)]
+    assert floats and all(types[o] == onnx.TensorProto.FLOAT for o in floats)
