@@ -1,9 +1,11 @@
-"""`semedge export`: `onnx` here; `check-trt`, `trt`, `triton` from semedge.cli.export_trt."""
+"""`semedge export`: `onnx` here; `parity` from semedge.cli.export_parity; `check-trt`, `trt`,
+`triton` from semedge.cli.export_trt."""
 
 from __future__ import annotations
 
 import click
 
+from semedge.cli.export_parity import parity
 from semedge.cli.export_trt import check_trt, triton, trt
 
 __all__ = ["command"]
@@ -133,6 +135,7 @@ def _show(parity, as_json, echo_json, echo_table) -> None:
         echo_table(parity.HEADERS, parity.rows())
 
 
+command.add_command(parity)
 command.add_command(check_trt)
 command.add_command(trt)
 command.add_command(triton)
