@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from semedge.constants import FP16_MAX
 from semedge.deps import require
 from semedge.errors import ArtifactError
 
 __all__ = ["FP16_MAX", "node_ranges", "too_wide_for_fp16"]
 
-FP16_MAX = 65504.0
 _MASK_FILL = 1e30  # |x| at or past this is an attention-mask fill, which fp16 clamps harmlessly
 _FLOAT, _INT64, _BOOL = 1, 7, 9
 _SHAPE_ONLY = {"Shape", "Size"}  # read only their input's shape

@@ -181,12 +181,26 @@ def _created_by() -> dict[str, str]:
     return out
 
 
-def _write_graphs(tmp: Path, model, cfg: ExportConfig, k: int) -> dict[str, GraphSpec]:
+def _traced_model(model, tok, cfg: ExportConfig, max_ctx: int, name: str):
+    """The model to trace: itself, or for fp16 an fp16 copy checked to hold its activations."""
+    if cfg.dtype != "fp16":
+        return model
+    import numpy as np
+
+    from semedge.export.fp16_fit import PROBE_TOKENS, check_fits_fp16
+    from semedge.export.parity import TEXT
+
+    model16 = copy.deepcopy(model).half()
+    ids = tok(TEXT * 8)["input_ids"][: min(PROBE_TOKENS, max_ctx)]  # leading specials first
+    check_fits_fp16(model, model16, np.asarray(ids), name)
+    return model16
+
+
+def _write_graphs(tmp: Path, model, traced, cfg: ExportConfig, k: int) -> dict[str, GraphSpec]:
     torch = require("torch")
     from semedge.export import wrappers as W
 
     dtype = torch.float16 if cfg.dtype == "fp16" else torch.float32
-    traced = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     core = W.DecoderCore(traced, cfg.attention)
     d = core.dims
     specs = graph_specs(
@@ -319,7 +333,9 @@ def export_onnx(
             from semedge.training.adapter import load_adapter
 
             adapter = load_adapter(cfg.adapter, model)  # InputError if trained for another model
-        specs = _write_graphs(tmp, model, cfg, k)
+        traced = _traced_model(model, tok, cfg, max_ctx, str(model_spec))
+        specs = _write_graphs(tmp, model, traced, cfg, k)
+        del traced
         _write_side_files(tmp, tok, cfg)
         mcfg = _manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k)
         manifest = Manifest(

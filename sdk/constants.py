@@ -37,3 +37,5 @@ PRESENT_KEY = "present.{i}.key"
 PRESENT_VALUE = "present.{i}.value"
 
 DEFAULT_MODEL = "smollm2"
+
+FP16_MAX = 65504.0  # fp16's largest finite value
