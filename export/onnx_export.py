@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -181,18 +182,25 @@ def _created_by() -> dict[str, str]:
     return out
 
 
-def _traced_model(model, tok, cfg: ExportConfig, max_ctx: int, name: str):
+def _range_probe(model, tok, max_ctx: int):
+    """The gate's first tokens as a prompt is read, and the fp32 model's hidden-state peak on them."""
+    import numpy as np
+
+    from semedge.export.fp16_fit import PROBE_TOKENS, hidden_peak
+    from semedge.export.parity import TEXT
+
+    ids = np.asarray(tok(TEXT * 8)["input_ids"][: min(PROBE_TOKENS, max_ctx)])  # specials first
+    return ids, hidden_peak(model, ids)
+
+
+def _traced_model(model, cfg: ExportConfig, probe, peak: float, name: str):
     """The model to trace: itself, or for fp16 an fp16 copy checked to hold its activations."""
     if cfg.dtype != "fp16":
         return model
-    import numpy as np
-
-    from semedge.export.fp16_fit import PROBE_TOKENS, check_fits_fp16
-    from semedge.export.parity import TEXT
+    from semedge.export.fp16_fit import check_fits_fp16
 
     model16 = copy.deepcopy(model).half()
-    ids = tok(TEXT * 8)["input_ids"][: min(PROBE_TOKENS, max_ctx)]  # leading specials first
-    check_fits_fp16(model, model16, np.asarray(ids), name)
+    check_fits_fp16(model16, probe, peak, name)
     return model16
 
 
@@ -333,11 +341,13 @@ def export_onnx(
             from semedge.training.adapter import load_adapter
 
             adapter = load_adapter(cfg.adapter, model)  # InputError if trained for another model
-        traced = _traced_model(model, tok, cfg, max_ctx, str(model_spec))
+        probe, peak = _range_probe(model, tok, max_ctx)
+        traced = _traced_model(model, cfg, probe, peak, str(model_spec))
         specs = _write_graphs(tmp, model, traced, cfg, k)
         del traced
         _write_side_files(tmp, tok, cfg)
-        mcfg = _manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k)
+        mcfg = {**_manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k),
+                **({"hidden_peak": peak} if math.isfinite(peak) else {})}  # fmt: skip
         manifest = Manifest(
             format=C.FORMAT_EXPORT, graphs={n: s.to_dict() for n, s in specs.items()},
             config=mcfg, created_by=_created_by(),

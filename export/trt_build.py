@@ -30,6 +30,7 @@ from semedge.artifacts import (
 from semedge.constants import FORMAT_CALIBRATED, FORMAT_ENGINE, FORMAT_EXPORT, MANIFEST
 from semedge.deps import require
 from semedge.errors import ArtifactError, BackendUnavailable, InputError
+from semedge.export.fp16_fit import refuse_fp16_kernels
 from semedge.export.profiles import (
     ENGINE_GRAPHS,
     DimRange,
@@ -128,6 +129,8 @@ def plan_trtexec_commands(
         onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
     )
     manifest = _export_manifest(onnx_dir)
+    if config.fp16:
+        refuse_fp16_kernels(manifest.get("config", {}), str(onnx_dir))
     profiles = engine_profiles(manifest, *config.ranges())
     strongly_typed = not config.fp16
     return [
@@ -202,7 +205,8 @@ def _network_flags(trt, fp16: bool) -> int:
     if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
         raise InputError(
             f"--fp16 is a TensorRT 10 builder flag; TensorRT {trt.__version__} is strongly typed "
-            "and takes precision from the ONNX: re-export with `semedge export onnx --dtype fp16`"
+            "and takes precision from the ONNX: re-export with `semedge export onnx --dtype fp16` "
+            "(`--precision fp16` where the model's activations pass fp16's range)"
         )
     if fp16 or major >= 11:
         return 0
@@ -334,6 +338,8 @@ def build_engines(
         onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
     )
     manifest = _export_manifest(onnx_dir)
+    if config.fp16:
+        refuse_fp16_kernels(manifest.get("config", {}), str(onnx_dir))
     profiles = engine_profiles(manifest, *config.ranges())
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; choose another path or pass --overwrite")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -160,6 +161,10 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
     if local is not None and not (isinstance(local, list) and all(
             _int(i) and 0 <= i < (layers if _int(layers) else 0) for i in local)):  # fmt: skip
         raise _schema_error(path, "config.local_layers", local, "a list of layer indices")
+    peak = config.get("hidden_peak")
+    if peak is not None and not (isinstance(peak, (int, float)) and not isinstance(peak, bool)
+                                 and math.isfinite(peak) and peak >= 0):  # fmt: skip
+        raise _schema_error(path, "config.hidden_peak", peak, "a finite number >= 0")
     adapter = config.get("adapter")
     if adapter is not None:
         confined(path.parent, adapter, "config.adapter")

@@ -3,6 +3,8 @@ exit 1, nothing written) and still exports one whose activations fit."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from semedge import constants as C
@@ -28,9 +30,19 @@ def wide_llama(tiny_llama, tmp_path_factory):
     return out
 
 
+def _peak(export) -> float:
+    return json.loads((export / C.MANIFEST).read_text())["config"]["hidden_peak"]
+
+
 def test_fp16_export_of_a_model_that_fits_passes(cli, tiny_llama, tmp_path):
     cli("export", "onnx", "-m", tiny_llama, tmp_path / "f16", *FAST)
-    assert (tmp_path / "f16" / C.MANIFEST).is_file()
+    assert 0 < _peak(tmp_path / "f16") < C.FP16_MAX
+
+
+def test_the_manifest_records_the_fp32_hidden_peak(cli, wide_llama, tmp_path):
+    """The wide model exports in fp32 (a TensorRT build with --fp16 then reads the peak)."""
+    cli("export", "onnx", "-m", wide_llama, tmp_path / "f32", "--parity-lengths", "7,32")
+    assert _peak(tmp_path / "f32") > C.FP16_MAX
 
 
 def test_fp16_export_of_a_model_past_fp16_is_refused(cli, wide_llama, tmp_path):

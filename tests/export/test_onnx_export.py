@@ -21,7 +21,7 @@ FAST = ParityConfig(lengths=(7, 48), decode_steps=2)
 CONFIG_KEYS = {
     "model", "model_type", "max_context", "dtype", "num_layers", "num_kv_heads", "head_dim",
     "hidden_size", "vocab_size", "eos_token_id", "bos_token_id", "logits", "compression",
-    "encoder", "adapter",
+    "encoder", "adapter", "hidden_peak",
 }  # fmt: skip
 
 

@@ -196,6 +196,21 @@ def test_fp16_uses_the_builder_flag_on_trt10(fake, export_dir, tmp_path):
     assert fake.calls[0][:2] == (0, ["FP16"])
 
 
+def test_fp16_kernels_are_refused_where_hidden_states_pass_fp16(fake, export_dir, tmp_path):
+    """The export's manifest says its hidden states reach 1.04e5 (Gemma 3 270M's measured peak):
+    --fp16 (any layer may run fp16) is refused before building; strongly typed still builds."""
+    from semedge.artifacts import Manifest, load_manifest, write_manifest
+
+    m = load_manifest(export_dir)
+    write_manifest(export_dir, Manifest(format=m.format, graphs=m.graphs,
+                                        config={**m.config, "hidden_peak": 103795.0}))  # fmt: skip
+    with pytest.raises(InputError, match="hidden states reach 1.04e"):
+        build_engines(export_dir, tmp_path / "eng16", EngineBuildConfig(fp16=True))
+    assert not fake.calls and not (tmp_path / "eng16").exists()
+    build_engines(export_dir, tmp_path / "eng", EngineBuildConfig())
+    assert fake.calls
+
+
 def test_fp16_is_refused_on_trt11(fake, export_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(_Behaviour, "version", "11.1.0")
     fake.install()

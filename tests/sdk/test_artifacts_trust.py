@@ -143,6 +143,8 @@ def test_fuzzed_manifests_are_one_line_artifact_errors(tmp_path_factory, mutatio
         ({"config": {"max_context": "abc"}}, "config.max_context must be a positive integer"),
         ({"config": {"max_context": 0}}, "config.max_context must be a positive integer"),
         ({"config": {"eos_token_id": "x"}}, "eos_token_id"),
+        ({"config": {"hidden_peak": -1.0}}, "config.hidden_peak must be a finite number"),
+        ({"config": {"hidden_peak": "1e5"}}, "config.hidden_peak must be a finite number"),
         ({"config": {"adapter": "/etc/hostname"}}, "escapes"),
         ({"files": {"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}}}, "escapes"),
         ({"files": {"a.onnx": {"sha256": "zz", "bytes": 0}}}, "64 hex digits"),
