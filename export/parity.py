@@ -167,10 +167,14 @@ class _Diff:
         return ParityCase(name, tokens, self.max_abs, mean, top1, self.kv_max, ok)
 
 
-def _text_ids(tokenizer, n: int, offset: int = 0) -> np.ndarray:
+def _text_ids(tokenizer, n: int, offset: int = 0, lead: bool = True) -> np.ndarray:
+    """n ids of the gate's text from `offset`, after the tokenizer's leading special tokens (a
+    prompt's BOS, where the model has one: Gemma 3's largest activations sit there) unless
+    `lead` is False."""
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    head = tokenizer("", add_special_tokens=True)["input_ids"] if lead else []
     reps = (n + offset) // len(ids) + 1
-    return np.asarray((ids * reps)[offset : offset + n], dtype=np.int64)
+    return np.asarray((head + (ids * reps)[offset:])[:n], dtype=np.int64)
 
 
 def _torch_kv(cache, n_layers: int) -> list[np.ndarray]:
@@ -265,7 +269,7 @@ def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> Pari
     """A SemToken-compressed prompt: merged span embeddings at their first token's position."""
     from semedge.compressor.compressor import SemTokenCompressor
 
-    text = tokenizer.decode(_text_ids(tokenizer, n).tolist())
+    text = tokenizer.decode(_text_ids(tokenizer, n, lead=False).tolist())  # compress() adds BOS
     compressor = SemTokenCompressor(ctx.model, tokenizer, compression, adapter=adapter)
     prompt = compressor.compress(text)
     embeds = prompt.inputs_embeds.float().detach().numpy()[0]

@@ -65,3 +65,23 @@ def test_smollm2_fp16_export_passes_its_budget(tmp_path):
     cfg = ExportConfig(dtype="fp16", parity=ParityConfig(lengths=(16, 512)))
     report = export_onnx("smollm2", tmp_path / "smollm2-fp16", cfg)
     assert report.passed
+
+
+def test_gate_texts_begin_as_prompts_do(tiny_llama):
+    """A tokenizer that adds a BOS (Gemma 3's) gets it first in the text and batch cases, as
+    every runtime prompt has it; the compressed case's text leaves it to compress()."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from semedge.export.parity import _text_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    plain = _text_ids(tok, 12)
+    bos = tok.convert_ids_to_tokens(int(plain[3]))  # any token of the vocabulary serves
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, int(plain[3]))]
+    )
+    ids = _text_ids(tok, 12)
+    assert ids.size == 12 and ids[0] == plain[3] and list(ids[1:]) == list(plain[:11])
+    assert list(_text_ids(tok, 12, lead=False)) == list(plain)
+    assert list(_text_ids(tok, 6, offset=5)) == [plain[3], *_text_ids(tok, 5, offset=5, lead=False)]
