@@ -109,3 +109,15 @@ def test_gemma3_context_beyond_32768_is_one_line(cli, tmp_path):
               "--no-validate", expect_rc=1)  # fmt: skip
     assert_one_line_error(res)
     assert "exceeds the model's 32768 positions" in res.stderr
+
+
+def test_gemma3_fp16_trace_is_refused_before_tracing(cli, tmp_path):
+    """Its residual stream passes fp16's 65504: `--dtype fp16` is one line, nothing written."""
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "f16"
+    res = cli("export", "onnx", "-m", "gemma3-270m", out, "--dtype", "fp16", "--max-context", 4096,
+              expect_rc=1)  # fmt: skip
+    assert_one_line_error(res)
+    assert "does not fit fp16" in res.stderr and "--precision fp16" in res.stderr
+    assert not out.exists()
