@@ -2,8 +2,9 @@
 
 `export onnx --dtype fp16` traces the model in fp16 end to end. Gemma 3 270M's residual stream
 reaches ~1.0e5 in fp32 (fp16's largest value is 65504): in PyTorch fp16 its hidden states turn
-inf at layer 7 and NaN after. ONNX Runtime's CPU provider runs most fp16 ops through fp32, so the
-CPU parity gate still passes (top-1 0.995 measured) and the export would ship NaNs to a GPU.
+inf after decoder layer 8 of 18 and NaN after. ONNX Runtime's CPU provider runs most fp16 ops
+through fp32, so the CPU gate's logits still agree (top-1 1.000 measured; only its KV budget
+tripped) and the export would ship NaNs to a GPU.
 So before tracing, the fp16 copy runs on the gate's text in PyTorch, whose CPU fp16 arithmetic
 rounds and overflows as a GPU's does; a non-finite hidden state refuses the export and names the
 way that works (`--precision fp16`: the measured conversion keeps those nodes fp32).

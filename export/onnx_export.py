@@ -184,12 +184,10 @@ def _created_by() -> dict[str, str]:
 
 def _range_probe(model, tok, max_ctx: int):
     """The gate's first tokens as a prompt is read, and the fp32 model's hidden-state peak on them."""
-    import numpy as np
-
     from semedge.export.fp16_fit import PROBE_TOKENS, hidden_peak
-    from semedge.export.parity import TEXT
+    from semedge.export.parity import gate_text_ids
 
-    ids = np.asarray(tok(TEXT * 8)["input_ids"][: min(PROBE_TOKENS, max_ctx)])  # specials first
+    ids = gate_text_ids(tok, min(PROBE_TOKENS, max_ctx))
     return ids, hidden_peak(model, ids)
 
 

@@ -167,7 +167,7 @@ class _Diff:
         return ParityCase(name, tokens, self.max_abs, mean, top1, self.kv_max, ok)
 
 
-def _text_ids(tokenizer, n: int, offset: int = 0, lead: bool = True) -> np.ndarray:
+def gate_text_ids(tokenizer, n: int, offset: int = 0, lead: bool = True) -> np.ndarray:
     """n ids of the gate's text from `offset`, after the tokenizer's leading special tokens (a
     prompt's BOS, where the model has one: Gemma 3's largest activations sit there) unless
     `lead` is False."""
@@ -254,14 +254,14 @@ def _embed(model, ids: np.ndarray) -> np.ndarray:
 
 
 def _text_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
-    ids = _text_ids(tokenizer, n)
+    ids = gate_text_ids(tokenizer, n)
     return _run_case(ctx, "text", [_prompt(ids, _embed(ctx.model, ids))])
 
 
 def _batch_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
     """Two prompts, the shorter left-padded: masks and per-row positions must be honoured."""
     short = max(2, n // 2)
-    rows = [_text_ids(tokenizer, n), _text_ids(tokenizer, short, offset=5)]
+    rows = [gate_text_ids(tokenizer, n), gate_text_ids(tokenizer, short, offset=5)]
     return _run_case(ctx, "batch", [_prompt(ids, _embed(ctx.model, ids)) for ids in rows])
 
 
@@ -269,7 +269,7 @@ def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> Pari
     """A SemToken-compressed prompt: merged span embeddings at their first token's position."""
     from semedge.compressor.compressor import SemTokenCompressor
 
-    text = tokenizer.decode(_text_ids(tokenizer, n, lead=False).tolist())  # compress() adds BOS
+    text = tokenizer.decode(gate_text_ids(tokenizer, n, lead=False).tolist())  # compress() adds BOS
     compressor = SemTokenCompressor(ctx.model, tokenizer, compression, adapter=adapter)
     prompt = compressor.compress(text)
     embeds = prompt.inputs_embeds.float().detach().numpy()[0]
@@ -292,7 +292,7 @@ def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase
     torch = require("torch")
     from semedge.compressor.encoders import LMEncoder
 
-    ids = _text_ids(tokenizer, n)[None]
+    ids = gate_text_ids(tokenizer, n)[None]
     emb = ctx.pipe.embed(ids[0])[None]
     cases = [_hidden_case("embed", _embed(ctx.model, ids), emb, ctx)]
     mask = np.ones_like(ids)

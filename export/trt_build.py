@@ -76,6 +76,17 @@ class EngineBuildConfig:
         return ctx, parse_range(self.batch, "batch") if self.batch else None
 
 
+def _buildable_manifest(onnx_dir: Path, config: EngineBuildConfig) -> dict[str, Any]:
+    """The export's verified manifest, refused where these build settings cannot serve it."""
+    verify_manifest(
+        onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
+    )
+    manifest = _export_manifest(onnx_dir)
+    if config.fp16:
+        refuse_fp16_kernels(manifest.get("config", {}), str(onnx_dir))
+    return manifest
+
+
 def _export_manifest(onnx_dir: Path) -> dict[str, Any]:
     # a calibrated directory (INT8 Q/DQ for --target tensorrt) builds like a plain export
     manifest = load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
@@ -125,12 +136,7 @@ def plan_trtexec_commands(
         InputError: a bad --context / --batch range.
     """
     onnx_dir, out_dir, config = Path(onnx_dir), Path(out_dir), config or EngineBuildConfig()
-    verify_manifest(
-        onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
-    )
-    manifest = _export_manifest(onnx_dir)
-    if config.fp16:
-        refuse_fp16_kernels(manifest.get("config", {}), str(onnx_dir))
+    manifest = _buildable_manifest(onnx_dir, config)
     profiles = engine_profiles(manifest, *config.ranges())
     strongly_typed = not config.fp16
     return [
@@ -334,12 +340,7 @@ def build_engines(
         BackendUnavailable: tensorrt is not importable, too old, or no NVIDIA GPU is visible.
     """
     onnx_dir, out_dir, config = Path(onnx_dir), Path(out_dir), config or EngineBuildConfig()
-    verify_manifest(
-        onnx_dir, load_manifest(onnx_dir, expect_format=(FORMAT_EXPORT, FORMAT_CALIBRATED))
-    )
-    manifest = _export_manifest(onnx_dir)
-    if config.fp16:
-        refuse_fp16_kernels(manifest.get("config", {}), str(onnx_dir))
+    manifest = _buildable_manifest(onnx_dir, config)
     profiles = engine_profiles(manifest, *config.ranges())
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; choose another path or pass --overwrite")

@@ -73,15 +73,18 @@ def test_gate_texts_begin_as_prompts_do(tiny_llama):
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
 
-    from semedge.export.parity import _text_ids
+    from semedge.export.parity import gate_text_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    plain = _text_ids(tok, 12)
+    plain = gate_text_ids(tok, 12)
     bos = tok.convert_ids_to_tokens(int(plain[3]))  # any token of the vocabulary serves
     tok._tokenizer.post_processor = TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, int(plain[3]))]
     )
-    ids = _text_ids(tok, 12)
+    ids = gate_text_ids(tok, 12)
     assert ids.size == 12 and ids[0] == plain[3] and list(ids[1:]) == list(plain[:11])
-    assert list(_text_ids(tok, 12, lead=False)) == list(plain)
-    assert list(_text_ids(tok, 6, offset=5)) == [plain[3], *_text_ids(tok, 5, offset=5, lead=False)]
+    assert list(gate_text_ids(tok, 12, lead=False)) == list(plain)
+    assert list(gate_text_ids(tok, 6, offset=5)) == [
+        plain[3],
+        *gate_text_ids(tok, 5, offset=5, lead=False),
+    ]
