@@ -140,8 +140,8 @@ def graph_specs(
         "decode": GraphSpec(
             C.DECODE_ONNX,
             (
-                TensorSpec(C.INPUT_IDS, i64, (BATCH, 1)),
-                TensorSpec(C.POSITION_IDS, i64, (BATCH, 1)),
+                ids,  # one token per step, or a chunk of a long prompt (chunked prefill)
+                positions,
                 TensorSpec(C.ATTENTION_MASK, i64, (BATCH, TOTAL)),
                 *kv(past_names(num_layers), PAST),
             ),

@@ -128,7 +128,8 @@ def _trace(module, args: tuple, spec: GraphSpec, path: Path, opset: int) -> None
 
 
 def _example_inputs(core, dtype) -> dict[str, tuple]:
-    """Trace inputs with B=2, T=5, P=4: no dim equals 1, so nothing is specialised."""
+    """Trace inputs with B=2, T=5, P=4 (decode: T=2 over P=4): no dim equals 1, so nothing is
+    specialised; decode takes any number of new tokens (chunked prefill)."""
     torch = require("torch")
     d = core.dims
     ids = torch.arange(10, dtype=torch.long).reshape(2, 5) % d.vocab_size
@@ -140,7 +141,7 @@ def _example_inputs(core, dtype) -> dict[str, tuple]:
         "embed": (ids,),
         "encoder": (ids, mask),
         "prefill": (embeds, pos, mask),
-        "decode": (ids[:, :1], pos[:, 4:], mask, *past),
+        "decode": (ids[:, :2], pos[:, 3:] + 1, torch.ones(2, 6, dtype=torch.long), *past),
     }
 
 

@@ -64,12 +64,18 @@ class ParityConfig:
     decode_steps: int = 4  # greedy decode steps after each prefill (KV chained through ORT)
     batch: bool = True  # also a left-padded batch of two prompts
     compressed: bool = True  # also a SemToken-compressed prompt (non-contiguous position_ids)
+    chunked: bool = True  # also the longest text read in 3 chunks (chunked prefill, decode graph)
+    # read every text case in chunks of this many tokens, the torch reference too (lengths whose
+    # whole-prompt attention does not fit in memory); None: whole prompts
+    prefill_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.lengths is not None and (not self.lengths or min(self.lengths) < 2):
             raise InputError(f"parity lengths must be >= 2 tokens, got {self.lengths}")
         if self.decode_steps < 1:
             raise InputError(f"decode_steps must be >= 1, got {self.decode_steps}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise InputError(f"prefill_chunk must be >= 1 token, got {self.prefill_chunk}")
 
     @classmethod
     def slow(cls) -> ParityConfig:
@@ -85,7 +91,7 @@ class ParityConfig:
 class ParityCase:
     """One compared input: worst differences over prefill and all decode steps."""
 
-    case: str  # "text", "batch", "compressed", "encoder", "embed"
+    case: str  # "text", "batch", "compressed", "chunked", "encoder", "embed"
     tokens: int  # prompt positions
     max_abs: float  # max |Δ| of logits (or hidden states for encoder/embed)
     mean_abs: float
@@ -192,18 +198,43 @@ class _Ctx:
     last_only: bool
     steps: int
     atol: float
+    chunk: int | None = None  # ParityConfig.prefill_chunk
 
 
-def _prompt(ids: np.ndarray, embeds: np.ndarray, positions: np.ndarray | None = None):
-    from semedge.runtime.pipeline import PreparedPrompt
+def _prompt(ids: np.ndarray, embeds: np.ndarray, positions: np.ndarray | None = None,
+            spans: np.ndarray | None = None, token_embeds: np.ndarray | None = None):  # fmt: skip
+    from semedge.runtime.pipeline import PreparedPrompt, span_tokens
 
     pos = np.arange(len(ids), dtype=np.int64) if positions is None else positions
-    return PreparedPrompt(ids, embeds, pos, None)
+    at = None if spans is None else span_tokens(ids, token_embeds, embeds, spans)
+    return PreparedPrompt(ids, embeds, pos, spans, token_at=at)
 
 
-def _run_case(ctx: _Ctx, name: str, prompts: list) -> ParityCase:
-    """Prefill, then `steps` greedy decode steps: the torch model and the runtime's Generator get
-    the same left-padded batch and the same (torch's greedy) tokens, each keeping its own KV."""
+def _reference_prefill(ctx: _Ctx, embeds, positions, mask, chunk: int | None):
+    """The torch model's forward over the prompt, whole or (`chunk`) a chunk at a time over its
+    own cache, as transformers' chunked prefill does."""
+    torch = require("torch")
+    # a last-logits export is compared on the last row only, so the reference computes only that
+    # row: (T, V) fp32 logits are 8.6 GB for Gemma 3 at 8K tokens
+    keep = {"logits_to_keep": 1} if ctx.last_only else {}
+    L = int(embeds.shape[1])
+    step = L if chunk is None or not ctx.last_only else chunk
+    ref, cache = None, None
+    with torch.no_grad():
+        for s in range(0, L, step):
+            e = min(L, s + step)
+            ref = ctx.model(
+                inputs_embeds=embeds[:, s:e], position_ids=positions[:, s:e],
+                attention_mask=mask[:, :e], past_key_values=cache, use_cache=True, **keep,
+            )  # fmt: skip
+            cache = ref.past_key_values
+    return ref
+
+
+def _run_case(ctx: _Ctx, name: str, prompts: list, chunk: int | None = None) -> ParityCase:
+    """Prefill (whole, or `chunk` positions at a time on both sides), then `steps` greedy decode
+    steps: the torch model and the runtime's Generator get the same left-padded batch and the
+    same (torch's greedy) tokens, each keeping its own KV."""
     torch = require("torch")
     from semedge.runtime.generator import Generator, batch_inputs
     from semedge.runtime.sampling import GenerationConfig
@@ -211,15 +242,9 @@ def _run_case(ctx: _Ctx, name: str, prompts: list) -> ParityCase:
     n_layers = int(ctx.pipe.config["num_layers"])
     diff = _Diff(_KV_RTOL[np.dtype(ctx.pipe.kv_dtype)])
     embeds, positions, mask = (torch.from_numpy(a) for a in batch_inputs(prompts, np.float32))
-    # a last-logits export is compared on the last row only, so the reference computes only that
-    # row: (T, V) fp32 logits are 8.6 GB for Gemma 3 at 8K tokens
-    keep = {"logits_to_keep": 1} if ctx.last_only else {}
-    with torch.no_grad():
-        ref = ctx.model(
-            inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
-            **keep,
-        )  # fmt: skip
-    gen = Generator(ctx.pipe, GenerationConfig(max_new_tokens=ctx.steps))
+    ref = _reference_prefill(ctx, embeds, positions, mask, ctx.chunk)
+    config = GenerationConfig(max_new_tokens=ctx.steps, prefill_chunk=chunk or ctx.chunk)
+    gen = Generator(ctx.pipe, config)
     got = gen.append_prompts(prompts)
     ref_logits = ref.logits.float().numpy()
     real = mask.numpy().astype(bool)
@@ -258,6 +283,13 @@ def _text_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
     return _run_case(ctx, "text", [_prompt(ids, _embed(ctx.model, ids))])
 
 
+def _chunked_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
+    """The text read in 3 chunks on the runtime (the first through the prefill graph, the rest
+    through the decode graph over the cache) against the whole-prompt torch forward."""
+    ids = gate_text_ids(tokenizer, n)
+    return _run_case(ctx, "chunked", [_prompt(ids, _embed(ctx.model, ids))], -(-n // 3))
+
+
 def _batch_case(ctx: _Ctx, tokenizer, n: int) -> ParityCase:
     """Two prompts, the shorter left-padded: masks and per-row positions must be honoured."""
     short = max(2, n // 2)
@@ -274,7 +306,9 @@ def _compressed_case(ctx: _Ctx, tokenizer, n: int, compression, adapter) -> Pari
     prompt = compressor.compress(text)
     embeds = prompt.inputs_embeds.float().detach().numpy()[0]
     positions = prompt.position_ids.long().numpy().reshape(-1)
-    return _run_case(ctx, "compressed", [_prompt(prompt.input_ids, embeds, positions)])
+    ids, spans = prompt.input_ids, np.asarray(prompt.spans)
+    case = _prompt(ids, embeds, positions, spans, _embed(ctx.model, ids))
+    return _run_case(ctx, "compressed", [case])
 
 
 def _hidden_case(name: str, ref: np.ndarray, got: np.ndarray, ctx: _Ctx) -> ParityCase:
@@ -334,7 +368,8 @@ def check_parity(
     config = config or ParityConfig()
     compression = compression or CompressionConfig()
     with Pipeline.from_pretrained(Path(out_dir), providers="cpu", verify=False) as pipe:
-        ctx = _Ctx(model, pipe, pipe.config.get("logits") != "all", config.decode_steps, atol)
+        last_only = pipe.config.get("logits") != "all"
+        ctx = _Ctx(model, pipe, last_only, config.decode_steps, atol, config.prefill_chunk)
         return _cases(ctx, tokenizer, max_context, config, compression, adapter)
 
 
@@ -346,6 +381,8 @@ def _cases(ctx: _Ctx, tokenizer, max_context: int, config: ParityConfig, compres
     for n in grid:
         report.cases.append(_text_case(ctx, tokenizer, n))
         log.info("parity text %d tokens: max|d| %.3g", n, report.cases[-1].max_abs)
+    if config.chunked and ctx.pipe.chunked_prefill_error() is None and grid[-1] >= 3:
+        report.cases.append(_chunked_case(ctx, tokenizer, grid[-1]))
     if config.batch:
         report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128)))
     if config.compressed and max_context >= 256:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from semedge.constants import ATTENTION_MASK, INPUT_IDS, INPUTS_EMBEDS, LOGITS, POSITION_IDS
-from semedge.errors import UsageError
+from semedge.errors import InputError, UsageError
 from semedge.runtime.kv_cache import KVCache
 from semedge.runtime.sampling import GenerationConfig, select_next
 from semedge.runtime.trace import NULL_TIMER
@@ -20,7 +20,7 @@ from semedge.runtime.trace import NULL_TIMER
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 
-__all__ = ["Generator", "GenerationResult", "batch_inputs", "regroup"]
+__all__ = ["Generator", "GenerationResult", "batch_inputs", "batch_tokens", "regroup"]
 
 
 @dataclass
@@ -107,15 +107,59 @@ class Generator:
         self.finish = [None] * B
         embeds, pos, mask = batch_inputs(prompts, p.embed_dtype)
         L = mask.shape[1]
+        first = self._first_chunk(prompts, L)  # before the cache: a refusal leaves no state
         self.cache = p.new_cache(B, L + self.config.max_new_tokens)
         with self.timer.span("prefill", tokens=L, batch=B):
-            feeds = {INPUTS_EMBEDS: embeds, POSITION_IDS: pos, ATTENTION_MASK: mask}
-            out = p.prefill.run_bound(feeds, self.cache.present(L), [LOGITS])
-            self.cache.advance(L)
+            feeds = {
+                INPUTS_EMBEDS: embeds[:, :first], POSITION_IDS: pos[:, :first],
+                ATTENTION_MASK: mask[:, :first],
+            }  # fmt: skip
+            out = p.prefill.run_bound(feeds, self.cache.present(first), [LOGITS])
+            self.cache.advance(first)
+            if first < L:
+                out = self._prefill_chunks(batch_tokens(prompts, L), pos, mask, first)
         self._logits = out[LOGITS][:, -1, :]  # (B, 1|T, V) -> (B, V): last (real) position
         self._mask = mask
         self._next_pos = np.array([x.first_new_position for x in prompts], dtype=np.int64)
         return out[LOGITS]
+
+    def _first_chunk(self, prompts: list[PreparedPrompt], L: int) -> int:
+        """Positions the prefill graph reads: all L, or with `prefill_chunk` the first chunk,
+        stretched over every position that only an embedding can feed (a merged span).
+
+        Raises:
+            InputError: prefill_chunk set on an export that cannot take chunks.
+        """
+        chunk = self.config.prefill_chunk
+        if chunk is None or chunk >= L:
+            return L
+        why = self.pipeline.chunked_prefill_error()
+        if why is not None:
+            raise InputError(f"prefill_chunk {chunk} cannot run on this export: {why}")
+        tokens = batch_tokens(prompts, L)  # (B, L), -1 where a position is no token
+        bad = np.flatnonzero((tokens < 0).any(axis=0))
+        return max(chunk, int(bad[-1]) + 1 if len(bad) else 0)
+
+    def _prefill_chunks(self, tokens, pos, mask, start: int) -> dict[str, np.ndarray]:
+        """Positions [start, L) through the decode graph, `prefill_chunk` at a time, each chunk
+        attending to the cache so far and to itself (causal); returns the last chunk's logits.
+        Rows run one at a time into their slices of the cache (ONNX Runtime's fused attention
+        takes several new tokens over a past only at batch 1)."""
+        p, (B, L), chunk = self.pipeline, mask.shape, int(self.config.prefill_chunk)
+        logits = []
+        for s in range(start, L, chunk):
+            e = min(L, s + chunk)
+            logits = []
+            for b in range(B):
+                feeds = {
+                    INPUT_IDS: np.maximum(tokens[b : b + 1, s:e], 0),  # padding: token 0, masked
+                    POSITION_IDS: pos[b : b + 1, s:e], ATTENTION_MASK: mask[b : b + 1, :e],
+                }  # fmt: skip
+                bound = {**self.cache.past(b if B > 1 else None),
+                         **self.cache.present(e - s, b if B > 1 else None)}  # fmt: skip
+                logits.append(p.decode.run_bound(feeds, bound, [LOGITS])[LOGITS])
+            self.cache.advance(e - s)
+        return {LOGITS: np.concatenate(logits, axis=0)}
 
     def _decode(self, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row; the presents land in the cache's other buffer."""
@@ -284,6 +328,16 @@ def batch_inputs(
         pos[b, L - n :] = x.positions
         mask[b, L - n :] = 1
     return embeds, pos, mask
+
+
+def batch_tokens(prompts: list[PreparedPrompt], L: int) -> np.ndarray:
+    """(B, L) int64, left-padded like batch_inputs: the token each position feeds (-1: a merged
+    span, only its embedding feeds it; 0 on padded slots)."""
+    out = np.zeros((len(prompts), L), dtype=np.int64)
+    for b, x in enumerate(prompts):
+        t = x.position_tokens()
+        out[b, L - len(t) :] = t
+    return out
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

@@ -106,27 +106,32 @@ class KVCache:
         """Bytes reserved for the cache (both ping-pong sides)."""
         return 2 * self._offset[-1] * self.dtype.itemsize
 
-    def _view(self, side: int, layer: int, kv: int, length: int) -> Buffer:
+    def _view(self, side: int, layer: int, kv: int, length: int, row: int | None = None) -> Buffer:
         ptr, host, _ = self._sides[side]
         length = min(length, self._cap[layer])  # a local layer keeps its window's last slots
         shape = (self.batch, self.n_kv_heads, length, self.head_dim)
         n = int(np.prod(shape))
         offset = self._offset[layer] + kv * self._cap[layer] * self._row
+        if row is not None:  # one row of the (B, n_kv, length, hd) tensor: contiguous too
+            n //= self.batch
+            offset += row * n
+            shape = (1, *shape[1:])
         view = host[offset : offset + n].reshape(shape) if host is not None else None
         return Buffer(ptr + offset * self.dtype.itemsize, shape, self.dtype, self.device, view)
 
-    def past(self) -> dict[str, Buffer]:
+    def past(self, row: int | None = None) -> dict[str, Buffer]:
         """The current past as `past_key_values.{i}.key/value` views of shape (B, n_kv, P, hd)
-        (a local layer's: min(P, its slots))."""
+        (a local layer's: min(P, its slots)); with `row`, that row's (1, n_kv, P, hd)."""
         out = {}
         for i in range(self.num_layers):
-            out[PAST_KEY.format(i=i)] = self._view(self._side, i, 0, self.length)
-            out[PAST_VALUE.format(i=i)] = self._view(self._side, i, 1, self.length)
+            out[PAST_KEY.format(i=i)] = self._view(self._side, i, 0, self.length, row)
+            out[PAST_VALUE.format(i=i)] = self._view(self._side, i, 1, self.length, row)
         return out
 
-    def present(self, new_tokens: int = 1) -> dict[str, Buffer]:
+    def present(self, new_tokens: int = 1, row: int | None = None) -> dict[str, Buffer]:
         """Where the next call writes `present.{i}.key/value`: (B, n_kv, P + new_tokens, hd)
-        (a local layer's: min(P + new_tokens, its slots)).
+        (a local layer's: min(P + new_tokens, its slots)); with `row`, that row's slice, so
+        rows can be run one at a time into one step (advance once after all of them).
 
         For the prefill (P == 0) this is the current side; for decode the other side.
 
@@ -142,8 +147,8 @@ class KVCache:
         side = self._side if self.length == 0 else 1 - self._side
         out = {}
         for i in range(self.num_layers):
-            out[PRESENT_KEY.format(i=i)] = self._view(side, i, 0, total)
-            out[PRESENT_VALUE.format(i=i)] = self._view(side, i, 1, total)
+            out[PRESENT_KEY.format(i=i)] = self._view(side, i, 0, total, row)
+            out[PRESENT_VALUE.format(i=i)] = self._view(side, i, 1, total, row)
         return out
 
     def advance(self, new_tokens: int = 1) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from semedge.artifacts import (
 from semedge.config import CompressionConfig, effective_compression
 from semedge.constants import (
     ATTENTION_MASK,
+    DECODE_ONNX,
     ENCODER_HIDDEN,
     FORMAT_CALIBRATED,
     FORMAT_ENGINE,
@@ -41,6 +41,7 @@ from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import HostPool, KVCache, local_kv
+from semedge.runtime.prompts import PreparedPrompt, span_tokens
 from semedge.runtime.sampling import GenerationConfig
 from semedge.runtime.span_adapter import load_span_adapter, span_adapter_fn
 from semedge.runtime.trace import NULL_TIMER
@@ -50,27 +51,6 @@ __all__ = ["Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
 log = logging.getLogger(__name__)
 
 REQUIRED_CONFIG = ("max_context", "num_layers", "num_kv_heads", "head_dim", "eos_token_id")
-
-
-@dataclass
-class PreparedPrompt:
-    """A tokenized prompt ready for prefill: one embedding and position id per kept position."""
-
-    ids: np.ndarray  # (T,) token ids
-    embeds: np.ndarray  # (T', D) input embeddings (merged spans when compressed)
-    positions: np.ndarray  # (T',) position ids (a merged span sits at its first token's position)
-    spans: np.ndarray | None  # (T', 2) [start, end) token spans, None when uncompressed
-    threshold: float | None = None  # the tau used (compressed only)
-    next_position: int | None = None  # position id of the first new token; None: len(ids)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(len(self.ids))
-
-    @property
-    def first_new_position(self) -> int:
-        """Where generation continues: T, or less when positions were compacted to fit."""
-        return self.prompt_tokens if self.next_position is None else int(self.next_position)
 
 
 class Pipeline:
@@ -190,6 +170,22 @@ class Pipeline:
     def provider(self) -> str:
         return self.backends["prefill"].provider_name
 
+    def chunked_prefill_error(self) -> str | None:
+        """Why this export cannot read a prompt in chunks (GenerationConfig.prefill_chunk), or
+        None when it can: its decode graph must take several new tokens (exports from semedge
+        0.1.0 after chunked prefill), run where it was exported to (not a TensorRT engine built
+        for one token), and give last-position logits."""
+        graphs = self.manifest.graphs
+        entry = graphs.get("decode") or graphs.get(DECODE_ONNX) or {}
+        shape = ((entry.get("inputs") or {}).get(INPUT_IDS) or {}).get("shape") or [None, 1]
+        if isinstance(shape[-1], int):
+            return "its decode graph takes one token per call; re-export it with this semedge"
+        if self.decode.provider_name == "trt-engine":
+            return "its TensorRT decode engine is built for one token per call"
+        if self.config.get("logits") == "all":
+            return "it returns all-position logits (--full-logits), which chunks would cut"
+        return None
+
     # ---------------------------------------------------------------- stages
     def tokenize(self, text: str) -> Any:
         """tokenizers Encoding of `text` (special tokens added as the export's tokenizer says)."""
@@ -295,9 +291,11 @@ class Pipeline:
             q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
             spans, tau = sp.find_spans(hidden, protected, cfg, *q)
-            embeds = sp.merge_embeddings(self.embed(ids), spans, mode=cfg.span_repr)
+            token_embeds = self.embed(ids)
+            embeds = sp.merge_embeddings(token_embeds, spans, mode=cfg.span_repr)
             if self._adapter is not None:
                 embeds = self._adapter(embeds, spans)
+            token_at = span_tokens(ids, token_embeds, embeds, spans)
             positions = sp.span_positions(spans, cfg.position_mode())
         self._check_fits(T, len(positions), max_new_tokens, ratio)
         pos_limit = int(self.config.get("max_positions") or self.max_context)
@@ -306,7 +304,8 @@ class Pipeline:
         if not np.array_equal(fitted, positions):
             nxt = int(fitted[-1]) + 1
         nxt = None if nxt == T else nxt
-        return PreparedPrompt(ids, embeds.astype(self.embed_dtype), fitted, spans, tau, nxt)
+        embeds = embeds.astype(self.embed_dtype)
+        return PreparedPrompt(ids, embeds, fitted, spans, tau, nxt, token_at)
 
     def span_features(
         self, text: str, cfg: CompressionConfig, enc: Any = None

@@ -26,6 +26,10 @@ class GenerationConfig:
         ratio: SemToken compression ratio (None: no compression, 1.0 also none).
         query: query-aware compression: spans similar to this text stay fine.
         ignore_eos: keep generating past EOS (profiling a fixed number of decode steps).
+        prefill_chunk: read the prompt in chunks of this many positions (the first through the
+            prefill graph, the rest through the decode graph over the growing KV cache), so
+            attention holds chunk x context scores instead of context x context; None: the
+            whole prompt in one call (fastest where memory allows).
     """
 
     max_new_tokens: int = 64
@@ -37,6 +41,7 @@ class GenerationConfig:
     ratio: float | None = None
     query: str | None = None
     ignore_eos: bool = False
+    prefill_chunk: int | None = None
 
     def __post_init__(self) -> None:
         check_int(self.max_new_tokens, "max_new_tokens", 1)
@@ -45,6 +50,8 @@ class GenerationConfig:
         check_number(self.top_p, "top_p", 0.0, 1.0, lo_open=True)
         if self.seed is not None:
             check_int(self.seed, "seed", 0, 2**63 - 1)
+        if self.prefill_chunk is not None:
+            check_int(self.prefill_chunk, "prefill_chunk", 1)
         if self.ratio is not None:
             check_number(self.ratio, "ratio", 1.0, hint=" (2.4 = 2.4x fewer positions)")
         if isinstance(self.stop, str):

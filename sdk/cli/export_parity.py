@@ -21,9 +21,12 @@ __all__ = ["parity"]
 @click.option("--decode-steps", type=int, default=4, show_default=True)
 @click.option("--no-batch", is_flag=True, help="Skip the left-padded batch case.")
 @click.option("--no-compressed", is_flag=True, help="Skip the SemToken-compressed case.")
+@click.option("--prefill-chunk", type=int, default=None,
+              help="Read each prompt this many tokens at a time on both sides (lengths whose "
+                   "whole-prompt attention does not fit in memory).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def parity(export_dir, model, lengths, atol, decode_steps, no_batch, no_compressed,
-           as_json) -> None:  # fmt: skip
+           prefill_chunk, as_json) -> None:  # fmt: skip
     """Compare EXPORT_DIR with the PyTorch model it came from at --lengths; exit 1 on a miss."""
     from pathlib import Path
 
@@ -57,7 +60,7 @@ def parity(export_dir, model, lengths, atol, decode_steps, no_batch, no_compress
         raise InputError(f"--lengths must be 2..{limit - decode_steps} tokens (the export's "
                          f"context {limit} less --decode-steps), got {lengths!r}")  # fmt: skip
     gate = ParityConfig(lengths=grid, decode_steps=decode_steps, batch=not no_batch,
-                        compressed=not no_compressed)  # fmt: skip
+                        compressed=not no_compressed, prefill_chunk=prefill_chunk)  # fmt: skip
     budget = atol if atol is not None else default_atol(str(cfg.get("dtype", "fp32")))
     loaded = load_model(model)
     compression = (

@@ -40,9 +40,12 @@ PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "openvino", "trt-engine")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
 @click.option("--adapter", default=None,
               help="MT2ST span adapter (DEFAULT or a directory) and its compression layout.")  # fmt: skip
+@click.option("--prefill-chunk", type=int, default=None,
+              help="Read the prompt this many positions at a time: attention memory grows with "
+                   "chunk x context instead of context^2 [whole prompt].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, temperature, top_k,
-            top_p, seed, stop, stream, adapter, as_json) -> None:  # fmt: skip
+            top_p, seed, stop, stream, adapter, prefill_chunk, as_json) -> None:  # fmt: skip
     """Generate from EXPORT_DIR (made by `semedge export onnx`) for the prompt in --prompt-file."""
     from semedge.errors import InputError
     from semedge.runtime import GenerationConfig, Pipeline
@@ -53,7 +56,7 @@ def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, tem
     text = read_text_file(prompt_file)
     config = GenerationConfig(max_new_tokens=max_new_tokens, ratio=ratio, query=query,
                               stop=tuple(stop), temperature=temperature, top_k=top_k, top_p=top_p,
-                              seed=seed)  # fmt: skip
+                              seed=seed, prefill_chunk=prefill_chunk)  # fmt: skip
     with Pipeline.from_pretrained(export_dir, providers=provider) as loaded:
         pipe = loaded.with_adapter(adapter) if adapter else loaded
         if stream:

@@ -20,6 +20,9 @@ def test_parity_passes_on_the_export_and_reports_each_length(cli, tiny_export, t
     assert sorted(c["tokens"] for c in cases if c["case"] == "text") == [7, 40]
     assert {c["case"] for c in cases} >= {"embed", "encoder", "batch", "compressed"}
     assert all(c["max_abs"] < 1e-3 for c in cases if c["case"] == "text")
+    chunked = cli("export", "parity", tiny_export, "-m", tiny_llama, "--lengths", "40",
+                  "--prefill-chunk", "12", "--no-batch", "--json")  # fmt: skip
+    assert json.loads(chunked.stdout)["passed"] is True
 
 
 def test_a_changed_weight_fails_with_exit_1(cli, tiny_export, tiny_llama, tmp_path):
@@ -52,6 +55,7 @@ def test_a_changed_weight_fails_with_exit_1(cli, tiny_export, tiny_llama, tmp_pa
         ("no_model", "pass -m"),
         ("tampered", ""),
         ("bad_lengths", "comma-separated"),
+        ("bad_chunk", "prefill_chunk must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line(cli, tiny_export, tiny_llama, tiny_gpt2, tmp_path, case, needle):
@@ -64,6 +68,8 @@ def test_bad_input_is_one_line(cli, tiny_export, tiny_llama, tiny_gpt2, tmp_path
         args = ["--lengths", "16"]
     elif case == "bad_lengths":
         args = ["-m", tiny_llama, "--lengths", "16,abc"]
+    elif case == "bad_chunk":
+        args = ["-m", tiny_llama, "--lengths", "16", "--prefill-chunk", "0"]
     elif case == "tampered":
         export = tmp_path / "t"
         shutil.copytree(tiny_export, export)

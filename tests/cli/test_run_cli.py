@@ -110,3 +110,18 @@ def test_run_refuses_an_adapter_of_another_model(cli, export, prompt, tmp_path):
     res = cli("run", export, "-f", prompt, "--adapter", tmp_path / "nope", expect_rc=1)
     assert_one_line_error(res)
     assert "is not a semedge adapter directory" in res.stderr
+
+
+def test_run_prefill_chunk_gives_the_same_tokens(cli, tiny_export, prompt):
+    args = ("run", tiny_export, "-f", prompt, "--json", "--max-new-tokens", "6")
+    whole = json.loads(cli(*args).stdout)
+    chunked = json.loads(cli(*args, "--prefill-chunk", "13").stdout)
+    assert chunked["tokens"] == whole["tokens"] and whole["prompt_tokens"] > 13
+
+
+@pytest.mark.parametrize("chunk, needle", [("0", "prefill_chunk must be an integer >= 1"),
+                                           ("8", "decode graph takes one token")])  # fmt: skip
+def test_run_bad_prefill_chunk(cli, export, prompt, chunk, needle):
+    res = cli("run", export, "-f", prompt, "--prefill-chunk", chunk, expect_rc=1)
+    assert_one_line_error(res)
+    assert needle in res.stderr

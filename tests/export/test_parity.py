@@ -31,12 +31,35 @@ def test_check_parity_reports_every_case(tiny_export, tiny_llama):
     names = [(c.case, c.tokens) for c in report.cases]
     assert ("text", 9) in names and ("text", 40) in names
     assert {"embed", "encoder", "batch", "compressed"} <= {c.case for c in report.cases}
+    assert ("chunked", 40) in names  # the longest text, 3 chunks, the last two on decode.onnx
     d = report.to_dict()
     assert d["passed"] is True and len(d["cases"]) == len(report.cases)
     assert len(report.rows()[0]) == len(report.HEADERS)
     # the same export measured against a budget it cannot meet: the report says so
     strict = check_parity(model, tok, tiny_export, 2048, atol=1e-12, config=cfg)
     assert not strict.passed and strict.worst().max_abs > 1e-12
+
+
+def test_chunked_prefill_is_gated_on_both_sides(tiny_export, tiny_llama, monkeypatch):
+    """prefill_chunk reads every case in chunks, the torch reference too; a chunk that loses
+    reads its tokens at the wrong positions fails the chunked case."""
+    from semedge.runtime.generator import Generator
+
+    model, tok = load_model(tiny_llama)
+    cfg = ParityConfig(lengths=(50,), decode_steps=2, compressed=False, prefill_chunk=16)
+    report = check_parity(model, tok, tiny_export, 2048, atol=1e-4, config=cfg)
+    assert report.passed and {c.case for c in report.cases} >= {"text", "chunked", "batch"}
+    with pytest.raises(InputError, match="prefill_chunk"):
+        ParityConfig(prefill_chunk=0)
+
+    def shifted(self, tokens, pos, mask, start):
+        return real(self, tokens, pos + 1, mask, start)  # the chunks' rotary one step off
+
+    real = Generator._prefill_chunks
+    monkeypatch.setattr(Generator, "_prefill_chunks", shifted)
+    cfg = ParityConfig(lengths=(50,), decode_steps=1, batch=False, compressed=False)
+    broken = check_parity(model, tok, tiny_export, 2048, atol=1e-3, config=cfg)
+    assert [c.passed for c in broken.cases if c.case == "chunked"] == [False]
 
 
 def test_gate_compares_against_the_model_not_the_wrappers(tiny_export, tiny_models):
