@@ -26,13 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("e2e")
 
 
-def run_once(pipe, prompt: str, ratio: float | None, new_tokens: int) -> dict:
+def run_once(
+    pipe, prompt: str, ratio: float | None, new_tokens: int, chunk: int | None = None
+) -> dict:
     """One timed generation: total wall time and per-stage sums (ms)."""
     from semedge.runtime import GenerationConfig
     from semedge.runtime.trace import StageTimer
 
     timer = StageTimer()
-    cfg = GenerationConfig(max_new_tokens=new_tokens, ratio=ratio, ignore_eos=True)
+    cfg = GenerationConfig(
+        max_new_tokens=new_tokens, ratio=ratio, ignore_eos=True, prefill_chunk=chunk
+    )
     t0 = time.perf_counter()
     gen = pipe.generator(prompt, cfg, timer)
     while not gen.is_done():
@@ -54,15 +58,15 @@ def _median(rows: list[dict]) -> dict:
     return out
 
 
-def compressed_vs_full(pipe, contexts, ratio, new_tokens, runs) -> list[dict]:
+def compressed_vs_full(pipe, contexts, ratio, new_tokens, runs, chunk=None) -> list[dict]:
     from semedge.runtime.profiling import prompt_of_tokens
 
     rows = []
     for n in contexts:
         prompt = prompt_of_tokens(pipe, n)
-        run_once(pipe, prompt, ratio, 2)  # warm-up (allocations, thread pools)
-        full = _median([run_once(pipe, prompt, None, new_tokens) for _ in range(runs)])
-        comp = _median([run_once(pipe, prompt, ratio, new_tokens) for _ in range(runs)])
+        run_once(pipe, prompt, ratio, 2, chunk)  # warm-up (allocations, thread pools)
+        full = _median([run_once(pipe, prompt, None, new_tokens, chunk) for _ in range(runs)])
+        comp = _median([run_once(pipe, prompt, ratio, new_tokens, chunk) for _ in range(runs)])
         overhead = comp["encode_ms"] + comp["merge_ms"]
         rows.append({
             "context": full["tokens"], "positions": comp["positions"],
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--baselines", default="torch,optimum", help="comma list, or '' for none")
     ap.add_argument("--baseline-context", type=int, default=2048)
+    ap.add_argument("--prefill-chunk", type=int, default=None,
+                    help="read prompts this many positions at a time (both sides)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     export = a.export or cached_export(a.model)
     contexts = [int(c) for c in a.contexts.split(",") if c]
     with Pipeline.from_pretrained(export, providers=a.provider) as pipe:
-        rows = compressed_vs_full(pipe, contexts, a.ratio, a.new_tokens, a.runs)
+        rows = compressed_vs_full(pipe, contexts, a.ratio, a.new_tokens, a.runs, a.prefill_chunk)
         wanted = {b for b in a.baselines.split(",") if b}
         baselines = []
         cpu = a.provider in ("cpu", "openvino")
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         from semedge.artifacts import atomic_write_text
 
         data = {"device": device_name(a.provider), "provider": a.provider, "ratio": a.ratio,
-                "new_tokens": a.new_tokens, "rows": rows, "baselines": baselines}  # fmt: skip
+                "new_tokens": a.new_tokens, "prefill_chunk": a.prefill_chunk, "rows": rows,
+                "baselines": baselines}  # fmt: skip
         atomic_write_text(a.json, json.dumps(data, indent=2) + "\n")
 
 

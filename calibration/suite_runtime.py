@@ -19,9 +19,12 @@ __all__ = ["RuntimeRunner"]
 class RuntimeRunner(Runner):
     """A deployed export through `semedge.runtime.Pipeline` (torch-free)."""
 
-    def __init__(self, pipeline, config: CompressionConfig | None = None) -> None:
+    def __init__(
+        self, pipeline, config: CompressionConfig | None = None, prefill_chunk: int | None = None
+    ) -> None:
         self.pipe = pipeline
         self.config = config or pipeline.compression
+        self.prefill_chunk = prefill_chunk  # GenerationConfig.prefill_chunk for every prompt
         self.max_positions = int(pipeline.config.get("max_positions") or pipeline.max_context)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -48,21 +51,23 @@ class RuntimeRunner(Runner):
 
     def inputs(self, tok: Tokenized, plan: M.ContextPlan):
         from semedge.compressor.spans import merge_embeddings
-        from semedge.runtime.pipeline import PreparedPrompt
+        from semedge.runtime.prompts import PreparedPrompt, span_tokens
 
         table = self.pipe.embed(tok.ids)
         if plan.spans is None:
-            embeds = table[plan.source]
+            embeds, at = table[plan.source], tok.ids[plan.source]
         else:
             embeds = merge_embeddings(table, plan.spans, self.config.span_repr)
+            at = span_tokens(tok.ids, table, embeds, plan.spans)
         return PreparedPrompt(tok.ids, embeds.astype(self.pipe.embed_dtype), plan.positions,
-                              plan.spans, next_position=plan.next_position)  # fmt: skip
+                              plan.spans, next_position=plan.next_position, token_at=at)  # fmt: skip
 
     def generate(self, prompt, max_new_tokens: int) -> tuple[str, int]:
         from semedge.runtime.generator import Generator
         from semedge.runtime.sampling import GenerationConfig
 
-        gen = Generator(self.pipe, GenerationConfig(max_new_tokens=max_new_tokens))
+        config = GenerationConfig(max_new_tokens=max_new_tokens, prefill_chunk=self.prefill_chunk)
+        gen = Generator(self.pipe, config)
         gen.append_prompts([prompt])
         while not gen.is_done():
             gen.generate_next_token()

@@ -14,16 +14,22 @@ __all__ = ["cached_export"]
 log = logging.getLogger(__name__)
 
 
+# bump when the exported graphs change what they take or give (2: decode takes many tokens)
+GRAPH_LAYOUT = 2
+
+
 def cached_export(model: str = "smollm2") -> Path:
     """The parity-gated ONNX export of `model` under `cache_dir()/exports`, made on first use.
 
-    Keyed by semedge's version and its default CompressionConfig: an export records the
-    compression settings it was made with, so one from a build with other defaults would show
-    those instead of the current ones.
+    Keyed by semedge's version, the graphs' layout and its default CompressionConfig: an export
+    records the compression settings it was made with, so one from a build with other defaults
+    would show those instead of the current ones, and one with older graphs lacks what the
+    runtime now runs (a decode graph that takes chunks).
     """
     from semedge import __version__
 
-    key = json.dumps(CompressionConfig().to_dict(), sort_keys=True).encode()
+    record = {**CompressionConfig().to_dict(), "graph_layout": GRAPH_LAYOUT}
+    key = json.dumps(record, sort_keys=True).encode()
     out = cache_dir() / "exports" / f"{model}-{__version__}-{hashlib.sha256(key).hexdigest()[:8]}"
     if not (out / "manifest.json").is_file():
         from semedge.export.onnx_export import export_onnx

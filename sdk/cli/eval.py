@@ -224,12 +224,15 @@ def _numbers(spec: str, kind, name: str) -> list:
               help="PyTorch path: compact compressed positions below N, as an export with "
               "--max-context N would (measures the cost of compaction).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prefill-chunk", type=int, default=None,
+              help="With --export: read each prompt this many positions at a time (contexts "
+                   "whose whole-prompt attention does not fit in memory).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write the depth heatmaps + accuracy-vs-ratio PNG.")  # fmt: skip
 @_knobs
 def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dtype,
-          fit_positions, seed, as_json, plot, **kw):  # noqa: PLR0913  # fmt: skip
+          fit_positions, seed, prefill_chunk, as_json, plot, **kw):  # noqa: PLR0913  # fmt: skip
     """Long-context tasks (RULER-style) per method, context and ratio, at equal budgets."""
     from semedge.errors import InputError
     from semedge.eval.methods import parse_suite_methods
@@ -245,13 +248,18 @@ def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dt
     knobs = _pop_knobs(kw)
     config = _config(2.4, None, knobs)  # each method call sets its own ratio
     filler = read_text_file(data) if data else default_filler()
+    if prefill_chunk is not None and not export_dir:
+        raise InputError("--prefill-chunk reads prompts on the runtime; pass --export DIR")
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise InputError(f"--prefill-chunk must be >= 1 position, got {prefill_chunk}")
     if export_dir:
         from semedge.calibration.suite_runtime import RuntimeRunner
         from semedge.runtime import Pipeline
 
         pipe = Pipeline.from_pretrained(export_dir, providers="cpu")
         base = pipe.compression if not any(v is not None for v in knobs.values()) else config
-        runner, name = RuntimeRunner(pipe, base), f"export:{pipe.config.get('model', export_dir)}"
+        runner = RuntimeRunner(pipe, base, prefill_chunk)
+        name = f"export:{pipe.config.get('model', export_dir)}"
     else:
         from semedge.eval.suite import TorchRunner
         from semedge.models import load_model, model_id

@@ -54,6 +54,14 @@ def test_suite_on_the_export_runs_through_the_runtime(cli, tiny_export):
     assert out["model"].startswith("export:")
 
 
+def test_suite_with_chunked_prefill_gives_the_same_answers(cli, tiny_export):
+    args = ("eval", "suite", "--export", tiny_export, "--context", 300, "--ratio", 2.4,
+            "--tasks", "niah_word", "--samples", 2, "--methods", "full,retrieve,semtoken", "--json")  # fmt: skip
+    whole = json.loads(cli(*args).stdout)["samples"]
+    chunked = json.loads(cli(*args, "--prefill-chunk", 37).stdout)["samples"]
+    assert [r["answer"] for r in chunked] == [r["answer"] for r in whole] and len(whole) >= 6
+
+
 @pytest.mark.parametrize(
     ("args", "msg"),
     [
@@ -65,6 +73,7 @@ def test_suite_on_the_export_runs_through_the_runtime(cli, tiny_export):
         (("--context", "100000"), "exceeds the model"),
         (("--samples", "0"), "samples must be"),
         (("--recency-window", "-3"), "recency_window"),
+        (("--prefill-chunk", "64"), "pass --export DIR"),
     ],
 )
 def test_suite_bad_inputs_are_one_line(cli, tiny_llama, args, msg):
