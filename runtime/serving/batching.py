@@ -74,8 +74,10 @@ class DecodeBatch:
             it waits until rows leave (a job alone always runs).
     """
 
-    def __init__(self, pipe: Pipeline, max_rows: int = 8, max_positions: int = 8192) -> None:
+    def __init__(self, pipe: Pipeline, max_rows: int = 8, max_positions: int = 8192,
+                 prefill_chunk: int | None = None) -> None:  # fmt: skip
         self.pipe, self.max_rows, self.max_positions = pipe, max_rows, max_positions
+        self.prefill_chunk = prefill_chunk  # GenerationConfig.prefill_chunk of every prefill
         self.gen: Generator | None = None
         self.jobs: list[Job] = []  # one per row of self.gen
         self.key: tuple | None = None  # the running rows' sampling_key
@@ -166,7 +168,7 @@ class DecodeBatch:
         first = jobs[0].config
         return GenerationConfig(
             max_new_tokens=max(j.config.max_new_tokens for j in jobs), temperature=first.temperature,
-            top_k=first.top_k, top_p=first.top_p, seed=first.seed,
+            top_k=first.top_k, top_p=first.top_p, seed=first.seed, prefill_chunk=self.prefill_chunk,
         )  # fmt: skip
 
     def _merge(self, gen: Generator | None, group: list[Job]) -> None:

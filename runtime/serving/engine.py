@@ -39,6 +39,8 @@ class EngineConfig:
         max_batch_positions: rows x cache length (after compression) per batch at most; a
             request past it waits until rows leave (bounds the KV cache; one request alone
             always runs).
+        prefill_chunk: read each prompt this many positions at a time (GenerationConfig
+            .prefill_chunk: bounds attention memory on long prompts); None: whole prompts.
     """
 
     max_batch: int = 8
@@ -46,6 +48,7 @@ class EngineConfig:
     workers: int = 1
     max_queue: int = 256
     max_batch_positions: int = 8192
+    prefill_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -58,6 +61,8 @@ class EngineConfig:
             raise InputError(f"--max-batch-positions must be >= 1, got {self.max_batch_positions}")
         if self.max_queue < 1:
             raise InputError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.prefill_chunk is not None and not self.prefill_chunk >= 1:
+            raise InputError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
 
 
 class QueueFull(InputError):
@@ -151,7 +156,8 @@ class Engine:
     def _work(self) -> None:
         """Decode the running rows one token at a time; between tokens, prepare queued jobs and
         let them join (runtime/serving/batching.DecodeBatch)."""
-        batch = DecodeBatch(self.pipe, self.config.max_batch, self.config.max_batch_positions)
+        c = self.config
+        batch = DecodeBatch(self.pipe, c.max_batch, c.max_batch_positions, c.prefill_chunk)
         ready: list[Job] = []  # prepared, waiting for room in the batch
         while True:
             # prepared jobs go first; a worker holding some is busy even once its rows are done

@@ -33,13 +33,15 @@ __all__ = ["command"]
 @click.option("--workers", type=int, default=None, help="Batches running at once [1].")
 @click.option("--max-batch-positions", type=int, default=None,
               help="Rows x cache length per batch [8192]; bounds memory.")  # fmt: skip
+@click.option("--prefill-chunk", type=int, default=None,
+              help="Read prompts this many positions at a time; bounds attention memory.")  # fmt: skip
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body [1 MiB].")
 @click.option("--default-max-tokens", type=int, default=None, help="max_tokens when unset [64].")
 @click.option("--triton-home", type=click.Path(path_type=Path), default=None,
               help="Where nvidia-pytriton is unpacked [$SEMEDGE_TRITON_HOME, .venv/triton].")  # fmt: skip
 def command(export_dir, triton_repo, host, port, model_name, adapter, provider, threads,
-            max_batch, batch_wait_ms, workers, max_batch_positions, max_request_bytes,
-            default_max_tokens, triton_home) -> None:  # fmt: skip
+            max_batch, batch_wait_ms, workers, max_batch_positions, prefill_chunk,
+            max_request_bytes, default_max_tokens, triton_home) -> None:  # fmt: skip
     """Serve EXPORT_DIR at http://HOST:PORT/v1 (completions, chat, models, health, metrics)."""
     from semedge.config import replace_set
     from semedge.errors import InputError
@@ -57,7 +59,8 @@ def command(export_dir, triton_repo, host, port, model_name, adapter, provider, 
     from semedge.runtime.serving import EngineConfig, ServeConfig, serve_export
 
     engine = replace_set(EngineConfig(), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                         workers=workers, max_batch_positions=max_batch_positions)  # fmt: skip
+                         workers=workers, max_batch_positions=max_batch_positions,
+                         prefill_chunk=prefill_chunk)  # fmt: skip
     name = model_name or Path(str(load_manifest(export_dir).config.get("model", "semedge"))).name
     config = replace_set(ServeConfig(model_id=name, engine=engine),
                          max_request_bytes=max_request_bytes,

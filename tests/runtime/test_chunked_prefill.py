@@ -119,3 +119,36 @@ def test_cache_row_views_are_the_rows_of_the_batch_views():
         assert set(np.unique(buf.host[0])) == {7.0} and set(np.unique(buf.host[1])) == {8.0}
         if name.startswith(C.PRESENT_KEY.split("{")[0]) and ".1." in name:
             assert buf.shape[2] == 6  # the local layer's window, not 12
+
+
+def test_the_serving_engine_reads_prompts_in_chunks(tiny_export, monkeypatch):
+    """`semedge serve --prefill-chunk N`: every prefill of the engine is chunked, and the
+    answers equal Pipeline.generate's."""
+    from semedge.runtime.serving.batching import Job
+    from semedge.runtime.serving.engine import Engine, EngineConfig
+
+    calls = []
+    real = Generator._prefill_chunks
+
+    def spy(self, tokens, pos, mask, start):
+        calls.append((start, self.config.prefill_chunk))
+        return real(self, tokens, pos, mask, start)
+
+    monkeypatch.setattr(Generator, "_prefill_chunks", spy)
+    with Pipeline.from_pretrained(tiny_export) as p:
+        jobs = [Job(TEXT, GenerationConfig(max_new_tokens=5)),
+                Job(PROSE, GenerationConfig(max_new_tokens=3, ratio=None))]  # fmt: skip
+        engine = Engine(p, EngineConfig(max_batch=4, prefill_chunk=9))
+        try:
+            for job in jobs:
+                engine.submit(job)
+            assert all(job.done.wait(60) for job in jobs)
+        finally:
+            engine.close()
+        assert calls and all(c == (9, 9) for c in calls)
+        for job in jobs:
+            assert job.error is None
+            want = p.generate(job.prompt, max_new_tokens=job.config.max_new_tokens)
+            assert job.result.tokens == want.tokens
+    with pytest.raises(InputError, match="--prefill-chunk"):
+        EngineConfig(prefill_chunk=0)
