@@ -377,11 +377,14 @@ def _cases(ctx: _Ctx, tokenizer, max_context: int, config: ParityConfig, compres
     mcfg = ctx.pipe.config
     grid = config.grid(max_context)
     report = ParityReport(ctx.atol)
-    report.cases += _encoder_cases(ctx, tokenizer, grid[-1], mcfg["encoder"]["layers"])
+    # the runtime encodes in windows of encoder_window tokens: no longer input reaches the graph
+    n_enc = min(grid[-1], compression.encoder_window)
+    report.cases += _encoder_cases(ctx, tokenizer, n_enc, mcfg["encoder"]["layers"])
     for n in grid:
         report.cases.append(_text_case(ctx, tokenizer, n))
         log.info("parity text %d tokens: max|d| %.3g", n, report.cases[-1].max_abs)
-    if config.chunked and ctx.pipe.chunked_prefill_error() is None and grid[-1] >= 3:
+    chunks = config.chunked and ctx.chunk is None  # with prefill_chunk every text is chunked
+    if chunks and ctx.pipe.chunked_prefill_error() is None and grid[-1] >= 3:
         report.cases.append(_chunked_case(ctx, tokenizer, grid[-1]))
     if config.batch:
         report.cases.append(_batch_case(ctx, tokenizer, min(grid[-1], 128)))
