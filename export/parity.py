@@ -243,7 +243,8 @@ def _run_case(ctx: _Ctx, name: str, prompts: list, chunk: int | None = None) -> 
     diff = _Diff(_KV_RTOL[np.dtype(ctx.pipe.kv_dtype)])
     embeds, positions, mask = (torch.from_numpy(a) for a in batch_inputs(prompts, np.float32))
     ref = _reference_prefill(ctx, embeds, positions, mask, ctx.chunk)
-    config = GenerationConfig(max_new_tokens=ctx.steps, prefill_chunk=chunk or ctx.chunk)
+    # 0: the whole prompt through the prefill graph, whatever the runtime's default
+    config = GenerationConfig(max_new_tokens=ctx.steps, prefill_chunk=chunk or ctx.chunk or 0)
     gen = Generator(ctx.pipe, config)
     got = gen.append_prompts(prompts)
     ref_logits = ref.logits.float().numpy()

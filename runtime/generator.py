@@ -83,6 +83,7 @@ class Generator:
         self._pending: np.ndarray | None = None  # (B,) last token, not yet fed to decode
         self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
         self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
+        self._chunk: int | None = None  # the prefill's chunk size (None: whole)
 
     @property
     def batch(self) -> int:
@@ -130,7 +131,8 @@ class Generator:
         Raises:
             InputError: prefill_chunk set on an export that cannot take chunks.
         """
-        chunk = self.config.prefill_chunk
+        chunk = self.pipeline.prefill_chunk_for(self.config.prefill_chunk, L)
+        self._chunk = chunk
         if chunk is None or chunk >= L:
             return L
         why = self.pipeline.chunked_prefill_error()
@@ -145,7 +147,7 @@ class Generator:
         attending to the cache so far and to itself (causal); returns the last chunk's logits.
         Rows run one at a time into their slices of the cache (ONNX Runtime's fused attention
         takes several new tokens over a past only at batch 1)."""
-        p, (B, L), chunk = self.pipeline, mask.shape, int(self.config.prefill_chunk)
+        p, (B, L), chunk = self.pipeline, mask.shape, int(self._chunk)
         logits = []
         for s in range(start, L, chunk):
             e = min(L, s + chunk)

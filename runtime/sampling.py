@@ -28,8 +28,9 @@ class GenerationConfig:
         ignore_eos: keep generating past EOS (profiling a fixed number of decode steps).
         prefill_chunk: read the prompt in chunks of this many positions (the first through the
             prefill graph, the rest through the decode graph over the growing KV cache), so
-            attention holds chunk x context scores instead of context x context; None: the
-            whole prompt in one call (fastest where memory allows).
+            attention holds chunk x context scores instead of context x context; 0: the whole
+            prompt in one call; None: the runtime's measured default
+            (Pipeline.prefill_chunk_for: 512 on long prompts where it runs faster).
     """
 
     max_new_tokens: int = 64
@@ -51,7 +52,7 @@ class GenerationConfig:
         if self.seed is not None:
             check_int(self.seed, "seed", 0, 2**63 - 1)
         if self.prefill_chunk is not None:
-            check_int(self.prefill_chunk, "prefill_chunk", 1)
+            check_int(self.prefill_chunk, "prefill_chunk", 0)
         if self.ratio is not None:
             check_number(self.ratio, "ratio", 1.0, hint=" (2.4 = 2.4x fewer positions)")
         if isinstance(self.stop, str):

@@ -40,7 +40,8 @@ class EngineConfig:
             request past it waits until rows leave (bounds the KV cache; one request alone
             always runs).
         prefill_chunk: read each prompt this many positions at a time (GenerationConfig
-            .prefill_chunk: bounds attention memory on long prompts); None: whole prompts.
+            .prefill_chunk: bounds attention memory on long prompts); 0: whole prompts; None:
+            the runtime's measured default.
     """
 
     max_batch: int = 8
@@ -61,8 +62,10 @@ class EngineConfig:
             raise InputError(f"--max-batch-positions must be >= 1, got {self.max_batch_positions}")
         if self.max_queue < 1:
             raise InputError(f"max_queue must be >= 1, got {self.max_queue}")
-        if self.prefill_chunk is not None and not self.prefill_chunk >= 1:
-            raise InputError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
+        if self.prefill_chunk is not None and not self.prefill_chunk >= 0:
+            raise InputError(
+                f"--prefill-chunk must be >= 0 (0: whole prompts), got {self.prefill_chunk}"
+            )
 
 
 class QueueFull(InputError):

@@ -226,7 +226,8 @@ def _numbers(spec: str, kind, name: str) -> list:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--prefill-chunk", type=int, default=None,
               help="With --export: read each prompt this many positions at a time (contexts "
-                   "whose whole-prompt attention does not fit in memory).")  # fmt: skip
+                   "whose whole-prompt attention does not fit in memory); 0: whole [runtime's "
+                   "default].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write the depth heatmaps + accuracy-vs-ratio PNG.")  # fmt: skip
@@ -250,8 +251,8 @@ def suite(model, export_dir, contexts, ratios, tasks, methods, samples, data, dt
     filler = read_text_file(data) if data else default_filler()
     if prefill_chunk is not None and not export_dir:
         raise InputError("--prefill-chunk reads prompts on the runtime; pass --export DIR")
-    if prefill_chunk is not None and prefill_chunk < 1:
-        raise InputError(f"--prefill-chunk must be >= 1 position, got {prefill_chunk}")
+    if prefill_chunk is not None and prefill_chunk < 0:
+        raise InputError(f"--prefill-chunk must be >= 0 (0: whole prompts), got {prefill_chunk}")
     if export_dir:
         from semedge.calibration.suite_runtime import RuntimeRunner
         from semedge.runtime import Pipeline

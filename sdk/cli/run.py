@@ -42,7 +42,8 @@ PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "openvino", "trt-engine")
               help="MT2ST span adapter (DEFAULT or a directory) and its compression layout.")  # fmt: skip
 @click.option("--prefill-chunk", type=int, default=None,
               help="Read the prompt this many positions at a time: attention memory grows with "
-                   "chunk x context instead of context^2 [whole prompt].")  # fmt: skip
+                   "chunk x context instead of context^2; 0: whole [512 on long prompts on "
+                   "ORT CPU, where it is faster].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def command(export_dir, prompt_file, ratio, query, max_new_tokens, provider, temperature, top_k,
             top_p, seed, stop, stream, adapter, prefill_chunk, as_json) -> None:  # fmt: skip

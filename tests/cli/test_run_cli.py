@@ -119,7 +119,7 @@ def test_run_prefill_chunk_gives_the_same_tokens(cli, tiny_export, prompt):
     assert chunked["tokens"] == whole["tokens"] and whole["prompt_tokens"] > 13
 
 
-@pytest.mark.parametrize("chunk, needle", [("0", "prefill_chunk must be an integer >= 1"),
+@pytest.mark.parametrize("chunk, needle", [("-1", "prefill_chunk must be an integer >= 0"),
                                            ("8", "decode graph takes one token")])  # fmt: skip
 def test_run_bad_prefill_chunk(cli, export, prompt, chunk, needle):
     res = cli("run", export, "-f", prompt, "--prefill-chunk", chunk, expect_rc=1)

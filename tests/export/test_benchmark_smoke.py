@@ -69,3 +69,15 @@ def test_decode_kv_reports_the_window_on_gemma3_only(tiny_export, tiny_export_ge
                          cwd=ROOT)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("Error:")
     assert "Traceback" not in bad.stderr
+
+
+def test_prefill_chunks_benchmark_runs_and_agrees(tiny_export, tmp_path):
+    out = tmp_path / "chunks.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "prefill_chunks.py"), "--export",
+           str(tiny_export), "--lengths", "200", "--chunks", "32,64", "--rounds", "1",
+           "--threads", "1", "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["same_next_token"] is True and [c["chunk"] for c in row["chunked"]] == [32, 64]
+    assert all(c["seconds"] > 0 for c in row["chunked"]) and row["tokens"] > 64

@@ -38,7 +38,7 @@ def _prefill(pipe, prompts, chunk):
 @pytest.mark.parametrize("chunk", [1, 7, 16, 40])
 def test_chunked_logits_and_cache_equal_the_whole_prompt(pipe, chunk):
     prompt = pipe.prepare(TEXT)
-    whole, ref = _prefill(pipe, [prompt], None)
+    whole, ref = _prefill(pipe, [prompt], 0)
     gen, got = _prefill(pipe, [prompt], chunk)
     assert len(prompt.positions) > 40  # every chunk size leaves several chunks
     np.testing.assert_allclose(got, ref, atol=1e-4)
@@ -51,16 +51,16 @@ def test_chunked_logits_and_cache_equal_the_whole_prompt(pipe, chunk):
 
 def test_chunked_batch_of_unequal_prompts_equals_whole(pipe):
     prompts = [pipe.prepare(TEXT), pipe.prepare(PROSE)]  # the short one is left-padded
-    _, ref = _prefill(pipe, prompts, None)
+    _, ref = _prefill(pipe, prompts, 0)
     _, got = _prefill(pipe, prompts, 9)
     np.testing.assert_allclose(got, ref, atol=1e-4)
-    _, alone = _prefill(pipe, prompts[1:], None)  # the padded row is still the short prompt's
+    _, alone = _prefill(pipe, prompts[1:], 0)  # the padded row is still the short prompt's
     np.testing.assert_allclose(got[1:], alone, atol=1e-4)
 
 
 def test_generate_with_chunks_equals_generate_compressed_too(pipe):
     for ratio in (None, 2.0):
-        ref = pipe.generate(TEXT, max_new_tokens=6, ratio=ratio)
+        ref = pipe.generate(TEXT, max_new_tokens=6, ratio=ratio, prefill_chunk=0)
         got = pipe.generate(TEXT, max_new_tokens=6, ratio=ratio, prefill_chunk=11)
         assert got.tokens == ref.tokens
         assert got.prompt_tokens == ref.prompt_tokens
@@ -78,7 +78,7 @@ def test_merged_spans_stretch_the_first_chunk(tiny_export):
         assert np.all(tokens[tokens >= 0] == prompt.ids[prompt.spans[tokens >= 0, 0]])
         gen = Generator(p, GenerationConfig(max_new_tokens=2, prefill_chunk=4))
         assert gen._first_chunk([prompt], len(prompt.positions)) == max(4, merged[-1] + 1)
-        _, ref = _prefill(p, [prompt], None)
+        _, ref = _prefill(p, [prompt], 0)
         _, got = _prefill(p, [prompt], 4)
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
@@ -95,7 +95,7 @@ def test_exports_that_cannot_take_chunks_refuse_in_one_line(toy_export, tiny_exp
         assert "all-position logits" in p.chunked_prefill_error()
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+@pytest.mark.parametrize("bad", [-1, -3, 2.5, True, "8"])
 def test_bad_prefill_chunk_is_an_input_error(bad):
     with pytest.raises(InputError, match="prefill_chunk"):
         GenerationConfig(prefill_chunk=bad)
@@ -148,7 +148,33 @@ def test_the_serving_engine_reads_prompts_in_chunks(tiny_export, monkeypatch):
         assert calls and all(c == (9, 9) for c in calls)
         for job in jobs:
             assert job.error is None
-            want = p.generate(job.prompt, max_new_tokens=job.config.max_new_tokens)
+            want = p.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, prefill_chunk=0)
             assert job.result.tokens == want.tokens
     with pytest.raises(InputError, match="--prefill-chunk"):
-        EngineConfig(prefill_chunk=0)
+        EngineConfig(prefill_chunk=-1)
+
+
+def test_the_default_chunks_long_prompts_on_plain_fp32_cpu_exports_only(tiny_export, toy_export,
+                                                                        monkeypatch):  # fmt: skip
+    from semedge.runtime.pipeline import AUTO_PREFILL_CHUNK as AUTO
+
+    with Pipeline.from_pretrained(tiny_export) as p:
+        assert (
+            p.prefill_chunk_for(None, AUTO + 1) == AUTO and p.prefill_chunk_for(None, AUTO) is None
+        )
+        assert p.prefill_chunk_for(0, 10 * AUTO) is None and p.prefill_chunk_for(7, 5) == 7
+        calls = []
+        real = Generator._prefill_chunks
+        monkeypatch.setattr(Generator, "_prefill_chunks",
+                            lambda self, *a: calls.append(self._chunk) or real(self, *a))  # fmt: skip
+        long = (TEXT * 3)[:1800]  # about 1,000 tokens: two chunks
+        auto = p.generate(long, max_new_tokens=3)
+        assert auto.prompt_tokens > AUTO and calls == [AUTO]
+        assert auto.tokens == p.generate(long, max_new_tokens=3, prefill_chunk=0).tokens
+        assert calls == [AUTO]  # 0: the whole prompt, no chunks
+        for key, value in (("precision", "bf16"), ("decode_precision", "int8-weight-only")):
+            monkeypatch.setattr(p, "config", {**p.config, key: value})
+            assert p.prefill_chunk_for(None, 10 * AUTO) is None, key
+            monkeypatch.undo()
+    with Pipeline.from_pretrained(toy_export) as toy:  # cannot take chunks: the default is whole
+        assert toy.prefill_chunk_for(None, 10 * AUTO) is None

@@ -174,9 +174,9 @@ def test_serve_cli_errors_are_one_line(cli, tiny_export, tmp_path):
     assert_one_line_error(cli("serve", expect_rc=1))
     assert_one_line_error(cli("serve", tmp_path / "missing", expect_rc=1))
     assert_one_line_error(cli("serve", tiny_export, "--max-batch", "0", expect_rc=1))
-    res = cli("serve", tiny_export, "--prefill-chunk", "0", expect_rc=1)
+    res = cli("serve", tiny_export, "--prefill-chunk", "-1", expect_rc=1)
     assert_one_line_error(res)
-    assert "--prefill-chunk must be >= 1" in res.stderr
+    assert "--prefill-chunk must be >= 0" in res.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
