@@ -76,8 +76,9 @@ def gemma3_export():
     from semedge import __version__
     from semedge.config import cache_dir
     from semedge.export import ExportConfig, ParityConfig, export_onnx
+    from semedge.export.cache import GRAPH_LAYOUT
 
-    out = cache_dir() / "exports" / f"gemma3-270m-{__version__}"
+    out = cache_dir() / "exports" / f"gemma3-270m-{__version__}-layout{GRAPH_LAYOUT}"
     if not (out / "manifest.json").is_file():
         gate = ParityConfig(lengths=(16, 600))
         report = export_onnx("gemma3-270m", out, ExportConfig(parity=gate))
