@@ -203,7 +203,7 @@ class _Ctx:
 
 def _prompt(ids: np.ndarray, embeds: np.ndarray, positions: np.ndarray | None = None,
             spans: np.ndarray | None = None, token_embeds: np.ndarray | None = None):  # fmt: skip
-    from semedge.runtime.pipeline import PreparedPrompt, span_tokens
+    from semedge.runtime.prompts import PreparedPrompt, span_tokens
 
     pos = np.arange(len(ids), dtype=np.int64) if positions is None else positions
     at = None if spans is None else span_tokens(ids, token_embeds, embeds, spans)

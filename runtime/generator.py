@@ -83,7 +83,6 @@ class Generator:
         self._pending: np.ndarray | None = None  # (B,) last token, not yet fed to decode
         self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
         self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
-        self._chunk: int | None = None  # the prefill's chunk size (None: whole)
 
     @property
     def batch(self) -> int:
@@ -108,7 +107,7 @@ class Generator:
         self.finish = [None] * B
         embeds, pos, mask = batch_inputs(prompts, p.embed_dtype)
         L = mask.shape[1]
-        first = self._first_chunk(prompts, L)  # before the cache: a refusal leaves no state
+        first, chunk, tokens = self._plan_chunks(prompts, L)  # a refusal leaves no state
         self.cache = p.new_cache(B, L + self.config.max_new_tokens)
         with self.timer.span("prefill", tokens=L, batch=B):
             feeds = {
@@ -118,36 +117,36 @@ class Generator:
             out = p.prefill.run_bound(feeds, self.cache.present(first), [LOGITS])
             self.cache.advance(first)
             if first < L:
-                out = self._prefill_chunks(batch_tokens(prompts, L), pos, mask, first)
+                out = self._prefill_chunks(tokens, pos, mask, first, chunk)
         self._logits = out[LOGITS][:, -1, :]  # (B, 1|T, V) -> (B, V): last (real) position
         self._mask = mask
         self._next_pos = np.array([x.first_new_position for x in prompts], dtype=np.int64)
         return out[LOGITS]
 
-    def _first_chunk(self, prompts: list[PreparedPrompt], L: int) -> int:
-        """Positions the prefill graph reads: all L, or with `prefill_chunk` the first chunk,
-        stretched over every position that only an embedding can feed (a merged span).
+    def _plan_chunks(self, prompts: list[PreparedPrompt], L: int):
+        """(first, chunk, tokens): the positions the prefill graph reads (all L, or the first
+        chunk stretched over every position only an embedding can feed, a merged span), the
+        chunk size of the rest (None: no rest) and the (B, L) token ids they feed.
 
         Raises:
             InputError: prefill_chunk set on an export that cannot take chunks.
         """
         chunk = self.pipeline.prefill_chunk_for(self.config.prefill_chunk, L)
-        self._chunk = chunk
         if chunk is None or chunk >= L:
-            return L
+            return L, None, None
         why = self.pipeline.chunked_prefill_error()
         if why is not None:
             raise InputError(f"prefill_chunk {chunk} cannot run on this export: {why}")
         tokens = batch_tokens(prompts, L)  # (B, L), -1 where a position is no token
         bad = np.flatnonzero((tokens < 0).any(axis=0))
-        return max(chunk, int(bad[-1]) + 1 if len(bad) else 0)
+        return max(chunk, int(bad[-1]) + 1 if len(bad) else 0), chunk, tokens
 
-    def _prefill_chunks(self, tokens, pos, mask, start: int) -> dict[str, np.ndarray]:
-        """Positions [start, L) through the decode graph, `prefill_chunk` at a time, each chunk
+    def _prefill_chunks(self, tokens, pos, mask, start: int, chunk: int) -> dict[str, np.ndarray]:
+        """Positions [start, L) through the decode graph, `chunk` at a time, each chunk
         attending to the cache so far and to itself (causal); returns the last chunk's logits.
         Rows run one at a time into their slices of the cache (ONNX Runtime's fused attention
         takes several new tokens over a past only at batch 1)."""
-        p, (B, L), chunk = self.pipeline, mask.shape, int(self._chunk)
+        p, (B, L) = self.pipeline, mask.shape
         logits = []
         for s in range(start, L, chunk):
             e = min(L, s + chunk)

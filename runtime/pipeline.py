@@ -181,7 +181,7 @@ class Pipeline:
         is the measured default: AUTO_PREFILL_CHUNK on a prompt longer than it, for a plain
         fp32 export whose prefill and decode both run on ONNX Runtime's CPU provider (chunked
         prefill there skips the causal mask's upper half that the fused attention otherwise
-        computes: 1.07x at 2K, 1.17x at 4K on SmolLM2, 1.3-1.7x at 4-8K on Gemma 3; docs/
+        computes: 1.02-1.10x at 1-8K on SmolLM2, 1.29-2.49x at 4-16K on Gemma 3; docs/
         runtime.md). Elsewhere (OpenVINO or GPU prefill, int8 or bf16 graphs, engines) the
         default is the whole prompt: chunks would move positions onto the decode graph's
         other precision or provider, where nothing was measured."""

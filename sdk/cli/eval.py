@@ -226,8 +226,8 @@ def _numbers(spec: str, kind, name: str) -> list:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--prefill-chunk", type=int, default=None,
               help="With --export: read each prompt this many positions at a time (contexts "
-                   "whose whole-prompt attention does not fit in memory); 0: whole [runtime's "
-                   "default].")  # fmt: skip
+                   "whose whole-prompt attention does not fit in memory); 0: whole prompts "
+                   "[512 on long prompts on ORT CPU].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write the depth heatmaps + accuracy-vs-ratio PNG.")  # fmt: skip

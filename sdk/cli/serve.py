@@ -35,7 +35,7 @@ __all__ = ["command"]
               help="Rows x cache length per batch [8192]; bounds memory.")  # fmt: skip
 @click.option("--prefill-chunk", type=int, default=None,
               help="Read prompts this many positions at a time (bounds attention memory); "
-                   "0: whole [the runtime's default].")  # fmt: skip
+                   "0: whole prompts [512 on long prompts on ORT CPU].")  # fmt: skip
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body [1 MiB].")
 @click.option("--default-max-tokens", type=int, default=None, help="max_tokens when unset [64].")
 @click.option("--triton-home", type=click.Path(path_type=Path), default=None,

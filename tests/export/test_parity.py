@@ -53,8 +53,8 @@ def test_chunked_prefill_is_gated_on_both_sides(tiny_export, tiny_llama, monkeyp
     with pytest.raises(InputError, match="prefill_chunk"):
         ParityConfig(prefill_chunk=0)
 
-    def shifted(self, tokens, pos, mask, start):
-        return real(self, tokens, pos + 1, mask, start)  # the chunks' rotary one step off
+    def shifted(self, tokens, pos, mask, start, chunk):
+        return real(self, tokens, pos + 1, mask, start, chunk)  # the chunks' rotary one step off
 
     real = Generator._prefill_chunks
     monkeypatch.setattr(Generator, "_prefill_chunks", shifted)

@@ -77,7 +77,7 @@ def test_merged_spans_stretch_the_first_chunk(tiny_export):
         assert len(merged) and np.all((prompt.spans[merged, 1] - prompt.spans[merged, 0]) > 1)
         assert np.all(tokens[tokens >= 0] == prompt.ids[prompt.spans[tokens >= 0, 0]])
         gen = Generator(p, GenerationConfig(max_new_tokens=2, prefill_chunk=4))
-        assert gen._first_chunk([prompt], len(prompt.positions)) == max(4, merged[-1] + 1)
+        assert gen._plan_chunks([prompt], len(prompt.positions))[0] == max(4, merged[-1] + 1)
         _, ref = _prefill(p, [prompt], 0)
         _, got = _prefill(p, [prompt], 4)
         np.testing.assert_allclose(got, ref, atol=1e-4)
@@ -130,9 +130,9 @@ def test_the_serving_engine_reads_prompts_in_chunks(tiny_export, monkeypatch):
     calls = []
     real = Generator._prefill_chunks
 
-    def spy(self, tokens, pos, mask, start):
-        calls.append((start, self.config.prefill_chunk))
-        return real(self, tokens, pos, mask, start)
+    def spy(self, tokens, pos, mask, start, chunk):
+        calls.append((start, chunk))
+        return real(self, tokens, pos, mask, start, chunk)
 
     monkeypatch.setattr(Generator, "_prefill_chunks", spy)
     with Pipeline.from_pretrained(tiny_export) as p:
@@ -166,7 +166,7 @@ def test_the_default_chunks_long_prompts_on_plain_fp32_cpu_exports_only(tiny_exp
         calls = []
         real = Generator._prefill_chunks
         monkeypatch.setattr(Generator, "_prefill_chunks",
-                            lambda self, *a: calls.append(self._chunk) or real(self, *a))  # fmt: skip
+                            lambda self, *a: calls.append(a[-1]) or real(self, *a))  # fmt: skip
         long = (TEXT * 3)[:1800]  # about 1,000 tokens: two chunks
         auto = p.generate(long, max_new_tokens=3)
         assert auto.prompt_tokens > AUTO and calls == [AUTO]
