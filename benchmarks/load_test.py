@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--pool", type=int, default=12, help="distinct requests (references)")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="semedge serve --threads (ONNX Runtime threads per session)")  # fmt: skip
     ap.add_argument("--max-batch-positions", type=int, default=8192)
     ap.add_argument(
         "--provider", default="cpu", help="semedge serve --provider (cpu | openvino ...)"
@@ -298,7 +300,8 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
         server = Server(["serve", str(args.export), "--model-name", "load", "--max-batch",
                          str(args.max_batch), "--workers", str(args.workers),
                          "--max-batch-positions", str(args.max_batch_positions),
-                         "--provider", args.provider],
+                         "--provider", args.provider]
+                        + (["--threads", str(args.threads)] if args.threads else []),
                         r"on http://127\.0\.0\.1:(\d+)/v1")  # fmt: skip
         ask = ask_openai
     elif target == "triton":

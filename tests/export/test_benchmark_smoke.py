@@ -81,3 +81,12 @@ def test_prefill_chunks_benchmark_runs_and_agrees(tiny_export, tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["same_next_token"] is True and [c["chunk"] for c in row["chunked"]] == [32, 64]
     assert all(c["seconds"] > 0 for c in row["chunked"]) and row["tokens"] > 64
+
+
+def test_genai_baseline_script_refuses_an_unknown_precision_before_any_install(tmp_path):
+    out = tmp_path / "genai-model"
+    cmd = ["sh", str(ROOT / "scripts" / "build_genai_baseline.sh"), "int3", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == "error: precision must be int4, int8 or fp32, got int3"
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing made
