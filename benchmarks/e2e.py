@@ -5,7 +5,8 @@ Each row is one generation of compress + prefill + N decode tokens (EOS ignored)
 runtime's stage spans; ratios are printed side by side from the same run.
 
     python benchmarks/e2e.py [--export DIR] [--contexts 2048,4096] [--ratio 2.4]
-        [--new-tokens 64] [--provider cpu] [--runs 1] [--baselines torch,torch_bf16,optimum] [--json OUT]
+        [--new-tokens 64] [--provider cpu] [--runs 1] [--baselines torch,torch_bf16,optimum]
+        [--genai GENAI_MODEL_DIR] [--json OUT]
 
 Goal (issue 6): >= 2.0x end to end at >= 2.4x token reduction, compression overhead <= 10 % of the
 compressed prefill. Without --export, SmolLM2 is exported once into
@@ -139,6 +140,45 @@ def runtime_vs_optimum(pipe, context: int, new_tokens: int) -> dict | None:
             "speedup": opt_ms / rt["total_ms"], "same_tokens": same}  # fmt: skip
 
 
+def runtime_vs_genai(pipe, genai_dir: Path, context: int, new_tokens: int, ratio: float) -> dict:
+    """Greedy generate of `new_tokens` from the same prompt: onnxruntime-genai's own model (its
+    model builder's int4/int8 output: `make genai`) on the full prompt, against the runtime on
+    the full prompt and at `ratio` (what a user of either would ship)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from semedge.runtime.profiling import prompt_of_tokens
+
+    model = og.Model(og.Config(str(genai_dir)))
+    prompt = prompt_of_tokens(pipe, context)
+    ids = np.asarray([pipe.tokenize(prompt).ids], dtype=np.int32)
+
+    def genai_generate(ids: np.ndarray, new: int) -> tuple[float, list[int]]:
+        params = og.GeneratorParams(model)
+        n = ids.shape[1] + new
+        params.set_search_options(max_length=n, min_length=n, do_sample=False)
+        t0 = time.perf_counter()
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.generate_next_token()
+        ms = (time.perf_counter() - t0) * 1e3
+        return ms, list(gen.get_sequence(0))[ids.shape[1] :]
+
+    genai_generate(ids[:, :32], 2)  # warm-up
+    genai_ms, genai_tokens = genai_generate(ids, new_tokens)
+    full = run_once(pipe, prompt, None, new_tokens)
+    comp = run_once(pipe, prompt, ratio, new_tokens)
+    pairs = zip(genai_tokens, full["generated"], strict=False)
+    agree = next((i for i, (a, b) in enumerate(pairs) if a != b),
+                 min(len(genai_tokens), len(full["generated"])))  # fmt: skip
+    return {"context": full["tokens"], "genai_model": Path(genai_dir).name,
+            "genai_ms": genai_ms, "runtime_ms": full["total_ms"],
+            "runtime_compressed_ms": comp["total_ms"], "speedup": genai_ms / full["total_ms"],
+            "compressed_speedup": genai_ms / comp["total_ms"],
+            "same_first_tokens": agree}  # fmt: skip
+
+
 def print_tables(rows, baselines, ratio, new_tokens, header) -> None:
     print(f"\n{header}: compress + prefill + {new_tokens} decode tokens, R={ratio}")
     print(f"{'context':>7} {'kept':>5} {'reduct':>6} {'full ms':>9} {'R ms':>9} {'e2e x':>6} "
@@ -154,6 +194,13 @@ def print_tables(rows, baselines, ratio, new_tokens, header) -> None:
               f"{r['prefill_speedup']:>8.2f}x {r['overhead_pct_of_prefill']:>8.1f}% "
               f"{'yes' if ok else 'no':>5}")  # fmt: skip
     for b in baselines:
+        if "genai_ms" in b:
+            print(f"runtime vs onnxruntime-genai {b['genai_model']} (full prompt, {b['context']} "
+                  f"tokens): genai {b['genai_ms']:.0f} ms, runtime {b['runtime_ms']:.0f} ms -> "
+                  f"{b['speedup']:.2f}x; runtime at R={ratio} {b['runtime_compressed_ms']:.0f} "
+                  f"ms -> {b['compressed_speedup']:.2f}x; the first {b['same_first_tokens']} "
+                  "tokens agree")  # fmt: skip
+            continue
         other = "torch_eager_ms" if "torch_eager_ms" in b else "optimum_ms"
         name = "PyTorch eager" if other == "torch_eager_ms" else "Optimum ORTModelForCausalLM"
         name += f" {b['torch_dtype']}" if "torch_dtype" in b else ""
@@ -175,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--baselines", default="torch,optimum", help="comma list, or '' for none")
     ap.add_argument("--baseline-context", type=int, default=2048)
+    ap.add_argument("--genai", type=Path, default=None,
+                    help="an onnxruntime-genai model directory (make genai) as a baseline")  # fmt: skip
     ap.add_argument("--prefill-chunk", type=int, default=None,
                     help="read prompts this many positions at a time (both sides); 0: whole "
                          "prompts [the runtime's default: 512 on long prompts on ORT CPU]")  # fmt: skip
@@ -201,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         if "optimum" in wanted and a.provider == "cpu":
             opt = runtime_vs_optimum(pipe, a.baseline_context, a.new_tokens)
             baselines += [opt] if opt else []
+        if a.genai is not None:
+            baselines.append(
+                runtime_vs_genai(pipe, a.genai, a.baseline_context, a.new_tokens, a.ratio)
+            )
     header = f"{device_name(a.provider)} / {a.provider} / {Path(export).name}"
     print_tables(rows, baselines, a.ratio, a.new_tokens, header)
     if a.json:
