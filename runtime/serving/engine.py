@@ -87,6 +87,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self.rests = 0  # times a worker found nothing to do and gave memory back
+        self._idle = 0  # workers waiting for jobs with nothing to run (they take new jobs first)
         self._threads = [
             threading.Thread(target=self._work, name=f"semedge-worker-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -125,20 +126,21 @@ class Engine:
         """Up to `room` queued jobs that share sampler `key` (None: the first queued job's).
 
         An idle worker (no rows, nothing prepared) blocks for the first job, then waits up to
-        batch_wait_ms for more; a busy one takes what is queued without waiting. None: the
-        engine is closing and this worker has nothing left to run.
+        batch_wait_ms for more; a busy one takes what is queued without waiting, unless another
+        worker is idle: that one starts it at once, on its own thread, instead of this batch
+        prefilling it between two of its tokens. None: the engine is closing and this worker
+        has nothing left to run.
         """
         with self._cv:
-            while idle and not self._queue and not self._closed:
-                self._cv.wait()
-            if self._closed and idle:
-                return None
             if idle:
-                deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-                while len(self._queue) < room:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cv.wait(timeout=left):
-                        break
+                self._idle += 1
+                try:
+                    if not self._wait_for_jobs(room):
+                        return None
+                finally:
+                    self._idle -= 1
+            elif self._idle:
+                return []
             if not self._queue or room <= 0:
                 return []
             key = key or sampling_key(self._queue[0].config)
@@ -148,6 +150,20 @@ class Engine:
             if self._queue:
                 self._cv.notify()  # another worker can take the rest
             return take
+
+    def _wait_for_jobs(self, room: int) -> bool:
+        """(Under the lock, idle worker) block for the first queued job, then up to
+        batch_wait_ms for `room` of them; False when the engine closes first."""
+        while not self._queue and not self._closed:
+            self._cv.wait()
+        if self._closed:
+            return False
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000
+        while len(self._queue) < room:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._cv.wait(timeout=left):
+                break
+        return True
 
     def _rest(self) -> None:
         """Nothing to run: give the pooled cache blocks and free heap pages back, so an idle

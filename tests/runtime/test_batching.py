@@ -275,3 +275,40 @@ def test_prefill_hands_its_arena_back_after_each_run_and_decode_keeps_it(pipe):
         assert pipe.generate(TEXT[:300], max_new_tokens=4, ignore_eos=True).tokens == want
     finally:
         pipe.prefill.shrink_arena = True
+
+
+def test_with_two_workers_an_idle_one_starts_the_new_request_not_the_busy_batch(pipe):
+    """A busy worker leaves queued requests to an idle one, which starts them at once on its
+    own thread (on a multi-core box two prefills then run side by side)."""
+    import threading
+
+    from semedge.runtime.serving.engine import Engine, EngineConfig
+
+    threads: dict[str, set[str]] = {"long": set(), "short": set()}
+    started = threading.Event()
+
+    def seen(name):
+        def on_text(_piece):
+            threads[name].add(threading.current_thread().name)
+            started.set()
+
+        return on_text
+
+    engine = Engine(pipe, EngineConfig(max_batch=4, workers=2))
+    try:
+        for _ in range(3):  # several tries: each must go to the idle worker
+            started.clear()
+            threads["long"].clear(), threads["short"].clear()
+            long = Job(TEXT[:200], GenerationConfig(max_new_tokens=200, ignore_eos=True),
+                       on_text=seen("long"))  # fmt: skip
+            short = Job(TEXT[300:420], GenerationConfig(max_new_tokens=3, ignore_eos=True),
+                        on_text=seen("short"))  # fmt: skip
+            engine.submit(long)
+            assert started.wait(60)
+            engine.submit(short)
+            assert short.done.wait(60) and long.done.wait(120)
+            assert short.error is None and long.error is None
+            assert len(threads["long"]) == 1 and len(threads["short"]) == 1
+            assert threads["long"] != threads["short"]
+    finally:
+        engine.close()
