@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None,
-                    help="semedge serve --threads (ONNX Runtime threads per session)")  # fmt: skip
+                    help="ONNX Runtime threads per session (semedge serve --threads; Triton: "
+                         "export triton --threads)")  # fmt: skip
+    ap.add_argument("--instances", type=int, default=1, help="Triton model instances")
     ap.add_argument("--max-batch-positions", type=int, default=8192)
     ap.add_argument(
         "--provider", default="cpu", help="semedge serve --provider (cpu | openvino ...)"
@@ -286,8 +288,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "req_per_s": round(len(reqs) / ref_s, 3)}]  # fmt: skip
     for target in args.target.split(","):
         results += _run_target(target, args, reqs)
+    server = {"max_batch": args.max_batch, "workers": args.workers, "threads": args.threads,
+              "instances": args.instances}  # fmt: skip
     for r in results:
         r["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        r["server"] = server
     _print(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -309,7 +314,10 @@ def _run_target(target: str, args, reqs: list[Request]) -> list[dict]:
         repo = scratch / "repo"
         from semedge.export.triton_python import PythonRepoConfig, write_python_repo
 
-        write_python_repo(args.export, repo, PythonRepoConfig(max_batch=args.max_batch))
+        repo_cfg = PythonRepoConfig(
+            max_batch=args.max_batch, instances=args.instances, threads=args.threads or 0
+        )
+        write_python_repo(args.export, repo, repo_cfg)
         server = Server(["serve", "--triton", str(repo)], r"ready: HTTP http://127\.0\.0\.1:(\d+)")
         ask = ask_triton
     else:
