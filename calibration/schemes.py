@@ -6,6 +6,8 @@
                   (which dropped implicit INT8 calibration) and the CUDA/TensorRT EPs consume;
 - "dynamic"     : int8 weights, activations quantized per call (MatMulInteger);
 - "weight-only" : 8-bit block-wise MatMulNBits with int8 compute (accuracy_level 4).
+- "weight-only-int4" : the same with 4-bit weights (what onnxruntime-genai's model builder makes
+  for CPUs): half the weight bytes a memory-bound decode step reads.
 
 Only MatMul/Gemm nodes whose weight is a constant initializer are candidates: activation x
 activation products (attention scores) stay in float.
@@ -33,7 +35,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("static", "static-sym", "dynamic", "weight-only")
+SCHEMES = ("static", "static-sym", "dynamic", "weight-only", "weight-only-int4")
+WEIGHT_BITS = {"weight-only": 8, "weight-only-int4": 4}  # MatMulNBits schemes
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
@@ -162,7 +165,7 @@ def quantize_graph(
         raise InputError(f"{src.name}: every quantizable node is excluded")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_root():
-        if settings.scheme == "weight-only":
+        if settings.scheme in WEIGHT_BITS:
             _weight_only(model, dst, todo, settings)
         elif settings.scheme == "dynamic":
             _dynamic(src, dst, todo)
@@ -205,7 +208,7 @@ def _weight_only(model, dst: Path, todo: list[str], settings: QuantSettings) -> 
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
     quantizer = nbits.MatMulNBitsQuantizer(
         model,
-        bits=8,
+        bits=WEIGHT_BITS[settings.scheme],
         block_size=settings.nbits_block,
         is_symmetric=True,
         accuracy_level=4,  # int8 compute: the fast path on AVX-512 VNNI / ARM dot-product CPUs

@@ -35,7 +35,8 @@ def command() -> None:
 @click.option("--seq-len", type=int, default=None, help="Tokens per calibration window [256].")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
 @click.option("--target", type=click.Choice(["ort-cpu", "ort-gpu", "tensorrt"]), default=None)
-@click.option("--scheme", type=click.Choice(["auto", "static", "static-sym", "dynamic", "weight-only"]),
+@click.option("--scheme", type=click.Choice(["auto", "static", "static-sym", "dynamic", "weight-only",
+                                            "weight-only-int4"]),
               default=None, help="auto: measure the target's schemes, keep the fastest in budget.")  # fmt: skip
 @click.option("--max-ppl-increase", type=float, default=None, help="Percent [3].")
 @click.option("--granularity", type=click.Choice(["auto", "role", "layer", "node"]), default=None)
@@ -65,8 +66,9 @@ def int8(onnx_dir, out_dir, data, graphs, cache_dir, overwrite, as_json, **opts)
     if as_json:
         echo_json(report.to_dict())
         return
-    click.echo(f"{report.scheme} int8 ({report.target}) -> {report.out_dir}")
-    echo_table(["metric", "fp32", "int8", "ratio"], report.rows())
+    click.echo(f"{report.scheme} ({report.target}) -> {report.out_dir}")
+    echo_table(["metric", "fp32", "int4" if report.scheme.endswith("int4") else "int8", "ratio"],
+               report.rows())  # fmt: skip
     for name in report.kept_high_precision:
         click.echo(f"kept fp32: {name}: {report.kept_reasons.get(name, '')}")
 

@@ -126,3 +126,32 @@ def test_decode_only_leaves_the_prefill_graph_as_exported(tiny_export, cal_text,
     verify_manifest(out, load_manifest(out, expect_format=C.FORMAT_CALIBRATED))
     with pytest.raises(Exception, match="graphs must be"):
         Int8Config(graphs=("encoder.onnx",))
+
+
+def test_int4_weight_only_decode_packs_4_bit_weights_and_runs(tiny_export, cal_text, tmp_path):
+    """`--scheme weight-only-int4`: MatMulNBits with bits=4 (half the weight bytes of the 8-bit
+    scheme); only asked for by name, never picked by auto; the runtime runs the result."""
+    from semedge.errors import InputError
+    from semedge.runtime import Pipeline
+
+    graphs = {}
+    for scheme in ("weight-only", "weight-only-int4"):
+        out = tmp_path / scheme
+        cfg = Int8Config(scheme=scheme, max_ppl_increase=50.0, graphs=(C.DECODE_ONNX,),
+                         **INT8_FAST)  # fmt: skip
+        report = calibrate_int8(tiny_export, out, cal_text, cfg, cache_root=tmp_path / "c")
+        assert report.scheme == scheme and report.quantized_nodes > 0
+        graphs[scheme] = onnx.load(str(out / C.DECODE_ONNX))
+    for scheme, bits in (("weight-only", 8), ("weight-only-int4", 4)):
+        nbits = [n for n in graphs[scheme].graph.node if n.op_type == "MatMulNBits"]
+        assert nbits and {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {bits}
+    packed = {
+        s: sum(i.raw_data.__len__() for i in g.graph.initializer if i.data_type == 2)
+        for s, g in graphs.items()
+    }  # fmt: skip  (uint8 weight blocks)
+    assert packed["weight-only-int4"] < 0.6 * packed["weight-only"]
+    with Pipeline.from_pretrained(tmp_path / "weight-only-int4") as pipe:
+        res = pipe.generate(cal_text.read_text(encoding="utf-8")[:600], max_new_tokens=4)
+    assert len(res.tokens) == 4
+    with pytest.raises(InputError, match="not for --target tensorrt"):
+        Int8Config(scheme="weight-only-int4", target="tensorrt")
