@@ -159,6 +159,9 @@ class OpenVinoRunner(SemedgeRunner):
         self.pipe = Pipeline(Path(export_dir), manifest, tok, backends)
 
 
+DECODE_ROOM = 1024  # tokens a genai generator may add after its prompt (decode_tokens_per_s)
+
+
 class GenaiRunner:
     """onnxruntime-genai's own model (its model builder's CPU int4/int8 output of the same LM)."""
 
@@ -181,7 +184,7 @@ class GenaiRunner:
         return gen
 
     def prefill(self, ids: np.ndarray):
-        gen = self._generator(ids, 1)
+        gen = self._generator(ids, DECODE_ROOM)  # room for the decode steps that follow
         return np.asarray(gen.get_logits(), np.float32).reshape(-1)[None], gen
 
     def decode(self, token: int, position: int, past):

@@ -7,6 +7,7 @@ in the file are skipped, and `--report` prints the tables of a file without runn
     python benchmarks/long_context_suite.py --out suite.jsonl --context 2048 --ratio 2.4,4 \
         --samples 4 --dtype bf16 --threads 1 [--tasks ...] [--methods ...] [--fit-positions N]
     python benchmarks/long_context_suite.py --out suite.jsonl --report [--markdown] [--plot PNG]
+        [--paired semtoken_query,retrieve]
 """
 
 from __future__ import annotations
@@ -55,12 +56,45 @@ def report(path: Path, markdown: bool, plot: Path | None = None) -> None:
         print(f"{c} {q} {t} " + " ".join(f"{acc.get(m, float('nan')):.2f}" for m in methods))
 
 
+def paired(path: Path, a: str, b: str) -> list[str]:
+    """Accuracy of method `a` minus method `b` on the same prompts, per context and ratio: the
+    9-task mean of per-task mean differences, with a 95 % paired bootstrap interval (prompts
+    resampled within each task, 4,000 draws, seeded)."""
+    import numpy as np
+
+    pairs: dict[tuple, dict[str, float]] = {}
+    for r in _rows(path):
+        if r["method"] in (a, b):
+            key = (r["context"], r["ratio"], r["task"], r.get("seed", 0), r["sample"])
+            pairs.setdefault(key, {})[r["method"]] = r["score"]
+    out = []
+    for c, q in sorted({k[:2] for k in pairs}):
+        diff: dict[str, list[float]] = {}
+        for k, v in pairs.items():
+            if k[:2] == (c, q) and a in v and b in v:
+                diff.setdefault(k[2], []).append(v[a] - v[b])
+        if not diff:
+            continue
+        arrays = [np.asarray(d) for d in diff.values()]
+        rng = np.random.default_rng(0)
+        boot = [np.mean([rng.choice(d, len(d)).mean() for d in arrays]) for _ in range(4000)]
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        n = sum(len(d) for d in arrays)
+        mean = float(np.mean([d.mean() for d in arrays]))
+        out.append(f"{c} {q:g}x {a} - {b}: {mean:+.3f} (95 % CI {lo:+.3f} .. {hi:+.3f}), "
+                   f"{n} prompts, {len(arrays)} tasks")  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--plot", type=Path, default=None, help="with --report: the heatmap PNG")
+    ap.add_argument("--paired", default=None, metavar="A,B",
+                    help="with --report: method A minus method B on the same prompts, with a "
+                         "95 %% paired bootstrap interval")  # fmt: skip
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--context", default="2048")
     ap.add_argument("--ratio", default="2.4")
@@ -77,6 +111,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.report:
         report(a.out, a.markdown, a.plot)
+        if a.paired:
+            first, _, second = a.paired.partition(",")
+            print("\n" + "\n".join(paired(a.out, first, second)))
         return
     import torch
 

@@ -42,6 +42,12 @@ def test_long_context_suite_runs_and_refuses_short_filler_in_one_line(tiny_llama
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["method"] for r in rows} == {"full", "truncate"}
     assert all(r["task"] == "niah_number" and r["context"] == 256 for r in rows)
+    rep = [sys.executable, script, "--out", str(out), "--report", "--paired", "full,truncate"]
+    res = subprocess.run(rep, capture_output=True, text=True, cwd=ROOT)
+    want = {r["sample"]: r["score"] for r in rows if r["method"] == "full"}
+    diff = sum(want[r["sample"]] - r["score"] for r in rows if r["method"] == "truncate")
+    line = next(ln for ln in res.stdout.splitlines() if "full - truncate" in ln)
+    assert res.returncode == 0 and line.startswith("256 ") and f"{diff:+.3f} (95 % CI" in line
     short = tmp_path / "short.txt"
     short.write_text("Only a few words of filler here.\n")
     bad = [*base, "--out", str(tmp_path / "bad.jsonl"), "--data", str(short)]
