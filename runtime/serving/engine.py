@@ -133,12 +133,8 @@ class Engine:
         """
         with self._cv:
             if idle:
-                self._idle += 1
-                try:
-                    if not self._wait_for_jobs(room):
-                        return None
-                finally:
-                    self._idle -= 1
+                if not self._wait_for_jobs(room):
+                    return None
             elif self._idle:
                 return []
             if not self._queue or room <= 0:
@@ -182,9 +178,18 @@ class Engine:
             # prepared jobs go first; a worker holding some is busy even once its rows are done
             room = 0 if ready else self.config.max_batch - batch.live
             idle = batch.gen is None and not ready
-            if idle and not self._queue:
-                self._rest()
-            new = self._take(batch.key, room, idle=idle)
+            if idle:  # counted idle from now, so busy workers leave new requests to this one
+                with self._cv:
+                    self._idle += 1
+                try:
+                    if not self._queue:
+                        self._rest()
+                    new = self._take(batch.key, room, idle=True)
+                finally:
+                    with self._cv:
+                        self._idle -= 1
+            else:
+                new = self._take(batch.key, room, idle=False)
             if new is None:
                 for j in ready:
                     fail_job(j, InputError("the server is shutting down"))
