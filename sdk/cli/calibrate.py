@@ -55,6 +55,7 @@ def command() -> None:
 def int8(onnx_dir, out_dir, data, graphs, cache_dir, overwrite, as_json, **opts) -> None:
     """Calibrate ONNX_DIR (fp32 export) to INT8 within a perplexity budget; write OUT_DIR."""
     from semedge.calibration.int8 import Int8Config, calibrate_int8
+    from semedge.calibration.schemes import WEIGHT_BITS
     from semedge.constants import DECODE_ONNX
 
     config = replace_set(Int8Config(), **opts)
@@ -67,8 +68,8 @@ def int8(onnx_dir, out_dir, data, graphs, cache_dir, overwrite, as_json, **opts)
         echo_json(report.to_dict())
         return
     click.echo(f"{report.scheme} ({report.target}) -> {report.out_dir}")
-    echo_table(["metric", "fp32", "int4" if report.scheme.endswith("int4") else "int8", "ratio"],
-               report.rows())  # fmt: skip
+    quantized = f"int{WEIGHT_BITS.get(report.scheme, 8)}"
+    echo_table(["metric", "fp32", quantized, "ratio"], report.rows())
     for name in report.kept_high_precision:
         click.echo(f"kept fp32: {name}: {report.kept_reasons.get(name, '')}")
 

@@ -145,10 +145,11 @@ def test_int4_weight_only_decode_packs_4_bit_weights_and_runs(tiny_export, cal_t
     for scheme, bits in (("weight-only", 8), ("weight-only-int4", 4)):
         nbits = [n for n in graphs[scheme].graph.node if n.op_type == "MatMulNBits"]
         assert nbits and {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {bits}
+    uint8 = onnx.TensorProto.UINT8  # MatMulNBits' packed weight blocks
     packed = {
-        s: sum(i.raw_data.__len__() for i in g.graph.initializer if i.data_type == 2)
+        s: sum(len(i.raw_data) for i in g.graph.initializer if i.data_type == uint8)
         for s, g in graphs.items()
-    }  # fmt: skip  (uint8 weight blocks)
+    }
     assert packed["weight-only-int4"] < 0.6 * packed["weight-only"]
     with Pipeline.from_pretrained(tmp_path / "weight-only-int4") as pipe:
         res = pipe.generate(cal_text.read_text(encoding="utf-8")[:600], max_new_tokens=4)

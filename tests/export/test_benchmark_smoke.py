@@ -96,3 +96,18 @@ def test_genai_baseline_script_refuses_an_unknown_precision_before_any_install(t
     assert res.returncode == 1, res.stderr
     assert res.stderr.strip() == "error: precision must be int4, int8 or fp32, got int3"
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing made
+
+
+def test_stream_threads_benchmark_runs_every_setting(tiny_export, tmp_path):
+    out = tmp_path / "streams.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "stream_threads.py"), "--export",
+           str(tiny_export), "--settings", "1x1,1x2", "--lengths", "40,80", "--requests", "3",
+           "--new-tokens", "2", "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["threads"], r["streams"]) for r in rows] == [(1, 1), (1, 2)]
+    assert all(r["requests"] == 3 and r["req_per_s"] > 0 for r in rows)
+    bad = subprocess.run([*cmd[:4], "--settings", "2by1"], capture_output=True, text=True,
+                         cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: --settings")

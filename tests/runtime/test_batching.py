@@ -298,7 +298,8 @@ def test_with_two_workers_an_idle_one_starts_the_new_request_not_the_busy_batch(
     try:
         for _ in range(3):  # several tries: each must go to the idle worker
             started.clear()
-            threads["long"].clear(), threads["short"].clear()
+            for seen_by in threads.values():
+                seen_by.clear()
             long = Job(TEXT[:200], GenerationConfig(max_new_tokens=200, ignore_eos=True),
                        on_text=seen("long"))  # fmt: skip
             short = Job(TEXT[300:420], GenerationConfig(max_new_tokens=3, ignore_eos=True),
