@@ -31,8 +31,8 @@ from semedge.runtime.profiling import device_name
 def measure(pipe: Pipeline, context: int, steps: int) -> dict:
     cache = pipe.new_cache(1, context + steps + 1)
     cache.length = context
-    for buf in cache.past().values():
-        buf.host[...] = 0.0
+    for view in cache.arrays().values():
+        view[...] = 0.0
     mask = np.ones((1, context), dtype=np.int64)
     times = []
     for s in range(steps + 1):  # the first step warms the session for this shape

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTENTION_KINDS", "attention_bias", "band_bias", "attend"]
+__all__ = ["ATTENTION_KINDS", "attention_bias", "band_bias", "attend", "rotate"]
 
 # "fused": ORT contrib GroupQueryAttention (5-6x faster than plain ops on CPU at 2k tokens);
 # "plain": standard ONNX MatMul/Softmax (portable: TensorRT and other runtimes fuse it themselves).
@@ -94,6 +94,17 @@ def _block_causal(qh, ke, ve, bias, scale: float, blocks: int):
     return torch.cat(outs, dim=2)
 
 
+def rotate(x: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate-half layout on (B, T, n*H) with per-token (B, T, H/2) cos/sin halves:
+    what GroupQueryAttention's do_rotary computes from its cos/sin caches."""
+    B, T, hd2 = cos_half.shape
+    xh = x.reshape(B, T, -1, 2 * hd2)  # (B, T, n, H)
+    cos = torch.cat([cos_half, cos_half], dim=-1).unsqueeze(2)  # (B, T, 1, H)
+    sin = torch.cat([sin_half, sin_half], dim=-1).unsqueeze(2)
+    rotated = torch.cat((-xh[..., hd2:], xh[..., :hd2]), dim=-1)
+    return (xh * cos + rotated * sin).reshape(x.shape)
+
+
 class _FusedGQA(torch.autograd.Function):
     """Runs the torch reference; exports as one GroupQueryAttention node.
 
@@ -106,16 +117,27 @@ class _FusedGQA(torch.autograd.Function):
               +----------+-----------------+--------- GroupQueryAttention(causal, bias) ------+
                                                    |                 |
                                           out (B,T,N*H)   present_k,present_v (B,KV,P+T,H)
+
+    With `cos_cache`, `sin_cache` (max_positions, H/2) and `position_ids` (B, T), q and k come
+    unrotated and the node rotates them (do_rotary) at each token's own position id: one node
+    instead of ~28 glue nodes per layer. ORT honours per-token position ids only over a past
+    (a first prompt is rotated from its first id on), so only graphs that always have a past
+    (decode) take this form; compressed prompts have gaps in their position ids.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1):
+    def forward(ctx, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1,
+                cos_cache=None, sin_cache=None, position_ids=None):  # fmt: skip
         if window > 0:  # the node bands it itself (local_window_size): the reference bands here
             bias = band_bias(bias, window)
+        if cos_cache is not None:
+            cos, sin = cos_cache[position_ids], sin_cache[position_ids]  # (B, T, H/2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         return _attend_torch(q, k, v, past_k, past_v, bias, n_heads, n_kv, scale)
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1):
+    def symbolic(g, q, k, v, past_k, past_v, bias, n_heads, n_kv, scale, window=-1,
+                 cos_cache=None, sin_cache=None, position_ids=None):  # fmt: skip
         from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh
 
         def const(values):
@@ -129,10 +151,15 @@ class _FusedGQA(torch.autograd.Function):
         none = sh._optional_input_placeholder_tensor(g)
         inputs = [q, k, v]
         inputs += [none, none] if sh._is_none(past_k) else [past_k, past_v]
-        inputs += [seqlens_k, total, none, none, none, bias]
+        rotary = cos_cache is not None and not sh._is_none(cos_cache)
+        inputs += [seqlens_k, total]
+        inputs += [cos_cache, sin_cache, position_ids] if rotary else [none, none, none]
+        inputs += [bias]
         # ORT 1.32 keeps local_window_size slots, the query's own included (measured against
         # a banded softmax): transformers' sliding_window, as is
         local = {"local_window_size_i": window} if window > 0 else {}
+        if rotary:
+            local["do_rotary_i"] = 1
         out, pk, pv = g.op(
             "com.microsoft::GroupQueryAttention",
             *inputs,
@@ -149,7 +176,7 @@ class _FusedGQA(torch.autograd.Function):
 
 
 def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float, kind: str,
-           window: int | None = None):  # fmt: skip
+           window: int | None = None, rope=None):  # fmt: skip
     """Grouped-query attention over the KV slots.
 
     Args:
@@ -162,13 +189,22 @@ def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float,
         kind: "fused" (one ORT GroupQueryAttention node) or "plain" (standard ONNX ops).
         window: sliding window in slots (a local layer), or None: "plain" bands `bias`, "fused"
             sets GroupQueryAttention's local_window_size.
+        rope: None (q and k come rotated), or (cos_cache, sin_cache, position_ids) with q and k
+            unrotated: the "fused" node rotates them itself (`_FusedGQA`); needs a past.
 
     Returns:
         out (B, T, N*H), present_k and present_v (B, KV, P+T, H).
     """
+    if rope is not None and past_k is None:
+        raise ValueError("rotary inside attention needs a past (position ids of a first prompt are not honoured)")
     if kind == "fused" and torch.onnx.is_in_onnx_export():
         args = (q, k, v, past_k, past_v, bias, n_heads, n_kv, float(scale))
+        if rope is not None:
+            return _FusedGQA.apply(*args, int(window or -1), *rope)
         return _FusedGQA.apply(*args, int(window)) if window else _FusedGQA.apply(*args)
+    if rope is not None:
+        cos, sin = rope[0][rope[2]], rope[1][rope[2]]  # (B, T, H/2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     if window:
         bias = band_bias(bias, window)
     blocks = PLAIN_QUERY_BLOCKS if torch.onnx.is_in_onnx_export() else 1

@@ -203,12 +203,14 @@ def _traced_model(model, cfg: ExportConfig, probe, peak: float, name: str):
     return model16
 
 
-def _write_graphs(tmp: Path, model, traced, cfg: ExportConfig, k: int) -> dict[str, GraphSpec]:
+def _write_graphs(
+    tmp: Path, model, traced, cfg: ExportConfig, k: int, max_ctx: int
+) -> dict[str, GraphSpec]:
     torch = require("torch")
     from semedge.export import wrappers as W
 
     dtype = torch.float16 if cfg.dtype == "fp16" else torch.float32
-    core = W.DecoderCore(traced, cfg.attention)
+    core = W.DecoderCore(traced, cfg.attention, max_ctx)
     d = core.dims
     specs = graph_specs(
         d.num_layers, d.num_kv_heads, d.head_dim, d.hidden_size, d.vocab_size,
@@ -342,7 +344,7 @@ def export_onnx(
             adapter = load_adapter(cfg.adapter, model)  # InputError if trained for another model
         probe, peak = _range_probe(model, tok, max_ctx)
         traced = _traced_model(model, cfg, probe, peak, str(model_spec))
-        specs = _write_graphs(tmp, model, traced, cfg, k)
+        specs = _write_graphs(tmp, model, traced, cfg, k, max_ctx)
         del traced
         _write_side_files(tmp, tok, cfg)
         mcfg = {**_manifest_config(str(model_spec), model, tok, dims, cfg, max_ctx, k),

@@ -124,9 +124,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class DecoderCore(nn.Module):
-    """The LM as a stack of plain-tensor layer calls; `attention` is "fused" or "plain"."""
+    """The LM as a stack of plain-tensor layer calls; `attention` is "fused" or "plain".
 
-    def __init__(self, model, attention: str = "fused") -> None:
+    max_context: positions the rotary caches cover, for graphs whose fused attention rotates q and
+    k itself (`rotary_in_attention`: decode); None keeps the rotation outside attention.
+    """
+
+    def __init__(self, model, attention: str = "fused", max_context: int | None = None) -> None:
         super().__init__()
         self.lm = model
         self.dims = model_dims(model)
@@ -138,14 +142,35 @@ class DecoderCore(nn.Module):
         self.packed = [] if self.gpt2 else [_pack_layer(layer) for layer in self.layers]
         weight = model.lm_head.weight
         self.zero_bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
-        self.eval()  # the exporter restores the wrapper's mode on the LM: keep dropout off
+        self.rope_caches = None
+        if attention == "fused" and max_context and not self.gpt2:
+            self.rope_caches = self._rope_caches(max_context, weight.dtype)
+        self.eval()
+
+    def _rope_caches(self, n: int, dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"global"[, "local"]: (cos, sin) halves (n, H/2)} from the model's own rotary
+        modules at positions 0..n-1 (scaling and attention factors included)."""
+        x = torch.zeros(1, 1, dtype=dtype)
+        pos = torch.arange(n).unsqueeze(0)
+        half = self.dims.head_dim // 2
+        mods = {"global": self.base.rotary_emb}
+        if self.gemma3:
+            mods["local"] = self.base.rotary_emb_local
+        with torch.no_grad():
+            out = {}
+            for name, mod in mods.items():
+                cos, sin = mod(x, pos)  # (1, n, H), the two halves equal (rotate-half layout)
+                out[name] = (cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous())
+        return out  # the exporter restores the wrapper's mode on the LM: keep dropout off
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) int64 -> (B, T, D) token embeddings (GPT-2: without positions)."""
         return (self.base.wte if self.gpt2 else self.base.embed_tokens)(input_ids)
 
-    def run_layers(self, x, position_ids, attention_mask, pasts=None, n_layers=None):
+    def run_layers(self, x, position_ids, attention_mask, pasts=None, n_layers=None,
+                   rotary_in_attention=False):  # fmt: skip
         """Layers 0..n_layers-1 over x (B, T, D); pasts: [(k, v)] per layer or None.
+        rotary_in_attention (needs pasts and rope_caches): the fused attention node rotates.
 
         Returns:
             hidden (B, T, D) and the presents [(k, v)] with k, v (B, KV, P+T, H); a
@@ -154,9 +179,11 @@ class DecoderCore(nn.Module):
         if self.gpt2:
             x = x + self.base.wpe(position_ids)  # learned absolute positions
             rope = None
+        elif rotary_in_attention and self.rope_caches is not None and pasts is not None:
+            rope = {k: (*v, position_ids) for k, v in self.rope_caches.items()}
         else:
             rope = self.base.rotary_emb(x, position_ids)  # cos, sin (B, T, H)
-        if self.gemma3:  # local layers rotate with their own base (rope_local_base_freq)
+        if self.gemma3 and not isinstance(rope, dict):  # local layers: their own base
             rope = (rope, self.base.rotary_emb_local(x, position_ids))
         bias = attention_bias(attention_mask, x, x.dtype)
         presents = []
@@ -168,11 +195,19 @@ class DecoderCore(nn.Module):
             presents.append(kv)
         return x, presents
 
-    def _attend(self, q, k, v, past, bias, scale, window=None):
+    def _attend(self, q, k, v, past, bias, scale, window=None, rope=None):
         d = self.dims
         return attend(
-            q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention, window
+            q, k, v, *past, bias, d.num_heads, d.num_kv_heads, scale, self.attention, window, rope
         )
+
+    @staticmethod
+    def _rotate(q, k, rope, B, T):
+        """Apply RoPE to (B, T, n, H) q and k, as the HF models do; returns (B, T, n*H)."""
+        cos, sin = rope[0].unsqueeze(2), rope[1].unsqueeze(2)  # (B, T, 1, H)
+        q = q * cos + _rotate_half(q) * sin  # RoPE (Su et al. 2021), rotate-half layout
+        k = k * cos + _rotate_half(k) * sin
+        return q.reshape(B, T, -1), k.reshape(B, T, -1)
 
     def _gemma3_layer(self, i, x, ropes, bias, past):
         """Gemma 3 block: QK-norm before RoPE, norms after attention and MLP as well as before;
@@ -186,19 +221,21 @@ class DecoderCore(nn.Module):
         q, k, v = F.linear(h, w_qkv).split([nq, nkv, nkv], dim=-1)
         q = a.q_norm(q.reshape(B, T, d.num_heads, d.head_dim))  # (B, T, N, H), RMSNorm per head
         k = a.k_norm(k.reshape(B, T, d.num_kv_heads, d.head_dim))  # (B, T, KV, H)
-        cos, sin = ropes[1] if local else ropes[0]
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, H)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
+        fused_rope = None
+        if isinstance(ropes, dict):  # the attention node rotates, with the layer's own caches
+            fused_rope = ropes["local" if local else "global"]
+            q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
+        else:
+            q, k = self._rotate(q, k, ropes[1] if local else ropes[0], B, T)
         window = d.sliding_window if local else None
         if local and past[0] is not None:  # its cache holds the window's last slots only
             bias = bias[:, :, :, -(past[0].shape[2] + T) :]
-        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window)
+        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window, fused_rope)
         if local:  # what the next token can see besides itself
             pk, pv = pk[:, :, -d.local_kv_slots :], pv[:, :, -d.local_kv_slots :]
         x = x + layer.post_attention_layernorm(a.o_proj(out))
-        gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).chunk(2, dim=-1)
+        inter = w_gate_up.shape[0] // 2
+        gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).split([inter, inter], -1)
         x = x + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))
         return x, (pk, pv)
 
@@ -212,16 +249,17 @@ class DecoderCore(nn.Module):
             [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim],
             dim=-1,
         )
-        q = q.reshape(B, T, d.num_heads, d.head_dim)  # (B, T, N, H)
-        k = k.reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
-        cos, sin = rope[0].unsqueeze(2), rope[1].unsqueeze(2)  # (B, T, 1, H)
-        q = q * cos + _rotate_half(q) * sin  # RoPE (Su et al. 2021), rotate-half layout
-        k = k * cos + _rotate_half(k) * sin
-        q, k = q.reshape(B, T, -1), k.reshape(B, T, -1)
-        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling)
+        fused_rope = rope["global"] if isinstance(rope, dict) else None
+        if fused_rope is None:  # else the attention node rotates q and k itself
+            q = q.reshape(B, T, d.num_heads, d.head_dim)  # (B, T, N, H)
+            k = k.reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
+            q, k = self._rotate(q, k, rope, B, T)
+        out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, rope=fused_rope)
         x = x + a.o_proj(out)
-        # gated MLP with one GEMM for gate and up: down(act(gate(h)) * up(h))
-        gate, up = F.linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
+        # gated MLP with one GEMM for gate and up: down(act(gate(h)) * up(h)); split with
+        # static sizes (chunk traces to Shape/Gather/Div/Slice per layer)
+        inter = w_gate_up.shape[0] // 2
+        gate, up = F.linear(layer.post_attention_layernorm(x), w_gate_up).split([inter, inter], -1)
         x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return x, (pk, pv)
 
@@ -303,6 +341,7 @@ class DecodeGraph(nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, *past):
         pasts = list(zip(past[0::2], past[1::2], strict=True))
         x, presents = self.core.run_layers(
-            self.core.embed(input_ids), position_ids, attention_mask, pasts
-        )
+            self.core.embed(input_ids), position_ids, attention_mask, pasts,
+            rotary_in_attention=True,
+        )  # fmt: skip
         return (self.core.logits(x, True), *_flat(presents))

@@ -294,19 +294,19 @@ def regroup(parts: list[tuple[Generator, list[int]]], config: GenerationConfig) 
     out.cache = first.pipeline.new_cache(out.batch, P + max(room, 1))
     out.cache.length = P
     mask = np.zeros((out.batch, P), dtype=np.int64)
-    dst = out.cache.past()
+    dst = out.cache.arrays()
     r0 = 0
     for g, rows in parts:
         n, idx = g.cache.length, np.asarray(rows)
         mask[r0 : r0 + len(rows), P - n :] = g._mask[idx]
-        for name, buf in g.cache.past().items():
+        for name, src in g.cache.arrays().items():
             # right-aligned; a local layer holds its window's last slots, so the mask's last
             # columns stay its slots' mask (rows shorter than the window are padded the same)
-            d, m = dst[name].host, buf.shape[2]
+            d, m = dst[name], src.shape[2]
             pad = d.shape[2] - m
             d[r0 : r0 + len(rows), :, :pad] = 0  # padding: masked, but NaN-free
             for i, b in enumerate(rows):  # slices, not fancy indexing: one pass, no temporary
-                d[r0 + i, :, pad:] = buf.host[b]
+                d[r0 + i, :, pad:] = src[b]
         r0 += len(rows)
     out._mask = mask
     out._logits = np.concatenate([g._logits[np.asarray(rows)] for g, rows in parts])

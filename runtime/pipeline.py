@@ -83,6 +83,7 @@ class Pipeline:
         self.embed_dtype = self.prefill.inputs[INPUTS_EMBEDS][0]
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
         self.kv_pool = HostPool(self.decode.allocate)  # blocks released by serving batches
+        self.kv_shared = self._shared_kv()
         self._adapter = load_span_adapter(path, self.config.get("adapter"), manifest.files)
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
@@ -400,15 +401,28 @@ class Pipeline:
             f"{what} + {new} new tokens but this export supports {limit} (max_context); {fix}"
         )
 
+    def _shared_kv(self) -> bool:
+        """Whether the decode graph's presents can be written in place (kv_cache shared mode):
+        ONNX Runtime's GroupQueryAttention produces them (fused exports), on the CPU provider
+        (the only one run here), with no sliding-window layers (their graphs slice presents)."""
+        from semedge.runtime.backends.ort import OrtBackend
+
+        local_layers, _ = local_kv(self.config)
+        return (
+            self.manifest.extra.get("attention") == "fused" and not local_layers
+            and isinstance(self.decode, OrtBackend) and self.decode.device == "cpu"
+        )  # fmt: skip
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A KV cache on the decode backend's device for `batch` rows of `max_len` positions
-        (host memory comes from `kv_pool` where blocks were released to it)."""
+        (host memory comes from `kv_pool` where blocks were released to it); in place
+        (`kv_shared`) where the decode graph allows it."""
         c = self.config
         local_layers, local_slots = local_kv(c)
         return KVCache(
             self.kv_pool.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
             int(c["head_dim"]), max_len, self.kv_dtype, self.decode.device,
-            local_layers, local_slots,
+            local_layers, local_slots, shared=self.kv_shared,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- generation

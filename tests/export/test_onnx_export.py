@@ -189,3 +189,42 @@ def test_adapter_for_another_model_is_refused(tiny_llama, tiny_gpt2, tmp_path):
     with pytest.raises(InputError, match="trained for model"):
         export_onnx(tiny_llama, tmp_path / "o", ExportConfig(adapter=str(adapter_dir)))
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_decode_graph_rotates_each_token_at_its_own_position(family, tiny_models, request):
+    """The fused decode graph rotates q/k inside GroupQueryAttention (do_rotary, from cos/sin
+    caches): a 3-token chunk with gaps in its position ids over a gapped past (what chunked
+    prefill of a compressed prompt feeds) gives the Hugging Face model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    export = request.getfixturevalue("tiny_export" if family == "llama" else "tiny_export_gemma3")
+    m = load_manifest(export)
+    n = m.config["num_layers"]
+    decode_graph = onnx.load(str(export / C.DECODE_ONNX), load_external_data=False)
+    gqa = [x for x in decode_graph.graph.node if x.op_type == "GroupQueryAttention"]
+    assert len(gqa) == n
+    assert all(a.i == 1 for x in gqa for a in x.attribute if a.name == "do_rotary")
+    assert all(any(a.name == "do_rotary" for a in x.attribute) for x in gqa)
+    negs = sum(x.op_type == "Neg" for x in decode_graph.graph.node)
+    assert negs < n  # no rotate-half glue (2 Neg per layer)
+
+    ids = np.array([[3, 17, 8, 25, 11, 40, 6]], dtype=np.int64)
+    pos = np.array([[0, 2, 3, 9, 14, 15, 21]], dtype=np.int64)  # gaps everywhere
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids), position_ids=torch.from_numpy(pos)).logits[0, -1]
+    embed = session_from_path(export / C.EMBED_ONNX, CPU)
+    prefill = session_from_path(export / C.PREFILL_ONNX, CPU)
+    decode = session_from_path(export / C.DECODE_ONNX, CPU)
+    emb = embed.run(None, {C.INPUT_IDS: ids[:, :4]})[0]
+    out = prefill.run(None, {C.INPUTS_EMBEDS: emb, C.POSITION_IDS: pos[:, :4],
+                             C.ATTENTION_MASK: np.ones((1, 4), dtype=np.int64)})  # fmt: skip
+    feeds = {C.INPUT_IDS: ids[:, 4:], C.POSITION_IDS: pos[:, 4:],
+             C.ATTENTION_MASK: np.ones((1, 7), dtype=np.int64)}  # fmt: skip
+    got = decode.run(None, {**feeds, **dict(zip(past_names(n), out[1:], strict=True))})[0][0, -1]
+    assert np.abs(got - want.numpy()).max() < 1e-4
+    shifted = {**feeds, C.POSITION_IDS: pos[:, 4:] + np.array([[0, 1, 0]])}  # one id moved
+    moved = decode.run(None, {**shifted, **dict(zip(past_names(n), out[1:], strict=True))})[0]
+    assert np.abs(moved[0, -1] - want.numpy()).max() > 1e-3  # the positions do matter
