@@ -202,7 +202,54 @@ def _dynamic(src: Path, dst: Path, todo: list[str]) -> None:
     )
 
 
+def _gemms_as_matmuls(model, names: set[str]) -> None:
+    """Rewrite the named Gemm nodes (alpha 1, no transA, constant 2-D weight) as MatMul over
+    a (K, N) copy of the weight (+ Add for a non-zero bias), keeping their names, so that
+    MatMulNBits (MatMul only) quantizes them too: the LM head, whose (V, D) weight is the
+    tied embedding table read by Gemm(transB=1), is a fifth of SmolLM2's weight bytes and
+    was left in fp32. The embedding lookup keeps the float table."""
+    onnx = require("onnx")
+    nh = onnx.numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}  # fmt: skip
+    nodes = list(model.graph.node)
+    out_nodes = []
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        c = node.input[2] if len(node.input) > 2 else ""
+        ok = (node.op_type == "Gemm" and node.name in names and node.input[1] in inits
+              and attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transA", 0)
+              and (not c or c in inits or c in consts))  # fmt: skip
+        if not ok:
+            out_nodes.append(node)
+            continue
+        w = nh.to_array(inits[node.input[1]])
+        w = w.T if attrs.get("transB", 0) else w
+        weight = nh.from_array(w.copy(), f"{node.name}.weight_kn")
+        model.graph.initializer.append(weight)
+        bias = None
+        c = node.input[2] if len(node.input) > 2 else ""
+        if c:  # a computed bias stays a Gemm: every exported one is a constant
+            b = nh.to_array(inits[c] if c in inits else consts[c]) * attrs.get("beta", 1.0)
+            bias = nh.from_array(b.astype(w.dtype), f"{node.name}.bias") if b.any() else None
+        mm_out = f"{node.output[0]}.matmul" if bias is not None else node.output[0]
+        out_nodes.append(onnx.helper.make_node(
+            "MatMul", [node.input[0], weight.name], [mm_out], name=node.name))  # fmt: skip
+        if bias is not None:
+            model.graph.initializer.append(bias)
+            out_nodes.append(onnx.helper.make_node(
+                "Add", [mm_out, bias.name], [node.output[0]], name=f"{node.name}.add"))  # fmt: skip
+    del model.graph.node[:]
+    model.graph.node.extend(out_nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
 def _weight_only(model, dst: Path, todo: list[str], settings: QuantSettings) -> None:
+    _gemms_as_matmuls(model, set(todo))
     keep = set(todo)  # nodes_to_include is not honoured by every ORT version: exclude the rest
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")

@@ -83,6 +83,7 @@ class Generator:
         self._pending: np.ndarray | None = None  # (B,) last token, not yet fed to decode
         self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
         self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
+        self._binding: tuple[KVCache, Any] | None = None  # (cache, its decode Binding): shared
 
     @property
     def batch(self) -> int:
@@ -173,9 +174,16 @@ class Generator:
         }
         if self.tap is not None:
             self.tap({**feeds, **self.cache.host_arrays()})
-        bound = {**self.cache.past(), **self.cache.present(1)}
         with self.timer.span("decode_token", position=int(self.cache.length)):
-            out = p.decode.run_bound(feeds, bound, [LOGITS])
+            if self.cache.shared:  # the buffers never move: bind them once per cache
+                self.cache.check_room(1)
+                if self._binding is None or self._binding[0] is not self.cache:
+                    bound = {**self.cache.past(), **self.cache.present(1)}
+                    self._binding = (self.cache, p.decode.binding(bound, [LOGITS]))
+                out = self._binding[1].run(feeds)
+            else:
+                bound = {**self.cache.past(), **self.cache.present(1)}
+                out = p.decode.run_bound(feeds, bound, [LOGITS])
             self.cache.advance(1)
         self._logits = out[LOGITS][:, -1, :]
         self._next_pos = self._next_pos + 1

@@ -174,12 +174,7 @@ class KVCache:
         Raises:
             InputError: the cache would exceed `max_len`.
         """
-        total = self.length + new_tokens
-        if total > self.max_len:
-            raise InputError(
-                f"KV cache holds {self.max_len} positions, a step needs {total}; "
-                "lower max_new_tokens or raise the cache size"
-            )
+        total = self.check_room(new_tokens)
         side = self._side if self.length == 0 else 1 - self._side
         if self.shared:  # in place; an empty cache's prefill writes contiguous scratch first
             side, total = (-1, total) if self.length == 0 else (self._side, self.max_len)
@@ -191,6 +186,20 @@ class KVCache:
             out[PRESENT_KEY.format(i=i)] = self._view(side, i, 0, total, row)
             out[PRESENT_VALUE.format(i=i)] = self._view(side, i, 1, total, row)
         return out
+
+    def check_room(self, new_tokens: int) -> int:
+        """Positions held after a step of `new_tokens`.
+
+        Raises:
+            InputError: the cache would exceed `max_len`.
+        """
+        total = self.length + new_tokens
+        if total > self.max_len:
+            raise InputError(
+                f"KV cache holds {self.max_len} positions, a step needs {total}; "
+                "lower max_new_tokens or raise the cache size"
+            )
+        return total
 
     def advance(self, new_tokens: int = 1) -> None:
         """Commit the step whose presents were written into `present(new_tokens)`."""

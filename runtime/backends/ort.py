@@ -249,6 +249,13 @@ class OrtBackend:
         values = io.get_outputs()
         return {name: values[i].numpy() for i, name in enumerate(fetch)}
 
+    def binding(self, bound: dict[str, Any], fetch: Sequence[str]) -> Binding:
+        """An I/O binding with `bound` and `fetch` set once, for runs whose buffers stay put
+        (a shared KV cache's decode steps); see `Binding`."""
+        if self.session is None:
+            raise UsageError(f"{self.path.name}: backend is closed or not loaded; call load()")
+        return Binding(self, bound, fetch)
+
     def _run_options(self) -> onnxruntime.RunOptions | None:
         if not (self.shrink_arena and self.device == "cpu"):
             return None
@@ -263,6 +270,46 @@ class OrtBackend:
         path = self.session.end_profiling()
         self.profile_prefix = None
         return path
+
+
+class Binding:
+    """One ONNX Runtime I/O binding reused across runs: the bound buffers (same pointers and
+    shapes every step: an in-place KV cache) and the fetched outputs are bound once; each `run`
+    binds only the small feeds. Saves re-binding 2 x layers tensors per token (SmolLM2: about
+    1 ms of a 14 ms int8 decode step). One per cache; not thread-safe.
+    """
+
+    def __init__(self, backend: OrtBackend, bound: dict[str, Any], fetch: Sequence[str]) -> None:
+        self.backend, self.bound, self.fetch = backend, list(bound), list(fetch)
+        self._session = backend.session
+        self._io = self._session.io_binding()
+        for name in self.fetch:  # bound first so get_outputs() starts with them
+            self._io.bind_output(name, "cpu")
+        for name, buf in bound.items():
+            bind = self._io.bind_input if name in backend.inputs else self._io.bind_output
+            bind(name, buf.device, 0, np.dtype(buf.dtype).type, list(buf.shape), buf.ptr)
+        self._checked: set[tuple] = set()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Bind `feeds`, run, and return copies of the fetched outputs (ONNX Runtime writes
+        the next run's outputs into the same memory).
+
+        Raises:
+            InputError: names or dtypes do not match the graph.
+            UsageError: the backend was closed or reloaded since the binding was made.
+        """
+        b = self.backend
+        key = tuple((n, a.dtype) for n, a in feeds.items())
+        if key not in self._checked:  # the same names and dtypes every step: check once
+            check_feeds(b.path.name, b.inputs, feeds, bound=self.bound)
+            self._checked.add(key)
+        if b.session is not self._session:
+            raise UsageError(f"{b.path.name}: the session was closed or reloaded")
+        for name, arr in feeds.items():
+            self._io.bind_cpu_input(name, np.ascontiguousarray(arr))
+        self._session.run_with_iobinding(self._io, b._run_options())
+        values = self._io.get_outputs()
+        return {name: values[i].numpy().copy() for i, name in enumerate(self.fetch)}
 
 
 def _check_dtypes(graph: str, entries: Any, have: dict[str, tuple[Any, list]]) -> None:
