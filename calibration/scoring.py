@@ -18,6 +18,7 @@ import numpy as np
 from semedge import constants as C
 from semedge.runtime.backends.ort import OrtBackend
 from semedge.runtime.generator import Generator
+from semedge.runtime.kv_cache import KVCache, local_kv
 from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 from semedge.runtime.sampling import GenerationConfig
 
@@ -87,15 +88,15 @@ def agreement(a: HeldOutScore, b: HeldOutScore) -> float:
     return float(np.mean(a.argmax == b.argmax))
 
 
-def _interleaved_ms(sessions: list[OrtBackend], feeds: list[dict], rounds: int) -> list[float]:
-    """Median ms per call of each session on its feed, after a warm-up, runs interleaved."""
-    for s, f in zip(sessions, feeds, strict=True):  # warm-up: first runs allocate
-        s.run(f)
-    times: list[list[float]] = [[] for _ in sessions]
+def _interleaved_ms(calls: list, rounds: int) -> list[float]:
+    """Median ms of each zero-argument call, after a warm-up, runs interleaved (A B A B ...)."""
+    for call in calls:  # warm-up: first runs allocate
+        call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(rounds):
-        for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
+        for k, call in enumerate(calls):
             t0 = time.perf_counter()
-            s.run(f)
+            call()
             times[k].append(1e3 * (time.perf_counter() - t0))
     return [statistics.median(t) for t in times]
 
@@ -105,38 +106,43 @@ def prefill_ms(pipe: Pipeline, paths: list[Path], tokens: int, repeats: int = 3)
     sessions = [OrtBackend(p).load() for p in paths]
     ids = np.arange(tokens, dtype=np.int64) % int(pipe.config.get("vocab_size", 1000))
     embeds = pipe.embed(ids)[None]
-    feeds = []
+    calls = []
     for s in sessions:
-        feeds.append(
-            {
-                C.INPUTS_EMBEDS: embeds.astype(s.inputs[C.INPUTS_EMBEDS][0]),
-                C.POSITION_IDS: np.arange(tokens, dtype=np.int64)[None],
-                C.ATTENTION_MASK: np.ones((1, tokens), np.int64),
-            }
-        )
-    return _interleaved_ms(sessions, feeds, repeats)
+        feeds = {
+            C.INPUTS_EMBEDS: embeds.astype(s.inputs[C.INPUTS_EMBEDS][0]),
+            C.POSITION_IDS: np.arange(tokens, dtype=np.int64)[None],
+            C.ATTENTION_MASK: np.ones((1, tokens), np.int64),
+        }
+        calls.append(lambda s=s, f=feeds: s.run(f))
+    return _interleaved_ms(calls, repeats)
 
 
 def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) -> list[float]:
-    """Median latency of one decode step after `past_len` tokens, graphs interleaved."""
+    """Median latency of one decode step after `past_len` tokens, graphs interleaved, each run
+    the way the runtime's Generator runs it: over a KV cache of its kind (in place where the
+    pipeline's is, with its I/O binding kept) holding random keys and values."""
     cfg = pipe.config
     layers, kv, hd = int(cfg["num_layers"]), int(cfg["num_kv_heads"]), int(cfg["head_dim"])
+    local_layers, local_slots = local_kv(cfg)
     rng = np.random.default_rng(0)
-    sessions = [OrtBackend(p).load() for p in paths]
-    feeds = []
-    for s in sessions:
+    calls = []
+    for path in paths:
+        s = OrtBackend(path).load()
         dt = s.inputs[C.PAST_KEY.format(i=0)][0]
-        past = {
-            name.format(i=i): rng.normal(0, 1, (1, kv, past_len, hd)).astype(dt)
-            for i in range(layers)
-            for name in (C.PAST_KEY, C.PAST_VALUE)
+        cache = KVCache(s.allocate, layers, 1, kv, hd, past_len + 1, dt, "cpu", local_layers,
+                        local_slots, shared=pipe.kv_shared)  # fmt: skip
+        cache.length = past_len
+        for view in cache.arrays().values():
+            view[...] = rng.normal(0, 1, view.shape).astype(dt)
+        feeds = {
+            C.INPUT_IDS: np.array([[1]], np.int64),
+            C.POSITION_IDS: np.array([[past_len]], np.int64),
+            C.ATTENTION_MASK: np.ones((1, past_len + 1), np.int64),
         }
-        feeds.append(
-            {
-                C.INPUT_IDS: np.array([[1]], np.int64),
-                C.POSITION_IDS: np.array([[past_len]], np.int64),
-                C.ATTENTION_MASK: np.ones((1, past_len + 1), np.int64),
-                **past,
-            }
-        )
-    return _interleaved_ms(sessions, feeds, steps)
+        bound = {**cache.past(), **cache.present(1)}  # a step rewrites the same slot each call
+        if cache.shared:
+            binding = s.binding(bound, [C.LOGITS])
+            calls.append(lambda b=binding, f=feeds, c=cache: b.run(f))
+        else:
+            calls.append(lambda s=s, f=feeds, b=bound, c=cache: s.run_bound(f, b, [C.LOGITS]))
+    return _interleaved_ms(calls, steps)

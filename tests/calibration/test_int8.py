@@ -120,8 +120,13 @@ def test_decode_only_leaves_the_prefill_graph_as_exported(tiny_export, cal_text,
                      **INT8_FAST)  # fmt: skip
     report = calibrate_int8(tiny_export, out, cal_text, cfg, cache_root=tmp_path / "cache")
     assert sha256_file(out / C.PREFILL_ONNX) == sha256_file(tiny_export / C.PREFILL_ONNX)
-    ops = {n.op_type for n in onnx.load(str(out / C.DECODE_ONNX)).graph.node}
+    graph = onnx.load(str(out / C.DECODE_ONNX)).graph
+    ops = {n.op_type for n in graph.node}
     assert "MatMulNBits" in ops and report.quantized_nodes > 0
+    vocab = load_manifest(tiny_export).config["vocab_size"]
+    head = [n for n in graph.node if n.op_type == "MatMulNBits"
+            and any(a.name == "N" and a.i == vocab for a in n.attribute)]  # fmt: skip
+    assert "Gemm" not in ops and len(head) == 1  # the LM head (tied table, transB) quantized
     assert report.prefill_ms_int8 is None and report.decode_ms_int8 > 0  # prefill not re-timed
     verify_manifest(out, load_manifest(out, expect_format=C.FORMAT_CALIBRATED))
     with pytest.raises(Exception, match="graphs must be"):
@@ -156,3 +161,40 @@ def test_int4_weight_only_decode_packs_4_bit_weights_and_runs(tiny_export, cal_t
     assert len(res.tokens) == 4
     with pytest.raises(InputError, match="not for --target tensorrt"):
         Int8Config(scheme="weight-only-int4", target="tensorrt")
+
+
+@pytest.mark.parametrize("bias", ["none", "zero-constant", "initializer"])
+def test_weight_only_rewrites_gemm_as_a_quantized_matmul(tmp_path, bias):
+    """Gemm(transB=1) with a constant weight (and bias) becomes MatMul (+ Add) over a (K, N)
+    copy, so MatMulNBits takes it; the outputs stay those of the float graph."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from semedge.calibration.schemes import QuantSettings, quantize_graph
+
+    rng = np.random.default_rng(0)
+    K, N = 64, 96
+    w = rng.normal(0, 0.1, (N, K)).astype(np.float32)  # (N, K): an LM head's tied table
+    b = rng.normal(0, 1, N).astype(np.float32) if bias == "initializer" else np.zeros(N, np.float32)
+    inits = [numpy_helper.from_array(w, "table")]
+    nodes, inputs = [], ["x", "table"]
+    if bias == "zero-constant":
+        nodes.append(helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(b)))
+        inputs.append("c")
+    elif bias == "initializer":
+        inits.append(numpy_helper.from_array(b, "c"))
+        inputs.append("c")
+    nodes.append(helper.make_node("Gemm", inputs, ["y"], name="head", transB=1))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", N])], inits,
+    )  # fmt: skip
+    src, dst = tmp_path / "g.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_graph(src, dst, QuantSettings(scheme="weight-only")) == ["head"]
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node if n.op_type != "Constant"]
+    assert ops == (["MatMulNBits", "Add"] if bias == "initializer" else ["MatMulNBits"])
+    x = rng.normal(0, 1, (3, K)).astype(np.float32)
+    want = x @ w.T + b
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

@@ -91,3 +91,16 @@ def test_regroup_moves_rows_between_shared_caches(pipes):
         merged = regroup([(g1, [0]), (g2, [1])], cfg)
         outs.append([merged.generate_next_token() for _ in range(4)])
     np.testing.assert_array_equal(np.array(outs[0]), np.array(outs[1]))
+
+
+def test_a_kept_binding_refuses_a_reloaded_session(tiny_export):
+    """The Generator keeps one I/O binding per shared cache; a session closed and loaded again
+    meanwhile is a new session: the old binding says so instead of running on freed memory."""
+    with Pipeline.from_pretrained(tiny_export) as p:
+        gen = p.generator([PROSE], GenerationConfig(max_new_tokens=4, ignore_eos=True))
+        gen.generate_next_token()
+        gen.generate_next_token()  # the binding exists now
+        p.decode.close()
+        p.decode.load()
+        with pytest.raises(UsageError, match="closed or reloaded"):
+            gen.generate_next_token()
