@@ -196,7 +196,9 @@ def attend(q, k, v, past_k, past_v, bias, n_heads: int, n_kv: int, scale: float,
         out (B, T, N*H), present_k and present_v (B, KV, P+T, H).
     """
     if rope is not None and past_k is None:
-        raise ValueError("rotary inside attention needs a past (position ids of a first prompt are not honoured)")
+        raise ValueError(
+            "rotary inside attention needs a past (ORT rotates a first prompt from its first id)"
+        )
     if kind == "fused" and torch.onnx.is_in_onnx_export():
         args = (q, k, v, past_k, past_v, bias, n_heads, n_kv, float(scale))
         if rope is not None:

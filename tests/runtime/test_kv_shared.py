@@ -9,7 +9,7 @@ import pytest
 
 from semedge.errors import InputError, UsageError
 from semedge.runtime import GenerationConfig, Pipeline
-from semedge.runtime.generator import Generator, regroup
+from semedge.runtime.generator import regroup
 from semedge.runtime.kv_cache import KVCache
 
 PROSE = ("The river rises in the northern hills and flows south through farmland, past mills, "
@@ -26,7 +26,7 @@ def test_shared_cache_views():
                     shared=True)  # fmt: skip
     assert cache.nbytes == 2 * 2 * 2 * 3 * 10 * 4 * 4  # one side: half of ping-pong's
     first = cache.present(5)  # the prefill's presents: contiguous (B, KV, 5, hd) scratch
-    for i, (name, buf) in enumerate(first.items()):
+    for i, buf in enumerate(first.values()):
         assert buf.shape == (2, 3, 5, 4) and buf.host.flags.c_contiguous
         buf.host[...] = np.arange(buf.host.size).reshape(buf.shape) + 1000 * i
     cache.advance(5)
