@@ -78,6 +78,8 @@ class KVCache:
             positions (local_kv); none by default.
         shared: one in-place buffer per layer bound as past and present (see the module
             docstring); host caches without local layers only.
+        give_back: called with [block] when the prefill scratch of a shared cache is done
+            (`HostPool.give`), so the next cache reuses it; None drops it.
     """
 
     def __init__(
@@ -93,13 +95,14 @@ class KVCache:
         local_layers: frozenset[int] = frozenset(),
         local_slots: int = 0,
         shared: bool = False,
+        give_back: Any = None,
     ) -> None:
         if max_len < 1:
             raise InputError(f"KV cache needs at least one position, got max_len={max_len}")
         if shared and (device != "cpu" or (local_slots and local_layers)):
             raise UsageError("a shared KV cache needs host memory and no sliding-window layers")
         self.shared = shared
-        self._allocate = allocate
+        self._allocate, self._give_back = allocate, give_back
         self._scratch: tuple | None = None  # shared mode: the prefill's contiguous presents
         self.num_layers, self.batch = num_layers, batch
         self.n_kv_heads, self.head_dim, self.max_len = n_kv_heads, head_dim, max_len
@@ -209,6 +212,8 @@ class KVCache:
                     for kv in (0, 1):
                         src = self._view(-1, i, kv, new_tokens).host
                         self._view(0, i, kv, self.max_len).host[:, :, :new_tokens] = src
+                if self._give_back is not None:
+                    self._give_back([self._scratch[2]])
                 self._scratch = None
         elif self.length > 0:
             self._side = 1 - self._side
@@ -262,7 +267,11 @@ class HostPool:
         """Take back `cache`'s host blocks (the cache must not be used afterwards)."""
         if cache.device != "cpu":
             return
-        with self._lock:
-            self._free += [keep for _, _, keep in cache._sides if isinstance(keep, np.ndarray)]
-            self._free = sorted(self._free, key=lambda b: b.size)[-self.keep :]
+        self.give([keep for _, _, keep in cache._sides])
         cache._sides = []
+
+    def give(self, blocks: list[Any]) -> None:
+        """Take back host blocks no graph reads any more (a shared cache's prefill scratch)."""
+        with self._lock:
+            self._free += [b for b in blocks if isinstance(b, np.ndarray)]
+            self._free = sorted(self._free, key=lambda b: b.size)[-self.keep :]

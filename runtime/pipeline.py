@@ -422,7 +422,7 @@ class Pipeline:
         return KVCache(
             self.kv_pool.allocate, int(c["num_layers"]), batch, int(c["num_kv_heads"]),
             int(c["head_dim"]), max_len, self.kv_dtype, self.decode.device,
-            local_layers, local_slots, shared=self.kv_shared,
+            local_layers, local_slots, shared=self.kv_shared, give_back=self.kv_pool.give,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- generation

@@ -104,3 +104,19 @@ def test_a_kept_binding_refuses_a_reloaded_session(tiny_export):
         p.decode.load()
         with pytest.raises(UsageError, match="closed or reloaded"):
             gen.generate_next_token()
+
+
+def test_the_prefill_scratch_goes_back_to_the_pool():
+    """A shared cache's contiguous prefill scratch is handed back once copied, so the next
+    cache (a server's next request) reuses that memory instead of mapping new pages."""
+    from semedge.runtime.kv_cache import HostPool
+
+    pool = HostPool(_alloc)
+    cache = KVCache(pool.allocate, 2, 1, 2, 4, 16, shared=True, give_back=pool.give)
+    for buf in cache.present(6).values():
+        buf.host[...] = 1.0
+    scratch = cache._scratch[2]
+    cache.advance(6)
+    assert cache._scratch is None and any(b is scratch for b in pool._free)
+    nxt = KVCache(pool.allocate, 2, 1, 2, 4, 16, shared=True, give_back=pool.give)
+    assert nxt.present(6)["present.0.key"].host.base is scratch  # reused for the next prefill
