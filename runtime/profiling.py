@@ -163,6 +163,7 @@ def _point(pipe, prompt, ratio, warmup, runs, decode_tokens, timer, peak) -> dic
         "ttft_ms": round(float(np.median(ttfts)), 4),
         "decode_tokens_per_s": round(len(by["decode_token"]) / decode_s, 3) if decode_s else 0.0,
         "peak_rss_mb": round(_peak_rss_mb(), 1), "kv_cache_bytes": int(gen.cache.nbytes),
+        "kv_cache": "in-place" if gen.cache.shared else "ping-pong",
         "prefill_gflops": round(gflops, 3),
         "prefill_fraction_of_peak": round(gflops / peak, 4) if peak else None,
         "stages": stages,

@@ -87,7 +87,9 @@ def command(ctx, export_dir, lengths, ratios, provider, warmup, runs, decode_tok
           r["decode_tokens_per_s"], r["prefill_gflops"], r["peak_rss_mb"],
           round(r["kv_cache_bytes"] / 2**20, 2)] for r in data["runs"]],
     )  # fmt: skip
+    kinds = sorted({r["kv_cache"] for r in data["runs"]})
     click.echo(f"(stage columns: p50 ms; {report.device}, {provider}, matmul peak "
-               f"{report.machine['matmul_peak_gflops']} GFLOP/s)")  # fmt: skip
+               f"{report.machine['matmul_peak_gflops']} GFLOP/s; KV cache "
+               f"{', '.join(kinds) or '-'})")  # fmt: skip
     if not report.runs:
         raise InputError("no (length, ratio) point fits this export's max_context; lower --lengths")

@@ -36,7 +36,7 @@ def test_profile_json_trace_plot(cli, export, tmp_path):
             assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
         assert run["stages"]["prefill"]["n"] == 2 and run["stages"]["decode_token"]["n"] == 2 * 3
         assert run["ttft_ms"] > 0 and run["decode_tokens_per_s"] > 0 and run["peak_rss_mb"] > 0
-        assert run["kv_cache_bytes"] > 0
+        assert run["kv_cache_bytes"] > 0 and run["kv_cache"] == "ping-pong"  # toy: plain graphs
     compressed = data["runs"][2]
     assert compressed["stages"]["encode"]["n"] == 2
     assert compressed["compressed_tokens"] < compressed["context"]

@@ -120,3 +120,13 @@ def test_the_prefill_scratch_goes_back_to_the_pool():
     assert cache._scratch is None and any(b is scratch for b in pool._free)
     nxt = KVCache(pool.allocate, 2, 1, 2, 4, 16, shared=True, give_back=pool.give)
     assert nxt.present(6)["present.0.key"].host.base is scratch  # reused for the next prefill
+
+
+def test_profile_reports_the_cache_kind_and_its_size(pipes):
+    from semedge.runtime.profiling import profile_export
+
+    shared, pingpong = pipes
+    runs = [profile_export(p, [48], [1.0], warmup=0, runs=1, decode_tokens=3).runs[0]
+            for p in (shared, pingpong)]  # fmt: skip
+    assert [r["kv_cache"] for r in runs] == ["in-place", "ping-pong"]
+    assert runs[0]["kv_cache_bytes"] * 2 == runs[1]["kv_cache_bytes"]
