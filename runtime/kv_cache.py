@@ -172,7 +172,9 @@ class KVCache:
         (a local layer's: min(P + new_tokens, its slots)); with `row`, that row's slice, so
         rows can be run one at a time into one step (advance once after all of them).
 
-        For the prefill (P == 0) this is the current side; for decode the other side.
+        For the prefill (P == 0) this is the current side; for decode the other side. A
+        shared cache returns its whole buffers (the same as `past()`: written in place), or for
+        the prefill a contiguous scratch that `advance()` copies in.
 
         Raises:
             InputError: the cache would exceed `max_len`.
