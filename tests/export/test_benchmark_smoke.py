@@ -77,6 +77,21 @@ def test_decode_kv_reports_the_window_on_gemma3_only(tiny_export, tiny_export_ge
     assert "Traceback" not in bad.stderr
 
 
+def test_decode_kv_compares_the_cache_kinds(tiny_export, tmp_path):
+    out = tmp_path / "kinds.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_kv.py"), "--exports", str(tiny_export),
+           "--contexts", "40", "--steps", "2", "--kv", "auto,ping-pong", "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kv_cache"] for r in rows] == ["in-place", "ping-pong"]
+    assert rows[1]["kv_bytes"] == 2 * rows[0]["kv_bytes"] and all(
+        r["ms_per_token"] > 0 for r in rows
+    )
+    bad = subprocess.run([*cmd[:-4], "--kv", "paged"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "--kv" in bad.stderr
+
+
 def test_prefill_chunks_benchmark_runs_and_agrees(tiny_export, tmp_path):
     out = tmp_path / "chunks.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "prefill_chunks.py"), "--export",
