@@ -145,7 +145,7 @@ class DecoderCore(nn.Module):
         self.rope_caches = None
         if attention == "fused" and max_context and not self.gpt2:
             self.rope_caches = self._rope_caches(max_context, weight.dtype)
-        self.eval()
+        self.eval()  # the exporter restores the wrapper's mode on the LM: keep dropout off
 
     def _rope_caches(self, n: int, dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{"global"[, "local"]: (cos, sin) halves (n, H/2)} from the model's own rotary
@@ -161,7 +161,7 @@ class DecoderCore(nn.Module):
             for name, mod in mods.items():
                 cos, sin = mod(x, pos)  # (1, n, H), the two halves equal (rotate-half layout)
                 out[name] = (cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous())
-        return out  # the exporter restores the wrapper's mode on the LM: keep dropout off
+        return out
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) int64 -> (B, T, D) token embeddings (GPT-2: without positions)."""
