@@ -28,6 +28,7 @@ import numpy as np
 from semedge import constants as C
 from semedge.errors import InputError, SemedgeError
 from semedge.runtime import Pipeline
+from semedge.runtime.generator import step_runner
 from semedge.runtime.kv_cache import local_kv
 from semedge.runtime.profiling import device_name
 
@@ -38,19 +39,13 @@ def measure(pipe: Pipeline, context: int, steps: int) -> dict:
     for view in cache.arrays().values():
         view[...] = 0.0
     mask = np.ones((1, context), dtype=np.int64)
-    times, binding = [], None
+    times, step = [], step_runner(pipe.decode, cache)  # bound as Generator._decode binds it
     for s in range(steps + 1):  # the first step warms the session for this shape
         mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
         feeds = {C.INPUT_IDS: np.array([[5]], dtype=np.int64),
                  C.POSITION_IDS: np.array([[context + s]], dtype=np.int64), C.ATTENTION_MASK: mask}  # fmt: skip
         t0 = time.perf_counter()
-        if cache.shared:  # as Generator._decode: the buffers never move
-            cache.check_room(1)
-            if binding is None:
-                binding = pipe.decode.binding({**cache.past(), **cache.present(1)}, [C.LOGITS])
-            binding.run(feeds)
-        else:
-            pipe.decode.run_bound(feeds, {**cache.past(), **cache.present(1)}, [C.LOGITS])
+        step(feeds)
         cache.advance(1)
         times.append(time.perf_counter() - t0)
     return {"context": context, "kv_cache": "in-place" if cache.shared else "ping-pong",

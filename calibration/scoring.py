@@ -17,7 +17,7 @@ import numpy as np
 
 from semedge import constants as C
 from semedge.runtime.backends.ort import OrtBackend
-from semedge.runtime.generator import Generator
+from semedge.runtime.generator import Generator, step_runner
 from semedge.runtime.kv_cache import KVCache, local_kv
 from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 from semedge.runtime.sampling import GenerationConfig
@@ -139,10 +139,6 @@ def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) 
             C.POSITION_IDS: np.array([[past_len]], np.int64),
             C.ATTENTION_MASK: np.ones((1, past_len + 1), np.int64),
         }
-        bound = {**cache.past(), **cache.present(1)}  # a step rewrites the same slot each call
-        if cache.shared:
-            binding = s.binding(bound, [C.LOGITS])
-            calls.append(lambda b=binding, f=feeds, c=cache: b.run(f))
-        else:
-            calls.append(lambda s=s, f=feeds, b=bound, c=cache: s.run_bound(f, b, [C.LOGITS]))
+        step = step_runner(s, cache)  # never advanced: each call rewrites the same slot
+        calls.append(lambda step=step, f=feeds: step(f))
     return _interleaved_ms(calls, steps)

@@ -25,7 +25,7 @@ class RuntimeRunner(Runner):
         self.pipe = pipeline
         self.config = config or pipeline.compression
         self.prefill_chunk = prefill_chunk  # GenerationConfig.prefill_chunk for every prompt
-        self.max_positions = int(pipeline.config.get("max_positions") or pipeline.max_context)
+        self.max_positions = pipeline.max_positions
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         tok = self.pipe.tokenizer

@@ -5,7 +5,7 @@ genai's split: a `Pipeline` is shared and read-only; a `Generator` belongs to on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,9 @@ from semedge.runtime.trace import NULL_TIMER
 if TYPE_CHECKING:
     from semedge.runtime.pipeline import Pipeline, PreparedPrompt
 
-__all__ = ["Generator", "GenerationResult", "batch_inputs", "batch_tokens", "regroup"]
+__all__ = [
+    "Generator", "GenerationResult", "batch_inputs", "batch_tokens", "regroup", "step_runner",
+]  # fmt: skip
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Generator:
         self._pending: np.ndarray | None = None  # (B,) last token, not yet fed to decode
         self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
         self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
-        self._binding: tuple[KVCache, Any] | None = None  # (cache, its decode Binding): shared
+        self._step: Callable[[dict], dict] | None = None  # step_runner over self.cache
 
     @property
     def batch(self) -> int:
@@ -175,15 +177,9 @@ class Generator:
         if self.tap is not None:
             self.tap({**feeds, **self.cache.host_arrays()})
         with self.timer.span("decode_token", position=int(self.cache.length)):
-            if self.cache.shared:  # the buffers never move: bind them once per cache
-                self.cache.check_room(1)
-                if self._binding is None or self._binding[0] is not self.cache:
-                    bound = {**self.cache.past(), **self.cache.present(1)}
-                    self._binding = (self.cache, p.decode.binding(bound, [LOGITS]))
-                out = self._binding[1].run(feeds)
-            else:
-                bound = {**self.cache.past(), **self.cache.present(1)}
-                out = p.decode.run_bound(feeds, bound, [LOGITS])
+            if self._step is None:
+                self._step = step_runner(p.decode, self.cache)
+            out = self._step(feeds)
             self.cache.advance(1)
         self._logits = out[LOGITS][:, -1, :]
         self._next_pos = self._next_pos + 1
@@ -262,6 +258,28 @@ class Generator:
                 )
             )  # fmt: skip
         return out
+
+
+def step_runner(backend: Any, cache: KVCache, fetch: Sequence[str] = (LOGITS,)):
+    """`feeds -> outputs` for one decode step of one token per row over `cache`, bound the way
+    the runtime binds it: an in-place cache once (its buffers never move: `OrtBackend.binding`),
+    a ping-pong cache afresh each step. It checks the cache has room; the caller advances it.
+
+    Raises (from the returned function):
+        InputError: the cache is full, or the feeds do not match the graph.
+    """
+    if cache.shared:
+        binding = backend.binding({**cache.past(), **cache.present(1)}, fetch)
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            cache.check_room(1)
+            return binding.run(feeds)
+    else:
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return backend.run_bound(feeds, {**cache.past(), **cache.present(1)}, fetch)
+
+    return run
 
 
 def regroup(parts: list[tuple[Generator, list[int]]], config: GenerationConfig) -> Generator:

@@ -39,6 +39,7 @@ from semedge.errors import ArtifactError, InputError
 from semedge.logs import log_timed
 from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
+from semedge.runtime.context_limits import check_fits
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import HostPool, KVCache, local_kv
 from semedge.runtime.prompts import PreparedPrompt, span_tokens
@@ -75,6 +76,8 @@ class Pipeline:
         self._owns_backends = True  # False on with_adapter copies: they borrow the sessions
         self.config = manifest.config
         self.max_context = int(self.config["max_context"])
+        # the rotary/position table's length: max_context unless the manifest records more
+        self.max_positions = int(self.config.get("max_positions") or self.max_context)
         eos = self.config["eos_token_id"]
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
         self.compression = compression_from_record(
@@ -270,8 +273,7 @@ class Pipeline:
         (only the `needed` tokens' rows, relevance.states_needed; NaN elsewhere)."""
         from semedge.compressor.windows import encoder_windows, windowed_states
 
-        limit = int(self.config.get("max_positions") or self.max_context)
-        window = min(self.compression.encoder_window, limit)
+        window = min(self.compression.encoder_window, self.max_positions)
         enc = self.backends["encoder"]
 
         def run(start: int, end: int) -> np.ndarray:
@@ -306,9 +308,9 @@ class Pipeline:
             ids = np.asarray(enc.ids, dtype=np.int64)
         T = len(ids)
         compress = ratio is not None and ratio > 1.0
-        self._check_fits(
-            T, T / ratio if compress else T, max_new_tokens, ratio if compress else None
-        )
+        limits = (self.max_context, self.max_positions)
+        check_fits(T, T / ratio if compress else T, max_new_tokens, ratio if compress else None,
+                   *limits)  # fmt: skip
         if not compress:
             with timer.span("merge", tokens=T, compressed=T):
                 return PreparedPrompt(ids, self.embed(ids), np.arange(T, dtype=np.int64), None)
@@ -327,9 +329,8 @@ class Pipeline:
                 embeds = self._adapter(embeds, spans)
             token_at = span_tokens(ids, token_embeds, embeds, spans)
             positions = sp.span_positions(spans, cfg.position_mode())
-        self._check_fits(T, len(positions), max_new_tokens, ratio)
-        pos_limit = int(self.config.get("max_positions") or self.max_context)
-        fitted = sp.compact_positions(positions, pos_limit - max_new_tokens)
+        check_fits(T, len(positions), max_new_tokens, ratio, *limits)
+        fitted = sp.compact_positions(positions, self.max_positions - max_new_tokens)
         nxt = sp.next_position(spans, cfg.position_mode())
         if not np.array_equal(fitted, positions):
             nxt = int(fitted[-1]) + 1
@@ -369,37 +370,6 @@ class Pipeline:
         from semedge.compressor.relevance import query_scores
 
         return query_scores(hidden, self.encode(q_ids), ids, q_ids, text, offsets, cfg)
-
-    def _check_fits(self, T: int, kept: float, new: int, ratio: float | None) -> None:
-        """The cache must hold T' + new positions (max_context). Uncompressed, the position ids
-        run to T + new (max_positions: the rotary/position table; max_context when not
-        recorded); compressed, they are compacted to fit (spans.compact_positions)."""
-        limit = self.max_context
-        pos_limit = int(self.config.get("max_positions") or limit)
-        bigger = lambda n: 1 << int(np.ceil(np.log2(n)))  # noqa: E731
-        if T + new > pos_limit and ratio is None:  # compressed prompts get compacted positions
-            suggest = T / max(min(limit, pos_limit) - new, 1) * 1.05
-            raise InputError(
-                f"prompt has {T} tokens + {new} new tokens but this export's positions end at "
-                f"{pos_limit} (max_context); pass --ratio {max(suggest, 1.1):.1f} to compress it "
-                f"into them or re-export with --max-context {bigger(T + new)}"
-            )
-        need = int(np.ceil(kept)) + new
-        if need <= limit:
-            return
-        fix = f"re-export with --max-context {bigger(need)}"
-        suggest = max(2.4, (T / max(limit - new, 1)) * 1.05)
-        fix += (
-            f" or pass --ratio {suggest:.1f}"
-            if ratio is None
-            else f" or a higher --ratio (> {suggest:.1f})"
-        )
-        what = f"prompt has {T} tokens" + (
-            f" ({int(kept)} after --ratio {ratio:g})" if ratio else ""
-        )
-        raise InputError(
-            f"{what} + {new} new tokens but this export supports {limit} (max_context); {fix}"
-        )
 
     def _shared_kv(self) -> bool:
         """Whether the decode graph's presents can be written in place (kv_cache shared mode):

@@ -11,6 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _bench(script: str, *args) -> subprocess.CompletedProcess:
+    """Run benchmarks/SCRIPT with ARGS from the repository root."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
 def test_export_vs_torch_smoke(tiny_llama, tiny_export, tiny_export_plain, tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "export_vs_torch.py"), str(tiny_export),
            "-m", str(tiny_llama), "--smoke", "--threads", "1", "--torch-bf16", "--torch-int8",
@@ -79,25 +85,22 @@ def test_decode_kv_reports_the_window_on_gemma3_only(tiny_export, tiny_export_ge
 
 def test_decode_kv_compares_the_cache_kinds(tiny_export, tmp_path):
     out = tmp_path / "kinds.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_kv.py"), "--exports", str(tiny_export),
-           "--contexts", "40", "--steps", "2", "--kv", "auto,ping-pong", "--json", str(out)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    args = ["--exports", tiny_export, "--contexts", "40", "--steps", "2"]
+    res = _bench("decode_kv.py", *args, "--kv", "auto,ping-pong", "--json", out)
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["kv_cache"] for r in rows] == ["in-place", "ping-pong"]
     assert rows[1]["kv_bytes"] == 2 * rows[0]["kv_bytes"] and all(
         r["ms_per_token"] > 0 for r in rows
     )
-    bad = subprocess.run([*cmd[:-4], "--kv", "paged"], capture_output=True, text=True, cwd=ROOT)
+    bad = _bench("decode_kv.py", *args, "--kv", "paged")
     assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "--kv" in bad.stderr
 
 
 def test_prefill_chunks_benchmark_runs_and_agrees(tiny_export, tmp_path):
     out = tmp_path / "chunks.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "prefill_chunks.py"), "--export",
-           str(tiny_export), "--lengths", "200", "--chunks", "32,64", "--rounds", "1",
-           "--threads", "1", "--json", str(out)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res = _bench("prefill_chunks.py", "--export", tiny_export, "--lengths", 200, "--chunks",
+                 "32,64", "--rounds", 1, "--threads", 1, "--json", out)  # fmt: skip
     assert res.returncode == 0, res.stderr
     (row,) = json.loads(out.read_text())["rows"]
     assert row["same_next_token"] is True and [c["chunk"] for c in row["chunked"]] == [32, 64]
@@ -115,14 +118,11 @@ def test_genai_baseline_script_refuses_an_unknown_precision_before_any_install(t
 
 def test_stream_threads_benchmark_runs_every_setting(tiny_export, tmp_path):
     out = tmp_path / "streams.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "stream_threads.py"), "--export",
-           str(tiny_export), "--settings", "1x1,1x2", "--lengths", "40,80", "--requests", "3",
-           "--new-tokens", "2", "--json", str(out)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res = _bench("stream_threads.py", "--export", tiny_export, "--settings", "1x1,1x2",
+                 "--lengths", "40,80", "--requests", 3, "--new-tokens", 2, "--json", out)  # fmt: skip
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())
     assert [(r["threads"], r["streams"]) for r in rows] == [(1, 1), (1, 2)]
     assert all(r["requests"] == 3 and r["req_per_s"] > 0 for r in rows)
-    bad = subprocess.run([*cmd[:4], "--settings", "2by1"], capture_output=True, text=True,
-                         cwd=ROOT)  # fmt: skip
+    bad = _bench("stream_threads.py", "--export", tiny_export, "--settings", "2by1")
     assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: --settings")

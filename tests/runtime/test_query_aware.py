@@ -126,7 +126,7 @@ def test_every_ratio_1_to_8_works_on_a_512_token_prompt(pipe, ratio, query):
 
 
 def test_a_prompt_longer_than_the_export_is_compressed_to_fit(pipe):
-    limit = int(pipe.config.get("max_positions") or pipe.max_context)
+    limit = pipe.max_positions
     text = sample_text()
     while len(pipe.tokenize(text).ids) < 1.5 * limit:
         text = text + " " + text
