@@ -315,6 +315,7 @@ class Pipeline:
             with timer.span("merge", tokens=T, compressed=T):
                 return PreparedPrompt(ids, self.embed(ids), np.arange(T, dtype=np.int64), None)
         from semedge.compressor import spans as sp
+        from semedge.compressor.relevance import question_start
 
         cfg = self.compression_config(ratio, query)
         with timer.span("encode", tokens=T):
@@ -322,7 +323,8 @@ class Pipeline:
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
-            spans, tau = sp.find_spans(hidden, protected, cfg, *q)
+            at = question_start(text, offsets) if cfg.reorders_ranked() else None
+            spans, tau = sp.find_spans(hidden, protected, cfg, *q, at)
             token_embeds = self.embed(ids)
             embeds = sp.merge_embeddings(token_embeds, spans, mode=cfg.span_repr)
             if self._adapter is not None:

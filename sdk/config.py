@@ -49,7 +49,12 @@ def replace_set(base: Any, **options: Any) -> Any:
 
 
 # What a stored config that lacks a field meant when it was written (older exports/adapters).
-_BEFORE_FIELD = {"query_share": 0.0, "implicit_query": False, "merged_spans": "keep"}
+_BEFORE_FIELD = {
+    "query_share": 0.0,
+    "implicit_query": False,
+    "merged_spans": "keep",
+    "ranked_order": "text",
+}
 # Default recency window, as a share of the output positions (docs/eval.md): the recent text is
 # what a frozen LM continues from (at 0.5 SmolLM2's continuation of the demo article degenerates,
 # at 0.75 it stays on topic), and with a query 0.75 also answered the suite better than 0.5
@@ -71,6 +76,13 @@ MERGED_SPANS = ("auto", "keep", "drop")
 # "cosine" (best cosine to the mean query state), "bm25" (Okapi BM25 over token ids), "hybrid"
 # (reciprocal-rank fusion of maxsim and bm25).
 QUERY_RELEVANCE = ("maxsim", "cosine", "bm25", "hybrid")
+# Where the ranked (most relevant) sentences are read when merged spans are dropped: "text"
+# (where they stand, in text order), "relevance" (moved to just before the prompt's last
+# paragraph, where the question sits, least relevant first so the most relevant is read last:
+# LongLLMLingua's reordering against "lost in the middle"), "auto": "relevance" when a query is
+# given, else "text" (docs/eval.md: with the question as query it answered the suite better at
+# 2.4x and 4x; without one the last paragraph is text to continue, not a question).
+RANKED_ORDERS = ("auto", "text", "relevance")
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class CompressionConfig:
     query_relevance: str = "maxsim"  # sentence relevance: QUERY_RELEVANCE
     implicit_query: bool = True  # without a query, the prompt's last paragraph serves as one
     merged_spans: str = "auto"  # MERGED_SPANS; see drops_merged()
+    ranked_order: str = "auto"  # RANKED_ORDERS; see reorders_ranked()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # forward-compatible knobs
 
     def __post_init__(self) -> None:
@@ -138,6 +151,10 @@ class CompressionConfig:
         if self.merged_spans not in MERGED_SPANS:
             raise InputError(
                 f"merged_spans must be one of {MERGED_SPANS}, got {self.merged_spans!r}"
+            )
+        if self.ranked_order not in RANKED_ORDERS:
+            raise InputError(
+                f"ranked_order must be one of {RANKED_ORDERS}, got {self.ranked_order!r}"
             )
         if self.encoder_window < 16:
             raise InputError(f"encoder_window must be >= 16 tokens, got {self.encoder_window}")
@@ -189,6 +206,17 @@ class CompressionConfig:
             return self.merged_spans == "drop"
         return self.ranks_sentences()
 
+    def reorders_ranked(self) -> bool:
+        """True when the ranked sentences are read just before the prompt's last paragraph,
+        most relevant last (ranked_order, with "auto" resolved: "relevance" when a query is
+        given). Only where the kept tokens are read as one text (merged spans dropped, "index"
+        positions): moved tokens take the next position ids, never their original ones."""
+        if not (self.ranks_sentences() and self.drops_merged() and self.position_mode() == "index"):
+            return False
+        if self.ranked_order != "auto":
+            return self.ranked_order == "relevance"
+        return bool(self.query)
+
     def digits_protected(self) -> bool:
         """Digits stay verbatim (while they fit) only when no sentences are ranked: otherwise
         the relevant sentences stay verbatim, and a haystack's numbers would take their room."""
@@ -238,7 +266,7 @@ class CompressionConfig:
                   "encoder_layers": 2,
                   "protect_digits": False, "span_repr": "mean", "query_keep": 0.0,
                   "query_share": 0.0, "implicit_query": False, "span_position": "first",
-                  "merged_spans": "keep"}  # fmt: skip
+                  "merged_spans": "keep", "ranked_order": "text"}  # fmt: skip
         return cls(**{**preset, **overrides})
 
     @classmethod

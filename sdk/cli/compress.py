@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from semedge.cli import HELP
 from semedge.cli.common import echo_json, echo_table
@@ -12,12 +13,31 @@ from semedge.cli.common import echo_json, echo_table
 
 def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
     """Readable spans: merged spans in [brackets], every compressed position separated by '|',
-    tokens left out (dropped merged spans) as <k dropped>."""
-    parts, size, shown, prev = [], 0, 0, 0
+    tokens left out (dropped merged spans) as <k dropped>, and where ranked sentences were
+    moved to be read before the question (ranked_order), <moved: ... :moved>."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    covered = np.zeros(len(input_ids) + 1, dtype=np.int64)
     for s, e in spans.tolist():
-        if s > prev:
-            parts.append(f"<{s - prev} dropped>")
-        prev = e
+        covered[s:e] = 1
+    kept_before = np.concatenate([[0], np.cumsum(covered[:-1])])  # kept tokens before index i
+
+    def dropped(a: int, b: int) -> str | None:
+        k = (b - a) - int(kept_before[b] - kept_before[a])
+        return f"<{k} dropped>" if k > 0 else None
+
+    parts, size, shown, prev, moved = [], 0, 0, 0, False
+    for s, e in spans.tolist():
+        if s < prev and not moved:
+            parts.append("<moved:")
+            moved = True
+        elif s >= prev:
+            if moved:
+                parts.append(":moved>")
+                moved = False
+            gap = dropped(prev, s)
+            if gap:
+                parts.append(gap)
+            prev = e
         piece = tokenizer.decode(input_ids[s:e].tolist())
         piece = f"[{piece}]" if e - s > 1 else piece
         parts.append(piece)
@@ -27,8 +47,11 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
             parts.append(f" ... ({len(spans) - shown} more positions)")
             break
     else:
-        if prev < len(input_ids):
-            parts.append(f"<{len(input_ids) - prev} dropped>")
+        if moved:
+            parts.append(":moved>")
+        gap = dropped(prev, len(input_ids))
+        if gap:
+            parts.append(gap)
     return "|".join(parts)
 
 

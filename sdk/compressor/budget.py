@@ -16,7 +16,10 @@ from semedge.errors import InputError
 if TYPE_CHECKING:
     from semedge.config import CompressionConfig
 
-__all__ = ["min_spans", "budget", "too_short", "protect_relevant_units", "kept_token_spans"]
+__all__ = [
+    "min_spans", "budget", "too_short", "protect_relevant_units", "kept_token_spans",
+    "reading_order",
+]  # fmt: skip
 
 
 def min_spans(protected: np.ndarray, max_span: int) -> int:
@@ -99,6 +102,7 @@ def kept_token_spans(
     unit_scores: tuple[np.ndarray, np.ndarray] | None,
     config: CompressionConfig,
     T: int,
+    question_at: int | None = None,
 ) -> np.ndarray:
     """The spans when merged spans are dropped (config.drops_merged()): one singleton per kept
     token, the rest left out of the LM's input.
@@ -119,14 +123,41 @@ def kept_token_spans(
     keep = np.asarray(protected, dtype=bool).reshape(T).copy()
     if int(keep.sum()) > hi_n:
         raise too_short(T, int(keep.sum()), int(keep.sum()), config)
+    ranked = np.zeros(T, dtype=bool)
     if unit_scores is not None:
         units, scores = unit_scores
+        before = keep
         keep = protect_relevant_units(keep, units, scores, n, config.query_share, run_cost=False)
+        ranked = keep & ~before
     room = n - int(keep.sum())
     if room > 0:
         keep[np.flatnonzero(~keep)[-room:]] = True
     idx = np.flatnonzero(keep).astype(np.int64)
+    if unit_scores is not None and question_at is not None and config.reorders_ranked():
+        idx = reading_order(idx, ranked, unit_scores[0], unit_scores[1], question_at)
     return np.stack([idx, idx + 1], axis=1).reshape(-1, 2)
+
+
+def reading_order(kept: np.ndarray, ranked: np.ndarray, units: np.ndarray, scores: np.ndarray,
+                  question_at: int) -> np.ndarray:  # fmt: skip
+    """`kept` (token indices, in text order) with the `ranked` ones before `question_at` moved
+    to just before it, whole sentences least relevant first (ties in text order), so the most
+    relevant sentence is read right before the question; everything else keeps its order.
+
+    Args:
+        kept: (n,) int64 sorted token indices; ranked: (T,) bool tokens kept for relevance.
+        units: (T,) sentence id per token; scores: (U,) relevance per sentence.
+        question_at: first token of the prompt's last paragraph.
+    """
+    kept = np.asarray(kept, dtype=np.int64)
+    move = np.asarray(ranked, dtype=bool)[kept] & (kept < question_at)
+    if not move.any():
+        return kept
+    moved = kept[move]
+    score = np.asarray(scores, dtype=np.float64)[np.asarray(units)[moved]]
+    moved = moved[np.lexsort((moved, np.where(np.isfinite(score), score, -np.inf)))]
+    stay = kept[~move]
+    return np.concatenate([stay[stay < question_at], moved, stay[stay >= question_at]])
 
 
 def _free_runs_count(protected: np.ndarray) -> int:

@@ -18,7 +18,12 @@ import numpy as np
 
 from semedge.compressor.encoders import LMEncoder, MiniLMEncoder, encode_lm_windows
 from semedge.compressor.merging import next_position
-from semedge.compressor.relevance import implicit_query_scores, query_scores, states_needed
+from semedge.compressor.relevance import (
+    implicit_query_scores,
+    query_scores,
+    question_start,
+    states_needed,
+)
 from semedge.compressor.spans import (
     check_spans,
     find_spans,
@@ -264,7 +269,8 @@ class SemTokenCompressor:
         else:
             hidden, query_sim, unit_scores = self._features(cfg, toks, query)
             prot = protected_mask(toks.texts, toks.special, cfg, toks.text, toks.offsets)
-            spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores)
+            at = question_start(toks.text, toks.offsets) if cfg.reorders_ranked() else None
+            spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores, at)
         t1 = time.perf_counter()
         stats = {
             "original_tokens": T,

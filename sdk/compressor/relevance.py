@@ -22,6 +22,7 @@ __all__ = [
     "query_scores",
     "implicit_query",
     "implicit_query_scores",
+    "question_start",
     "bm25_scores",
     "states_needed",
 ]
@@ -245,6 +246,18 @@ def _alnum_chars(text: str) -> np.ndarray:
         kinds, inverse = np.unique(codes[wide], return_inverse=True)
         out[wide] = np.array([chr(int(c)).isalnum() for c in kinds])[inverse]
     return out
+
+
+def question_start(text: str, offsets: np.ndarray) -> int | None:
+    """Token index where the prompt's last paragraph (after its last blank line) begins: where
+    ranked sentences are read when CompressionConfig.reorders_ranked(). None without a blank
+    line (no paragraph to put them before)."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    breaks = [m.end() for m in _BLANK_LINE.finditer(text.rstrip())]
+    if not breaks:
+        return None
+    start = int(np.searchsorted(offsets[:, 0], breaks[-1], side="left"))
+    return start if 0 < start < len(offsets) else None
 
 
 def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QUERY_TOKENS):

@@ -253,6 +253,7 @@ def find_spans(
     config: CompressionConfig,
     query_sim: np.ndarray | None = None,
     unit_scores: tuple[np.ndarray, np.ndarray] | None = None,
+    question_at: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Spans for one prompt at the asked ratio (or target_tokens): the single control knob.
 
@@ -272,6 +273,8 @@ def find_spans(
         unit_scores: (units (T,) int unit id per token, scores (U,) relevance per unit) in
             query mode: the most relevant units stay verbatim within config.query_share of the
             budget the protected tokens leave (protect_relevant_units).
+        question_at: first token of the prompt's last paragraph (relevance.question_start):
+            with config.reorders_ranked(), the ranked sentences are read just before it.
 
     max_span grows past config.max_span when the budget needs longer spans (high ratios), so
     any ratio works unless the protected tokens alone exceed the budget. With
@@ -304,7 +307,8 @@ def find_spans(
     if config.merged_spans == "drop" or (config.drops_merged() and ranking):
         if protected.sum() > hi_n:  # the query's tokens would not fit: drop them
             protected = base
-        return kept_token_spans(protected, unit_scores if ranking else None, config, T), 1.0
+        kept = kept_token_spans(protected, unit_scores if ranking else None, config, T, question_at)
+        return kept, 1.0
     if ranking:
         units, scores = unit_scores
         protected = protect_relevant_units(protected, units, scores, target, config.query_share)
@@ -380,8 +384,9 @@ def _repair(
 def check_spans(spans: np.ndarray, T: int, gaps: bool = False) -> np.ndarray:
     """Validate (n, 2) [start, end) spans covering 0..T in order; return them as int64.
 
-    With `gaps`, spans may leave tokens out (dropped: config.drops_merged()); they must still
-    be non-empty, in order, not overlapping and within 0..T.
+    With `gaps`, spans may leave tokens out (dropped: config.drops_merged()) and come in
+    reading order (ranked sentences moved: budget.reading_order); they must still be
+    non-empty, not overlapping and within 0..T.
 
     Raises:
         InputError: the spans are not contiguous, ordered, non-empty and covering 0..T.
@@ -389,11 +394,12 @@ def check_spans(spans: np.ndarray, T: int, gaps: bool = False) -> np.ndarray:
     spans = np.asarray(spans, dtype=np.int64)
     if spans.ndim != 2 or spans.shape[1] != 2 or len(spans) == 0:
         raise InputError(f"spans must be a non-empty (n, 2) array, got shape {spans.shape}")
-    if gaps:
-        if spans[0, 0] < 0 or spans[-1, 1] > T:
-            raise InputError(f"spans must lie in 0..{T}, got {spans[0, 0]}..{spans[-1, 1]}")
-        if np.any(spans[:, 1] <= spans[:, 0]) or np.any(spans[1:, 0] < spans[:-1, 1]):
-            raise InputError("spans must be non-empty, non-overlapping [start, end) pairs in order")
+    if gaps:  # in reading order: text order, or ranked sentences moved (reading_order)
+        s = spans[np.argsort(spans[:, 0], kind="stable")]
+        if s[0, 0] < 0 or s[-1, 1] > T:
+            raise InputError(f"spans must lie in 0..{T}, got {s[0, 0]}..{s[-1, 1]}")
+        if np.any(s[:, 1] <= s[:, 0]) or np.any(s[1:, 0] < s[:-1, 1]):
+            raise InputError("spans must be non-empty, non-overlapping [start, end) pairs")
         return spans
     if spans[0, 0] != 0 or spans[-1, 1] != T:
         raise InputError(f"spans must cover 0..{T}, got {spans[0, 0]}..{spans[-1, 1]}")

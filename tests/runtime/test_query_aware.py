@@ -58,6 +58,8 @@ def test_query_spans_equal_between_pytorch_and_runtime(compressor, pipe, ratio, 
     assert want.stats["dropped_tokens"] == len(want.input_ids) - lengths.sum()
     assert (want.stats["dropped_tokens"] > 0) == (merged != "keep")
     np.testing.assert_array_equal(got.spans, want.spans)
+    moved = bool((np.diff(want.spans[:, 0]) < 0).any())  # ranked sentences read out of order
+    assert moved == (query is not None and merged == "auto")  # ranked_order "auto"
     np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
     np.testing.assert_allclose(got.embeds, want.inputs_embeds[0].numpy(), atol=1e-5)
     assert got.first_new_position == want.next_position
@@ -110,6 +112,41 @@ def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
         kept0 = set(without.spans[without.spans[:, 1] - without.spans[:, 0] == 1, 0].tolist())
         assert not set(needle) <= kept0, ratio  # without any query it is merged away
         assert abs(len(with_q.positions) - len(enc.ids) / ratio) <= 0.02 * len(enc.ids) / ratio + 1
+
+
+def test_with_a_query_the_relevant_sentence_is_read_right_before_the_question(pipe):
+    text = _prompt()
+    enc = pipe.tokenize(text)
+    q_at = text.rfind("\n\n" + QUESTION) + 2
+    question = int(np.searchsorted(np.asarray(enc.offsets)[:, 0], q_at))
+    start = text.find(NEEDLE)
+    needle = [i for i, (a, b) in enumerate(enc.offsets) if start <= a and b <= start + len(NEEDLE)]
+    got = pipe.prepare(text, 2.4, QUESTION)
+    order = got.spans[:, 0].tolist()
+    at = order.index(question)  # the question paragraph comes last, in text order
+    assert order[at:] == list(range(question, len(enc.ids)))
+    assert order[at - len(needle) : at] == needle  # the most relevant sentence read last
+    assert sorted(order) == sorted(set(order)) and len(order) == len(got.positions)
+    with _config(pipe, ranked_order="text"):  # where they stand: text order
+        plain = pipe.prepare(text, 2.4, QUESTION)
+    assert plain.spans[:, 0].tolist() == sorted(order)  # the same tokens, another order
+    assert pipe.prepare(text, 2.4, None).spans[:, 0].tolist() == sorted(
+        pipe.prepare(text, 2.4, None).spans[:, 0].tolist()
+    )  # without a query the last paragraph is text to continue: nothing moves
+
+
+def test_reading_order_moves_ranked_sentences_before_the_question_least_relevant_first():
+    from semedge.compressor.budget import reading_order
+
+    units = np.repeat(np.arange(6), 3)  # 6 sentences of 3 tokens; the last is the question
+    scores = np.array([0.1, 0.9, 0.0, 0.5, 0.2, 0.0])
+    kept = np.array([0, 3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+    ranked = np.zeros(18, bool)
+    ranked[[3, 4, 5, 9, 10, 11]] = True  # sentences 1 and 3 kept for relevance
+    got = reading_order(kept, ranked, units, scores, question_at=15)
+    assert got.tolist() == [0, 12, 13, 14, 9, 10, 11, 3, 4, 5, 15, 16, 17]
+    none = reading_order(kept, np.zeros(18, bool), units, scores, question_at=15)
+    assert none.tolist() == kept.tolist()
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0])
@@ -193,6 +230,7 @@ def test_implicit_query_spans_equal_between_pytorch_and_runtime(compressor, pipe
     want = compressor.compress(text, ratio=2.4)
     got = pipe.prepare(text, 2.4, None)
     np.testing.assert_array_equal(got.spans, want.spans)
+    assert (np.diff(want.spans[:, 0]) > 0).all()  # no query given: text order
     np.testing.assert_array_equal(got.positions, want.position_ids[0].numpy())
     assert got.first_new_position == want.next_position
     with _no_ranking(pipe):
