@@ -70,11 +70,14 @@ def span_view(tokenizer, input_ids, spans, max_chars: int = 0) -> str:
 @click.option("--merged-spans", type=click.Choice(["auto", "keep", "drop"]), default=None,
               help="Merged spans: one position each (keep) or left out (drop; auto, the "
               "default: drop when sentences are ranked by a query).")  # fmt: skip
+@click.option("--ranked-order", type=click.Choice(["auto", "text", "relevance"]), default=None,
+              help="Ranked sentences read where they stand (text) or just before the question, "
+              "most relevant last (relevance; auto, the default: relevance with --query).")  # fmt: skip
 @click.option("--max-chars", type=int, default=4000, show_default=True,
               help="Characters of the span view to print (0: all).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(file, ratio, target_tokens, encoder, query, protect, model_spec, recency_window,
-            max_span, merged_spans, max_chars, as_json) -> None:  # fmt: skip
+            max_span, merged_spans, ranked_order, max_chars, as_json) -> None:  # fmt: skip
     from semedge.checks import check_int
     from semedge.compressor import SemTokenCompressor
     from semedge.config import CompressionConfig, replace_set
@@ -84,7 +87,7 @@ def command(file, ratio, target_tokens, encoder, query, protect, model_spec, rec
     check_int(max_chars, "--max-chars", 0)
     options = dict(ratio=ratio, target_tokens=target_tokens, encoder=encoder,
                    recency_window=recency_window, max_span=max_span,
-                   merged_spans=merged_spans)  # fmt: skip
+                   merged_spans=merged_spans, ranked_order=ranked_order)  # fmt: skip
     if protect:
         options["protected_strings"] = tuple(protect)
     config = replace_set(CompressionConfig(), **options)  # validates ratio etc. before loading

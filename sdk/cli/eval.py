@@ -60,6 +60,12 @@ def _knobs(f):
             help="Merged spans: one position each (keep), or left out (drop; auto: drop when "
             "sentences are ranked by a query).",
         ),
+        click.option(
+            "--ranked-order",
+            type=click.Choice(["auto", "text", "relevance"]),
+            help="Ranked sentences read where they stand (text) or just before the question, "
+            "most relevant last (relevance; auto: relevance when a query is given).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -67,7 +73,8 @@ def _knobs(f):
 
 
 def _pop_knobs(kw: dict) -> dict:
-    names = ("preset", "span_repr", "recency_window", "max_span", "encoder_layers", "merged_spans")
+    names = ("preset", "span_repr", "recency_window", "max_span", "encoder_layers", "merged_spans",
+             "ranked_order")  # fmt: skip
     return {k: kw.pop(k) for k in names}
 
 

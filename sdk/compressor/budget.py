@@ -142,19 +142,23 @@ def reading_order(kept: np.ndarray, ranked: np.ndarray, units: np.ndarray, score
                   question_at: int) -> np.ndarray:  # fmt: skip
     """`kept` (token indices, in text order) with the `ranked` ones before `question_at` moved
     to just before it, whole sentences least relevant first (ties in text order), so the most
-    relevant sentence is read right before the question; everything else keeps its order.
+    relevant sentence is read right before the question; everything else keeps its order. A
+    sentence partly kept for another reason (its first tokens are attention sinks) stays whole
+    where it is.
 
     Args:
         kept: (n,) int64 sorted token indices; ranked: (T,) bool tokens kept for relevance.
         units: (T,) sentence id per token; scores: (U,) relevance per sentence.
         question_at: first token of the prompt's last paragraph.
     """
-    kept = np.asarray(kept, dtype=np.int64)
+    kept, units = np.asarray(kept, dtype=np.int64), np.asarray(units)
     move = np.asarray(ranked, dtype=bool)[kept] & (kept < question_at)
+    anchored = np.isin(units[kept], units[kept[~move]])  # part of it stays (sinks): no split
+    move &= ~anchored
     if not move.any():
         return kept
     moved = kept[move]
-    score = np.asarray(scores, dtype=np.float64)[np.asarray(units)[moved]]
+    score = np.asarray(scores, dtype=np.float64)[units[moved]]
     moved = moved[np.lexsort((moved, np.where(np.isfinite(score), score, -np.inf)))]
     stay = kept[~move]
     return np.concatenate([stay[stay < question_at], moved, stay[stay >= question_at]])

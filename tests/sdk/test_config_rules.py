@@ -43,9 +43,21 @@ def test_the_default_selects_tokens_and_scales_its_recency_window_with_the_budge
     assert stored.position_mode() == "first" and stored.digits_protected()
 
 
+def test_ranked_sentences_move_before_the_question_only_with_a_query():
+    assert CompressionConfig(query="Where?").reorders_ranked()
+    assert not CompressionConfig().reorders_ranked()  # the last paragraph is text to continue
+    assert CompressionConfig(ranked_order="relevance").reorders_ranked()
+    assert not CompressionConfig(query="Where?", ranked_order="text").reorders_ranked()
+    assert not CompressionConfig(query="Where?", merged_spans="keep").reorders_ranked()
+    assert not CompressionConfig(query="Where?", span_position="first").reorders_ranked()
+    old = {k: v for k, v in CompressionConfig().to_dict().items() if k != "ranked_order"}
+    assert CompressionConfig.from_dict(old).ranked_order == "text"  # as it compressed then
+
+
 @pytest.mark.parametrize("bad", [{"ratio": math.nan}, {"ratio": math.inf}, {"ratio": 0.5},
                                  {"query_share": 1.5}, {"query_share": math.nan},
-                                 {"query": "  "}, {"query_relevance": "tfidf"}])  # fmt: skip
+                                 {"query": "  "}, {"query_relevance": "tfidf"},
+                                 {"ranked_order": "random"}])  # fmt: skip
 def test_bad_compression_options_are_input_errors(bad):
     with pytest.raises(InputError):
         CompressionConfig(**bad)
