@@ -249,15 +249,16 @@ def _alnum_chars(text: str) -> np.ndarray:
 
 
 def question_start(text: str, offsets: np.ndarray) -> int | None:
-    """Token index where the prompt's last paragraph (after its last blank line) begins: where
-    ranked sentences are read when CompressionConfig.reorders_ranked(). None without a blank
-    line (no paragraph to put them before)."""
+    """Index of the token that opens the prompt's last blank line (the break before its last
+    paragraph, where a question sits): ranked sentences are read just before it when
+    CompressionConfig.reorders_ranked(), so the break still separates them from the question.
+    None without a blank line (no paragraph to put them before)."""
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    breaks = [m.end() for m in _BLANK_LINE.finditer(text.rstrip())]
+    breaks = [m.start() for m in _BLANK_LINE.finditer(text.rstrip())]
     if not breaks:
         return None
-    start = int(np.searchsorted(offsets[:, 0], breaks[-1], side="left"))
-    return start if 0 < start < len(offsets) else None
+    at = int(np.searchsorted(offsets[:, 1], breaks[-1], side="right"))  # the token holding it
+    return at if 0 < at < len(offsets) else None
 
 
 def implicit_query(text: str, offsets: np.ndarray, max_tokens: int = IMPLICIT_QUERY_TOKENS):

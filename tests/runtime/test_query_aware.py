@@ -117,13 +117,14 @@ def test_the_query_keeps_the_relevant_sentence_verbatim(pipe):
 def test_with_a_query_the_relevant_sentence_is_read_right_before_the_question(pipe):
     text = _prompt()
     enc = pipe.tokenize(text)
-    q_at = text.rfind("\n\n" + QUESTION) + 2
-    question = int(np.searchsorted(np.asarray(enc.offsets)[:, 0], q_at))
+    q_at = text.rfind("\n\n" + QUESTION)  # the break, then the question
+    question = int(np.searchsorted(np.asarray(enc.offsets)[:, 1], q_at, side="right"))
+    assert pipe.tokenizer.decode([int(enc.ids[question])]).startswith("\n")  # the break
     start = text.find(NEEDLE)
     needle = [i for i, (a, b) in enumerate(enc.offsets) if start <= a and b <= start + len(NEEDLE)]
     got = pipe.prepare(text, 2.4, QUESTION)
     order = got.spans[:, 0].tolist()
-    at = order.index(question)  # the question paragraph comes last, in text order
+    at = order.index(question)  # the break and the question paragraph come last, in order
     assert order[at:] == list(range(question, len(enc.ids)))
     assert order[at - len(needle) : at] == needle  # the most relevant sentence read last
     assert sorted(order) == sorted(set(order)) and len(order) == len(got.positions)
