@@ -149,7 +149,7 @@ def reading_order(kept: np.ndarray, ranked: np.ndarray, units: np.ndarray, score
     Args:
         kept: (n,) int64 sorted token indices; ranked: (T,) bool tokens kept for relevance.
         units: (T,) sentence id per token; scores: (U,) relevance per sentence.
-        question_at: first token of the prompt's last paragraph.
+        question_at: the token that opens the last blank line (relevance.question_start).
     """
     kept, units = np.asarray(kept, dtype=np.int64), np.asarray(units)
     move = np.asarray(ranked, dtype=bool)[kept] & (kept < question_at)

@@ -273,7 +273,7 @@ def find_spans(
         unit_scores: (units (T,) int unit id per token, scores (U,) relevance per unit) in
             query mode: the most relevant units stay verbatim within config.query_share of the
             budget the protected tokens leave (protect_relevant_units).
-        question_at: first token of the prompt's last paragraph (relevance.question_start):
+        question_at: the token that opens the prompt's last blank line (question_start):
             with config.reorders_ranked(), the ranked sentences are read just before it.
 
     max_span grows past config.max_span when the budget needs longer spans (high ratios), so
