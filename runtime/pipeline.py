@@ -323,7 +323,7 @@ class Pipeline:
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             q = self._query_scores(hidden, ids, text, offsets, query, cfg)
         with timer.span("merge", tokens=T) as _:
-            at = question_start(text, offsets) if cfg.reorders_ranked() else None
+            at = question_start(text, offsets)  # used where cfg.reorders_ranked()
             spans, tau = sp.find_spans(hidden, protected, cfg, *q, at)
             token_embeds = self.embed(ids)
             embeds = sp.merge_embeddings(token_embeds, spans, mode=cfg.span_repr)

@@ -269,7 +269,7 @@ class SemTokenCompressor:
         else:
             hidden, query_sim, unit_scores = self._features(cfg, toks, query)
             prot = protected_mask(toks.texts, toks.special, cfg, toks.text, toks.offsets)
-            at = question_start(toks.text, toks.offsets) if cfg.reorders_ranked() else None
+            at = question_start(toks.text, toks.offsets)  # used where cfg.reorders_ranked()
             spans, tau = find_spans(hidden, prot, cfg, query_sim, unit_scores, at)
         t1 = time.perf_counter()
         stats = {
