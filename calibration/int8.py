@@ -51,7 +51,7 @@ from semedge.calibration.schemes import (
     weight_hints,
     weight_matmuls,
 )
-from semedge.calibration.sensitivity import GRANULARITIES, group_nodes, search_exclusions
+from semedge.calibration.sensitivity import GRANULARITIES, Trial, group_nodes, search_exclusions
 from semedge.deps import require
 from semedge.errors import AccuracyError, ArtifactError, InputError
 from semedge.logs import log_timed
@@ -86,6 +86,7 @@ class Int8Config:
     target: str = "ort-cpu"  # ort-cpu | ort-gpu | tensorrt
     scheme: str = "auto"  # auto (measure the target's schemes) or one of them
     max_ppl_increase: float = 3.0  # percent
+    min_top1: float = 0.0  # top-1 agreement with fp32 on the held-out windows (0: no floor)
     granularity: str = "auto"  # sensitivity groups: auto | role | layer | node
     per_channel: bool = False
     eval_windows: int = 4  # held-out windows for ppl / agreement
@@ -111,6 +112,8 @@ class Int8Config:
             raise InputError(
                 f"--max-ppl-increase must be >= 0 percent, got {self.max_ppl_increase:g}"
             )
+        if not 0.0 <= self.min_top1 <= 1.0:
+            raise InputError(f"--min-top1 must be in [0, 1], got {self.min_top1:g}")
         if self.granularity not in GRANULARITIES:
             raise InputError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
         for name in ("samples", "seq_len", "eval_windows", "eval_context", "eval_tokens"):
@@ -237,7 +240,7 @@ def _mb(run: _Run, folder: Path) -> float:
     return sum(_graph(run, folder, g).stat().st_size for g in GRAPHS) / 1e6
 
 
-def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
+def _run_scheme(run: _Run, scheme: str, base: scoring.HeldOutScore) -> dict[str, Any]:
     """Sensitivity search for one scheme; returns its candidate record (or its failure)."""
     import onnx
 
@@ -246,12 +249,14 @@ def _run_scheme(run: _Run, scheme: str, baseline: float) -> dict[str, Any]:
         hints.update(weight_hints(onnx.load(str(run.named[graph]), load_external_data=False)))
     groups = group_nodes(list(hints), run.config.granularity, hints)
 
-    def evaluate(exclude: list[str]) -> float:
-        return run.score(run.build(scheme, exclude)).ppl
+    def evaluate(exclude: list[str]) -> Trial:
+        q = run.score(run.build(scheme, exclude))
+        return Trial(q.ppl, scoring.agreement(base, q), scoring.divergence(base, q))
 
     with log_timed(log, f"scheme {scheme}: sensitivity search"):
         try:
-            res = search_exclusions(groups, evaluate, baseline, run.config.max_ppl_increase)
+            res = search_exclusions(groups, evaluate, base.ppl, run.config.max_ppl_increase,
+                                    run.config.min_top1)  # fmt: skip
         except AccuracyError as err:
             return {"scheme": scheme, "passed": False, "error": str(err)}
     folder = run.build(scheme, sorted(res.kept_nodes))
@@ -377,7 +382,7 @@ def calibrate_int8(
                    [stream.text_of(w) for w in cal], [stream.ids[w] for w in held])  # fmt: skip
         with log_timed(log, "scoring fp32 on held-out text"):
             base = scoring.score_graphs(pipe, run.held, config.eval_context)
-        candidates = [_run_scheme(run, s, base.ppl) for s in config.schemes]
+        candidates = [_run_scheme(run, s, base) for s in config.schemes]
         best = _pick(run, candidates)
         report = _report(run, best, base, candidates, out)
         _write(run, manifest, best, report, out, overwrite)
@@ -393,7 +398,7 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
         out_dir=str(out), target=run.config.target, scheme=best["scheme"],
         method=run.config.method, budget_pct=run.config.max_ppl_increase,
         ppl_fp32=base.ppl, ppl_int8=q.ppl, top1_agreement=scoring.agreement(base, q),
-        prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
+        min_top1=run.config.min_top1, prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
         decode_ms_fp32=best["decode_ms_fp32"], decode_ms_int8=best["decode_ms"],
         speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run, run.src),
         quantized_nodes=best["quantized_nodes"], kept_high_precision=sorted(kept),
@@ -427,6 +432,7 @@ def _write(
             "method": report.method, "kept_high_precision": report.kept_high_precision,
             "ppl_fp32": report.ppl_fp32, "ppl_int8": report.ppl_int8,
             "top1_agreement": report.top1_agreement, "budget_pct": report.budget_pct,
+            "min_top1": report.min_top1,
         }  # fmt: skip
         created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
         extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}

@@ -190,6 +190,15 @@ def held_out_windows(tokenizer, text: str, cfg: PrecisionConfig) -> list[np.ndar
     return [tail[i * n : (i + 1) * n] for i in range(cfg.eval_windows)]
 
 
+def text_before_windows(tokenizer, text: str, cfg: PrecisionConfig) -> str:
+    """`text` up to the gate's held-out windows (held_out_windows): what the candidates tune on.
+    The int8 search scores its own held-out windows, the ones just before these, so the gate
+    scores text that no choice was made on."""
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    start = len(enc.ids) - cfg.eval_windows * (cfg.eval_context + cfg.eval_tokens)
+    return text[: int(enc.offsets[max(start, 0)][0])]
+
+
 def score_pipeline(pipe, windows: list[np.ndarray], context: int) -> tuple[np.ndarray, np.ndarray]:
     """Per scored token (nll, argmax) through the runtime's backends and KV cache: prefill
     `context` tokens of each window, then decode the rest teacher-forced."""
@@ -286,9 +295,9 @@ def _convert(precision: str, fp32_dir: Path, out: Path, data: Path, cfg: Precisi
 
     i8 = Int8Config(
         scheme="dynamic", per_channel=True, max_ppl_increase=cfg.max_ppl_increase,
-        samples=cfg.int8_samples, seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows,
-        eval_context=cfg.eval_context, eval_tokens=cfg.eval_tokens,
-        speed_tokens=cfg.speed_tokens, speed_repeats=1,
+        min_top1=cfg.min_top1, samples=cfg.int8_samples, seq_len=cfg.int8_seq_len,
+        eval_windows=cfg.eval_windows, eval_context=cfg.eval_context,
+        eval_tokens=cfg.eval_tokens, speed_tokens=cfg.speed_tokens, speed_repeats=1,
     )  # fmt: skip
     calibrate_int8(fp32_dir, out, data, i8, cache_root=out.parent / "range-cache")
     return out
@@ -301,9 +310,10 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
     from semedge.calibration.int8 import Int8Config, calibrate_int8
 
     i8 = Int8Config(
-        scheme="weight-only", max_ppl_increase=cfg.max_ppl_increase, samples=cfg.int8_samples,
-        seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows, eval_context=cfg.eval_context,
-        eval_tokens=cfg.eval_tokens, speed_tokens=cfg.speed_tokens, speed_repeats=1,
+        scheme="weight-only", max_ppl_increase=cfg.max_ppl_increase, min_top1=cfg.min_top1,
+        samples=cfg.int8_samples, seq_len=cfg.int8_seq_len, eval_windows=cfg.eval_windows,
+        eval_context=cfg.eval_context, eval_tokens=cfg.eval_tokens,
+        speed_tokens=cfg.speed_tokens, speed_repeats=1,
         graphs=(C.DECODE_ONNX,),
     )  # fmt: skip
     tmp = cand.parent / f"{cand.name}-int8-decode"
@@ -415,6 +425,8 @@ def export_precision(
         ref_dir = fp32_export("plain" if wanted == ["bf16"] else ecfg.attention)
         with Pipeline.from_pretrained(ref_dir, providers="cpu", verify=False) as ref_pipe:
             windows = held_out_windows(ref_pipe.tokenizer, text, cfg)
+            tune = scratch / "tuning-text.txt"  # the candidates' searches never see the gate's
+            tune.write_text(text_before_windows(ref_pipe.tokenizer, text, cfg), encoding="utf-8")
             with log_timed(log, "scoring fp32 on held-out text"):
                 ref = score_pipeline(ref_pipe, windows, cfg.eval_context)
             max_ctx = ref_pipe.max_context
@@ -425,8 +437,8 @@ def export_precision(
             rec: dict[str, Any] = {"precision": p, "provider": provider}
             try:
                 with log_timed(log, f"{p} candidate"):
-                    _convert(p, src, cand, data, cfg)
-                    decode8 = _int8_decode(src, cand, data, cfg) if (
+                    _convert(p, src, cand, tune, cfg)
+                    decode8 = _int8_decode(src, cand, tune, cfg) if (
                         p == "bf16" and cfg.int8_decode) else None  # fmt: skip
                     for hook in _CANDIDATE_HOOKS:
                         hook(p, cand)

@@ -24,6 +24,7 @@ class Int8Report:
     ppl_fp32: float
     ppl_int8: float
     top1_agreement: float  # fraction of held-out tokens with the same argmax as fp32
+    min_top1: float = 0.0  # --min-top1 (0: no floor)
     prefill_ms_fp32: float | None = None
     prefill_ms_int8: float | None = None
     decode_ms_fp32: float | None = None
@@ -54,7 +55,8 @@ class Int8Report:
 
     @property
     def passed(self) -> bool:
-        return self.ppl_increase_pct <= self.budget_pct + 1e-9
+        return (self.ppl_increase_pct <= self.budget_pct + 1e-9
+                and self.top1_agreement >= self.min_top1 - 1e-12)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,7 +72,8 @@ class Int8Report:
         """(metric, fp32, int8, ratio) rows for a table (a graph not timed has no row)."""
         rows = [
             ["perplexity", self.ppl_fp32, self.ppl_int8, f"{self.ppl_increase_pct:+.2f} %"],
-            ["top-1 agreement", 1.0, self.top1_agreement, ""],
+            ["top-1 agreement", 1.0, self.top1_agreement,
+             f">= {self.min_top1:g}" if self.min_top1 > 0 else ""],
             [
                 f"prefill ms @{self.speed_tokens}",
                 self.prefill_ms_fp32,

@@ -26,6 +26,7 @@ __all__ = [
     "HeldOutScore",
     "score_graphs",
     "agreement",
+    "divergence",
     "leading_specials",
     "prefill_ms",
     "decode_ms",
@@ -86,6 +87,23 @@ def leading_specials(pipe: Pipeline) -> np.ndarray:
 def agreement(a: HeldOutScore, b: HeldOutScore) -> float:
     """Fraction of scored tokens where both pick the same top-1 token."""
     return float(np.mean(a.argmax == b.argmax))
+
+
+def divergence(a: HeldOutScore, b: HeldOutScore) -> float:
+    """Mean KL(a || b) in nats over the scored tokens: how far b's next-token distributions
+    moved from a's (a continuous measure of what flips top-1 tokens)."""
+    total, n = 0.0, 0
+    for za, zb in zip(a.logits, b.logits, strict=True):
+        la, lb = _log_softmax(za), _log_softmax(zb)
+        total += float((np.exp(la) * (la - lb)).sum())
+        n += za.shape[0]
+    return total / max(n, 1)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def _interleaved_ms(calls: list, rounds: int) -> list[float]:

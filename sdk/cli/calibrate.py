@@ -39,6 +39,8 @@ def command() -> None:
                                             "weight-only-int4"]),
               default=None, help="auto: measure the target's schemes, keep the fastest in budget.")  # fmt: skip
 @click.option("--max-ppl-increase", type=float, default=None, help="Percent [3].")
+@click.option("--min-top1", type=float, default=None,
+              help="Floor on top-1 agreement with fp32 on the held-out windows [0: none].")  # fmt: skip
 @click.option("--granularity", type=click.Choice(["auto", "role", "layer", "node"]), default=None)
 @click.option("--per-channel", is_flag=True, default=None, help="Per-channel weight scales.")
 @click.option("--eval-windows", type=int, default=None, help="Held-out windows [4].")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from semedge.calibration.data import tokenize_stream, with_graphs
 from semedge.calibration.int8 import Int8Config, calibrate_int8, open_export
 from semedge.calibration.schemes import weight_matmuls
 from semedge.calibration.scoring import score_graphs
+from semedge.errors import InputError
 from tests.calibration.conftest import INT8_FAST
 
 
@@ -198,3 +200,19 @@ def test_weight_only_rewrites_gemm_as_a_quantized_matmul(tmp_path, bias):
     want = x @ w.T + b
     got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_top1_floor_keeps_the_planted_group_a_loose_ppl_budget_lets_through(
+    planted_down_export, cal_text, tmp_path
+):
+    loose = Int8Config(scheme="static", max_ppl_increase=1e6, compress=False, **INT8_FAST)
+    report = calibrate_int8(planted_down_export, tmp_path / "a", cal_text, loose, tmp_path / "c")
+    assert report.sensitivity["kept_groups"] == [] and report.top1_agreement < 0.9
+    floor = replace(loose, min_top1=0.9)
+    report = calibrate_int8(planted_down_export, tmp_path / "b", cal_text, floor, tmp_path / "c")
+    assert report.sensitivity["kept_groups"][0].endswith("down_proj")
+    assert report.top1_agreement >= 0.9 and report.passed
+    quant = load_manifest(tmp_path / "b").config["quantization"]
+    assert quant["min_top1"] == 0.9 and quant["top1_agreement"] == report.top1_agreement
+    with pytest.raises(InputError, match="--min-top1 must be in"):
+        Int8Config(min_top1=-0.1)

@@ -8,7 +8,7 @@ import pytest
 
 from semedge.calibration.data import FeedReader
 from semedge.calibration.schemes import QuantSettings, quantize_graph
-from semedge.calibration.sensitivity import group_nodes, search_exclusions
+from semedge.calibration.sensitivity import Trial, group_nodes, search_exclusions
 from semedge.errors import AccuracyError, InputError
 from tests.calibration.planted import make_planted_graph, planted_feeds, pseudo_ppl
 
@@ -31,6 +31,20 @@ def planted(tmp_path):
 
         return run
 
+    def evaluate_top1(scheme: str):
+        def run(exclude: list[str]) -> Trial:
+            dst = tmp_path / f"{scheme}-{next(counter)}.onnx"
+            quantize_graph(
+                src, dst, QuantSettings(scheme=scheme), exclude, lambda: FeedReader(feeds)
+            )
+            sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+            got = [sess.run(["logits"], f)[0][0].argmax(-1) for f in feeds]
+            top1 = float(np.mean(np.concatenate(got) == np.concatenate(ref)))
+            return Trial(pseudo_ppl(dst, feeds, ref), top1, 1.0 - top1)
+
+        return run
+
+    evaluate.top1 = evaluate_top1
     return src, pseudo_ppl(src, feeds, ref), evaluate
 
 
@@ -98,3 +112,54 @@ def test_groups_for_packed_unscoped_gemms_use_weight_shape():
         "o_proj": ["/o_proj/MatMul", "/o_proj_1/MatMul"],
         "lm_head": ["/Gemm"],
     }
+
+
+def test_top1_floor_keeps_what_flips_tokens_inside_a_loose_ppl_budget(planted):
+    _, base, evaluate = planted
+    groups = {n: [n] for n in ("mm_in", "mm_planted", "mm_out")}
+    loose = search_exclusions(groups, evaluate.top1("static"), base, budget_pct=1e6)
+    assert loose.kept == [] and loose.top1 < 0.9  # perplexity alone lets the broken graph pass
+    res = search_exclusions(groups, evaluate.top1("static"), base, budget_pct=1e6, min_top1=0.95)
+    assert res.kept == ["mm_planted"] and res.passed and res.top1 >= 0.95
+    assert "top-1" in res.kept_nodes["mm_planted"]
+    assert res.to_dict()["groups"][0]["group"] == "mm_planted"
+
+
+def test_top1_floor_ranks_by_divergence_not_loss():
+    """A group that moves the distribution (and flips top-1) while the loss even falls is kept
+    before one that raises the loss more but flips nothing."""
+    harm = {"a": (0.02, 0.0, 0.001), "b": (-0.01, 0.05, 0.2), "c": (0.0, 0.0, 0.0)}
+
+    def evaluate(exclude: list[str]) -> Trial:
+        on = [g for g in harm if g not in exclude]
+        return Trial(10.0 * (1 + sum(harm[g][0] for g in on)),
+                     1.0 - sum(harm[g][1] for g in on), sum(harm[g][2] for g in on))  # fmt: skip
+
+    groups = {g: [g] for g in harm}
+    assert search_exclusions(groups, evaluate, 10.0, budget_pct=3.0).kept == []
+    res = search_exclusions(groups, evaluate, 10.0, budget_pct=3.0, min_top1=0.98)
+    assert res.kept == ["b"] and res.top1 == 1.0 and res.evaluations == 5
+    with pytest.raises(AccuracyError, match="top-1 >= 0.98"):
+        search_exclusions({"b": ["b"]}, evaluate, 10.0, budget_pct=3.0, min_top1=0.98)
+    with pytest.raises(InputError, match="--min-top1 must be in"):
+        search_exclusions(groups, evaluate, 10.0, budget_pct=3.0, min_top1=1.5)
+
+
+def test_layer_groups_take_packed_gemms_into_their_layer():
+    """In graph order a layer's packed q/k/v precedes its o_proj and its gate/up its down_proj:
+    the unscoped GEMMs join the next layer named, the tied head is its own group."""
+    graph = {
+        "/MatMul": "/Constant_1_output_0 [64x128]",  # packed q/k/v, layer 0
+        "/o_proj/MatMul": "onnx::MatMul_7 [64x64]",
+        "/MatMul_1": "/Constant_9_output_0 [64x256]",  # packed gate/up, layer 0
+        "/down_proj/MatMul": "onnx::MatMul_8 [128x64]",
+        "/MatMul_2": "/Constant_20_output_0 [64x128]",  # layer 1
+        "/o_proj_1/MatMul": "onnx::MatMul_9 [64x64]",
+        "/MatMul_3": "/Constant_29_output_0 [64x256]",
+        "/down_proj_1/MatMul": "onnx::MatMul_10 [128x64]",
+        "/Gemm": "core.lm.model.embed_tokens.weight [384x64]",
+    }
+    names = list(graph)
+    assert group_nodes(names, "layer", graph) == {
+        "layer.0": names[:4], "layer.1": names[4:8], "lm_head": ["/Gemm"],
+    }  # fmt: skip

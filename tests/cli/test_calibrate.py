@@ -58,6 +58,7 @@ def test_int8_json_report(cli, tiny_export, cal_text, tmp_path):
         "no-manifest",
         "negative-budget",
         "impossible-budget",
+        "top1-floor-out-of-range",
         "out-exists",
     ],
 )
@@ -76,6 +77,8 @@ def test_int8_bad_input(cli, tiny_export, planted_all_export, cal_text, tmp_path
         extra = ["--max-ppl-increase", "-1"]
     elif case == "impossible-budget":
         src, extra = planted_all_export, ["--max-ppl-increase", "0", "--scheme", "static"]
+    elif case == "top1-floor-out-of-range":
+        extra = ["--min-top1", "nan"]
     elif case == "out-exists":
         out.mkdir()
     res = cli("calibrate", "int8", src, out, "--data", data, *INT8_FAST_ARGS, *extra,
@@ -87,7 +90,8 @@ def test_int8_bad_input(cli, tiny_export, planted_all_export, cal_text, tmp_path
     _nothing_left(out)
     want = {"missing-data": "no such file", "tiny-data": "give a longer --data",
             "no-manifest": "manifest.json", "negative-budget": ">= 0 percent",
-            "impossible-budget": "no quantization fits"}[case]  # fmt: skip
+            "impossible-budget": "no quantization fits",
+            "top1-floor-out-of-range": "--min-top1 must be in [0, 1]"}[case]  # fmt: skip
     assert want in res.stderr
 
 
