@@ -216,3 +216,16 @@ def test_top1_floor_keeps_the_planted_group_a_loose_ppl_budget_lets_through(
     assert quant["min_top1"] == 0.9 and quant["top1_agreement"] == report.top1_agreement
     with pytest.raises(InputError, match="--min-top1 must be in"):
         Int8Config(min_top1=-0.1)
+
+
+def test_decode_only_search_keeps_whole_layers(planted_down_export, cal_text, tmp_path):
+    """A decode step reads every weight per token: `auto` groups a decode-only search by layer,
+    so what stays fp32 is a few layers' bytes, not one role across every layer."""
+    cfg = Int8Config(scheme="weight-only", max_ppl_increase=1e6, min_top1=0.9, compress=False,
+                     graphs=(C.DECODE_ONNX,), **INT8_FAST)  # fmt: skip
+    report = calibrate_int8(planted_down_export, tmp_path / "o", cal_text, cfg, tmp_path / "c")
+    groups = [g["group"] for g in report.sensitivity["groups"]]
+    layers = load_manifest(planted_down_export).config["num_layers"]
+    assert sorted(groups) == sorted([*(f"layer.{i}" for i in range(layers)), "lm_head"])
+    assert report.passed and report.top1_agreement >= 0.9
+    assert report.sensitivity["loss_all_quantized"] is not None
