@@ -130,9 +130,9 @@ def main() -> None:
         model = model.to(torch.bfloat16)
     runner = TorchRunner(model, tok, CompressionConfig(**json.loads(a.config)), a.fit_positions)
     filler = a.data.read_text(encoding="utf-8") if a.data else default_filler()
-    done = {r["task"] for r in _rows(a.out)}
+    done = {(r["task"], r.get("seed", 0)) for r in _rows(a.out)}  # resume: per task and seed
     for task in parse_tasks(a.tasks):
-        if task in done:
+        if (task, a.seed) in done:
             continue
         t0 = time.perf_counter()
         rep = run_suite(runner, task, [int(c) for c in a.context.split(",")],
