@@ -48,10 +48,19 @@ def test_long_context_suite_runs_and_refuses_short_filler_in_one_line(tiny_llama
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["method"] for r in rows} == {"full", "truncate"}
     assert all(r["task"] == "niah_number" and r["context"] == 256 for r in rows)
+    again = subprocess.run([*base, "--out", str(out), "--seed", "1"], capture_output=True,
+                           text=True, cwd=ROOT)  # fmt: skip
+    assert again.returncode == 0, again.stderr  # another seed into the same file is run, once
+    seeds = [json.loads(line)["seed"] for line in out.read_text().splitlines()]
+    assert seeds.count(0) == len(rows) and seeds.count(1) == len(rows)
+    subprocess.run([*base, "--out", str(out), "--seed", "1"], capture_output=True, cwd=ROOT)
+    assert len(out.read_text().splitlines()) == 2 * len(rows)  # done: resumed, not repeated
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     rep = [sys.executable, script, "--out", str(out), "--report", "--paired", "full,truncate"]
     res = subprocess.run(rep, capture_output=True, text=True, cwd=ROOT)
-    want = {r["sample"]: r["score"] for r in rows if r["method"] == "full"}
-    diff = sum(want[r["sample"]] - r["score"] for r in rows if r["method"] == "truncate")
+    want = {(r["seed"], r["sample"]): r["score"] for r in rows if r["method"] == "full"}
+    diffs = [want[r["seed"], r["sample"]] - r["score"] for r in rows if r["method"] == "truncate"]
+    diff = sum(diffs) / len(diffs)  # one task: the mean over its prompts
     line = next(ln for ln in res.stdout.splitlines() if "full - truncate" in ln)
     assert res.returncode == 0 and line.startswith("256 ") and f"{diff:+.3f} (95 % CI" in line
     short = tmp_path / "short.txt"
