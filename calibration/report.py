@@ -72,8 +72,12 @@ class Int8Report:
         """(metric, fp32, int8, ratio) rows for a table (a graph not timed has no row)."""
         rows = [
             ["perplexity", self.ppl_fp32, self.ppl_int8, f"{self.ppl_increase_pct:+.2f} %"],
-            ["top-1 agreement", 1.0, self.top1_agreement,
-             f">= {self.min_top1:g}" if self.min_top1 > 0 else ""],
+            [
+                "top-1 agreement",
+                1.0,
+                self.top1_agreement,
+                f">= {self.min_top1:g}" if self.min_top1 > 0 else "",
+            ],
             [
                 f"prefill ms @{self.speed_tokens}",
                 self.prefill_ms_fp32,

@@ -187,6 +187,6 @@ def test_candidates_tune_on_the_text_before_the_gates_windows(tiny_export, cal_t
     with Pipeline.from_pretrained(tiny_export, providers="cpu") as pipe:
         tune = P.text_before_windows(pipe.tokenizer, text, FAST)
         gate = np.concatenate(P.held_out_windows(pipe.tokenizer, text, FAST))
-        rest = pipe.tokenizer.encode(text[len(tune):], add_special_tokens=False).ids
+        rest = pipe.tokenizer.encode(text[len(tune) :], add_special_tokens=False).ids
     assert text.startswith(tune) and 0 < len(tune) < len(text)
     assert rest == gate.tolist()  # exactly the gate's tokens are left out
