@@ -7,7 +7,7 @@ behind the same quality gate, `auto` choosing the fastest that passes by measuri
                                --bf16: the same fp32 `--attention plain` graphs, --+    text) -> OUT_DIR
                                        run by OpenVINO in bf16 (AMX/AVX512-BF16)
 
-The gate scores every candidate through the runtime users deploy (`Pipeline` on the provider the
+The gate (calibration.quality_gate) scores every candidate through the runtime users deploy (`Pipeline` on the provider the
 precision runs on) against the fp32 export on ONNX Runtime: perplexity of held-out real text
 (prefill a context, teacher-forced decode of the next tokens) and top-1 agreement. Past the
 budget it raises AccuracyError and nothing is written. The manifest records the precision, the
@@ -26,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from semedge import constants as C
 from semedge.artifacts import load_manifest, staged_dir, write_manifest
+from semedge.calibration.quality_gate import (
+    gate_candidate,
+    held_out_windows,
+    prefill_ms,
+    score_pipeline,
+)
 from semedge.deps import has_module
 from semedge.errors import AccuracyError, ArtifactError, BackendUnavailable, InputError
 from semedge.logs import log_timed
@@ -42,7 +46,6 @@ __all__ = [
     "PrecisionReport",
     "export_precision",
     "check_precision",
-    "score_pipeline",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,104 +182,6 @@ def check_precision(precision: str, attention: str | None, dtype: str | None) ->
         raise err(why)
     if precision == "int8" and not set(NEEDS["int8"]) & set(cpu_features()):
         log.warning("this CPU has no VNNI/AMX-INT8: int8 GEMMs run on the slower fallback path")
-
-
-# ---------------------------------------------------------------- the gate
-def held_out_windows(tokenizer, text: str, cfg: PrecisionConfig) -> list[np.ndarray]:
-    """The last eval_windows windows of (context + tokens) ids of `text`."""
-    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-    n = cfg.eval_context + cfg.eval_tokens  # the last eval_tokens ids are scored
-    if ids.size < cfg.eval_windows * n:
-        raise InputError(
-            f"quality data has {ids.size} tokens; {cfg.eval_windows} windows of {n} need "
-            f"{cfg.eval_windows * n}; give a longer --quality-data file"
-        )
-    tail = ids[ids.size - cfg.eval_windows * n :]
-    return [tail[i * n : (i + 1) * n] for i in range(cfg.eval_windows)]
-
-
-def text_before_windows(tokenizer, text: str, cfg: PrecisionConfig) -> str:
-    """`text` up to the gate's held-out windows (held_out_windows): what the candidates tune on.
-    The int8 search scores its own held-out windows, the ones just before these, so the gate
-    scores text that no choice was made on."""
-    enc = tokenizer.encode(text, add_special_tokens=False)
-    start = len(enc.ids) - cfg.eval_windows * (cfg.eval_context + cfg.eval_tokens)
-    return text[: int(enc.offsets[max(start, 0)][0])]
-
-
-def score_pipeline(pipe, windows: list[np.ndarray], context: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per scored token (nll, argmax) through the runtime's backends and KV cache: prefill
-    `context` tokens of each window, then decode the rest teacher-forced."""
-    nll, arg = [], []
-    for ids in windows:
-        cache = pipe.new_cache(1, ids.size)
-        embeds = pipe.embed(ids[:context])[None].astype(pipe.embed_dtype)
-        feeds = {
-            C.INPUTS_EMBEDS: embeds,
-            C.POSITION_IDS: np.arange(context, dtype=np.int64)[None],
-            C.ATTENTION_MASK: np.ones((1, context), np.int64),
-        }
-        out = pipe.prefill.run_bound(feeds, cache.present(context), [C.LOGITS])
-        cache.advance(context)
-        rows = [out[C.LOGITS][0, -1]]
-        for j in range(context, ids.size - 1):
-            feeds = {
-                C.INPUT_IDS: ids[j : j + 1][None],
-                C.POSITION_IDS: np.array([[j]], np.int64),
-                C.ATTENTION_MASK: np.ones((1, j + 1), np.int64),
-            }
-            bound = {**cache.past(), **cache.present(1)}
-            out = pipe.decode.run_bound(feeds, bound, [C.LOGITS])
-            cache.advance(1)
-            rows.append(out[C.LOGITS][0, -1])
-        z = np.stack(rows).astype(np.float64)  # (k, V)
-        target = ids[context:]
-        m = z.max(-1)
-        nll.append(np.log(np.exp(z - m[:, None]).sum(-1)) + m - z[np.arange(len(target)), target])
-        arg.append(z.argmax(-1))
-    return np.concatenate(nll), np.concatenate(arg)
-
-
-def _gate(cand: Path, provider: str, ref: tuple, windows, cfg: PrecisionConfig) -> dict:
-    from semedge.runtime import Pipeline
-
-    with Pipeline.from_pretrained(cand, providers=provider, verify=False) as pipe:
-        nll, arg = score_pipeline(pipe, windows, cfg.eval_context)
-    ref_nll, ref_arg = ref
-    ppl, ppl32 = float(np.exp(nll.mean())), float(np.exp(ref_nll.mean()))
-    delta = (ppl / ppl32 - 1.0) * 100.0
-    top1 = float((arg == ref_arg).mean())
-    finite = bool(np.isfinite(nll).all())
-    passed = finite and delta <= cfg.max_ppl_increase + 1e-9 and top1 >= cfg.min_top1
-    return {"ppl": ppl, "ppl_fp32": ppl32, "ppl_delta_pct": delta, "top1": top1,
-            "scored_tokens": int(nll.size), "passed": passed}  # fmt: skip
-
-
-def _prefill_ms(dirs: dict[str, tuple[Path, str]], cfg: PrecisionConfig, max_ctx: int) -> dict:
-    """Prefill wall time per candidate at speed_tokens, min of alternating repeats (ms)."""
-    from semedge.runtime import Pipeline
-
-    n = min(cfg.speed_tokens, max_ctx)
-    pipes = {
-        k: Pipeline.from_pretrained(d, providers=p, verify=False) for k, (d, p) in dirs.items()
-    }
-    best = {k: float("inf") for k in pipes}
-    try:
-        ids = np.arange(n, dtype=np.int64) % 1000 + 100
-        for rep in range(cfg.speed_repeats + 1):  # the first round warms up
-            for k, pipe in pipes.items():
-                cache = pipe.new_cache(1, n)
-                feeds = {C.INPUTS_EMBEDS: pipe.embed(ids)[None].astype(pipe.embed_dtype),
-                         C.POSITION_IDS: ids[None] * 0 + np.arange(n)[None],
-                         C.ATTENTION_MASK: np.ones((1, n), np.int64)}  # fmt: skip
-                t0 = time.perf_counter()
-                pipe.prefill.run_bound(feeds, cache.present(n), [C.LOGITS])
-                if rep:
-                    best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
-    finally:
-        for pipe in pipes.values():
-            pipe.close()
-    return best
 
 
 # ---------------------------------------------------------------- candidates
@@ -429,9 +334,9 @@ def export_precision(
 
         ref_dir = fp32_export("plain" if wanted == ["bf16"] else ecfg.attention)
         with Pipeline.from_pretrained(ref_dir, providers="cpu", verify=False) as ref_pipe:
-            windows = held_out_windows(ref_pipe.tokenizer, text, cfg)
+            windows, before = held_out_windows(ref_pipe.tokenizer, text, cfg)
             tune = scratch / "tuning-text.txt"  # the candidates' searches never see the gate's
-            tune.write_text(text_before_windows(ref_pipe.tokenizer, text, cfg), encoding="utf-8")
+            tune.write_text(before, encoding="utf-8")
             with log_timed(log, "scoring fp32 on held-out text"):
                 ref = score_pipeline(ref_pipe, windows, cfg.eval_context)
             max_ctx = ref_pipe.max_context
@@ -447,14 +352,14 @@ def export_precision(
                         p == "bf16" and cfg.int8_decode) else None  # fmt: skip
                     for hook in _CANDIDATE_HOOKS:
                         hook(p, cand)
-                    rec.update(_gate(cand, provider, ref, windows, cfg))
+                    rec.update(gate_candidate(cand, provider, ref, windows, cfg))
                     if decode8 and not rec["passed"]:  # bf16 and int8 together past the budget
                         log.info("bf16 with int8 decode misses the gate (ppl %+.2f %%, top-1 %.3f): "
                                  "decode back to fp32", rec["ppl_delta_pct"], rec["top1"])  # fmt: skip
                         rec["int8_decode_gate"] = {k: rec[k] for k in ("ppl_delta_pct", "top1")}
                         _replace_decode(src, cand, None)
                         decode8 = None
-                        rec.update(_gate(cand, provider, ref, windows, cfg))
+                        rec.update(gate_candidate(cand, provider, ref, windows, cfg))
                     rec["decode_precision"] = decode8["precision"] if decode8 else "fp32"
             except AccuracyError as err:  # int8's own search found nothing in budget
                 rec.update(passed=False, error=str(err))
@@ -466,7 +371,7 @@ def export_precision(
                 str(out), precision, "-", features, results, time.perf_counter() - t0))  # fmt: skip
         if len(wanted) > 1:
             with log_timed(log, f"timing prefill of {', '.join(dirs)}"):
-                for k, ms in _prefill_ms(dirs, cfg, max_ctx).items():
+                for k, ms in prefill_ms(dirs, cfg, max_ctx).items():
                     next(r for r in results if r["precision"] == k)["prefill_ms"] = ms
         best = min(
             dirs,

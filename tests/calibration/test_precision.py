@@ -181,12 +181,13 @@ def test_runtime_warns_once_on_a_cpu_without_the_tuned_features(tiny_export, tmp
 def test_candidates_tune_on_the_text_before_the_gates_windows(tiny_export, cal_text):
     """The int8 search picks what stays fp32 by its own held-out score: it gets the text up to
     the gate's windows, so the gate scores tokens no choice was made on."""
+    from semedge.calibration.quality_gate import held_out_windows
     from semedge.runtime import Pipeline
 
     text = cal_text.read_text(encoding="utf-8")
     with Pipeline.from_pretrained(tiny_export, providers="cpu") as pipe:
-        tune = P.text_before_windows(pipe.tokenizer, text, FAST)
-        gate = np.concatenate(P.held_out_windows(pipe.tokenizer, text, FAST))
+        windows, tune = held_out_windows(pipe.tokenizer, text, FAST)
+        gate = np.concatenate(windows)
         rest = pipe.tokenizer.encode(text[len(tune) :], add_special_tokens=False).ids
     assert text.startswith(tune) and 0 < len(tune) < len(text)
     assert rest == gate.tolist()  # exactly the gate's tokens are left out

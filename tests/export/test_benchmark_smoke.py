@@ -135,3 +135,20 @@ def test_stream_threads_benchmark_runs_every_setting(tiny_export, tmp_path):
     assert all(r["requests"] == 3 and r["req_per_s"] > 0 for r in rows)
     bad = _bench("stream_threads.py", "--export", tiny_export, "--settings", "2by1")
     assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: --settings")
+
+
+def test_top1_agreement_scores_exports_against_the_reference(tiny_export, wikitext_valid, tmp_path):
+    script = str(ROOT / "benchmarks" / "top1_agreement.py")
+    out = tmp_path / "t1.json"
+    cmd = [sys.executable, script, "--reference", str(tiny_export), "--text", str(wikitext_valid),
+           "--windows", "2", "--exports", str(tiny_export), "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["tokens"] == 2 * 32 and row["top1"] == 1.0 and row["ppl"] == row["ppl_reference"]
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words.\n")
+    cmd[cmd.index(str(wikitext_valid))] = str(short)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]
+    assert res.returncode == 1 and len(lines) == 1 and "longer --quality-data" in lines[0]

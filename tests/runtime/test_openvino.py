@@ -18,7 +18,7 @@ def plain_export(tiny_export_plain):
 
 
 def test_openvino_matches_onnx_runtime_through_prefill_and_decode(plain_export, wikitext_valid):
-    from semedge.calibration.precision import score_pipeline
+    from semedge.calibration.quality_gate import score_pipeline
 
     text = wikitext_valid.read_text(encoding="utf-8")[:4000]
     with Pipeline.from_pretrained(plain_export, providers="cpu") as ref:
