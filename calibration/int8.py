@@ -45,6 +45,7 @@ from semedge.calibration.data import (
 from semedge.calibration.report import Int8Report
 from semedge.calibration.schemes import (
     METHODS,
+    WEIGHT_BITS,
     QuantSettings,
     ensure_node_names,
     quantize_graph,
@@ -89,6 +90,7 @@ class Int8Config:
     min_top1: float = 0.0  # top-1 agreement with fp32 on the held-out windows (0: no floor)
     granularity: str = "auto"  # sensitivity groups: auto | role | layer | node
     per_channel: bool = False
+    block_size: int = 32  # weight-only block length (MatMulNBits: 16, 32, 64, 128 or 256)
     eval_windows: int = 4  # held-out windows for ppl / agreement
     eval_context: int = 128  # prefill tokens per held-out window
     eval_tokens: int = 32  # decoded (scored) tokens per held-out window
@@ -114,6 +116,7 @@ class Int8Config:
             )
         if not 0.0 <= self.min_top1 <= 1.0:
             raise InputError(f"--min-top1 must be in [0, 1], got {self.min_top1:g}")
+        QuantSettings(scheme="weight-only", nbits_block=self.block_size)  # raises if invalid
         if self.granularity not in GRANULARITIES:
             raise InputError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
         for name in ("samples", "seq_len", "eval_windows", "eval_context", "eval_tokens"):
@@ -192,7 +195,10 @@ class _Run:
 
     def settings(self, scheme: str) -> QuantSettings:
         return QuantSettings(
-            scheme=scheme, method=self.config.method, per_channel=self.config.per_channel
+            scheme=scheme,
+            method=self.config.method,
+            per_channel=self.config.per_channel,
+            nbits_block=self.config.block_size,
         )
 
     def build(self, scheme: str, exclude: list[str]) -> Path:
@@ -410,7 +416,7 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
         out_dir=str(out), target=run.config.target, scheme=best["scheme"],
         method=run.config.method, budget_pct=run.config.max_ppl_increase,
         ppl_fp32=base.ppl, ppl_int8=q.ppl, top1_agreement=scoring.agreement(base, q),
-        min_top1=run.config.min_top1,
+        min_top1=run.config.min_top1, block_size=_block(run, best["scheme"]),
         prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
         decode_ms_fp32=best["decode_ms_fp32"], decode_ms_int8=best["decode_ms"],
         speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run, run.src),
@@ -419,6 +425,11 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
         sensitivity=sens.to_dict(), cache_hit=run.cache_hit,
         calibration_batches=sum(r.calls for r in run.readers), scored_tokens=int(base.nll.size),
     )  # fmt: skip
+
+
+def _block(run: _Run, scheme: str) -> int | None:
+    """The MatMulNBits block length of a weight-only scheme (None for the others)."""
+    return run.config.block_size if scheme in WEIGHT_BITS else None
 
 
 def _graph_files(src: Path, graph: str) -> set[str]:
@@ -447,6 +458,8 @@ def _write(
             "top1_agreement": report.top1_agreement, "budget_pct": report.budget_pct,
             "min_top1": report.min_top1,
         }  # fmt: skip
+        if report.block_size:
+            config["quantization"]["block_size"] = report.block_size
         created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
         extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}
         write_manifest(

@@ -25,6 +25,7 @@ class Int8Report:
     ppl_int8: float
     top1_agreement: float  # fraction of held-out tokens with the same argmax as fp32
     min_top1: float = 0.0  # --min-top1 (0: no floor)
+    block_size: int | None = None  # MatMulNBits block length (weight-only schemes)
     prefill_ms_fp32: float | None = None
     prefill_ms_int8: float | None = None
     decode_ms_fp32: float | None = None

@@ -5,7 +5,9 @@
 - "static-sym"  : Q/DQ with int8 symmetric activations and weights (zero point 0), what TensorRT
                   (which dropped implicit INT8 calibration) and the CUDA/TensorRT EPs consume;
 - "dynamic"     : int8 weights, activations quantized per call (MatMulInteger);
-- "weight-only" : 8-bit block-wise MatMulNBits with int8 compute (accuracy_level 4).
+- "weight-only" : 8-bit block-wise MatMulNBits with int8 compute (accuracy_level 4), blocks of 32
+  by default (`--block-size`: shorter blocks also quantize the activations in shorter blocks, a
+  lower perplexity for a slower step; docs/calibration.md);
 - "weight-only-int4" : the same with 4-bit weights (what onnxruntime-genai's model builder makes
   for CPUs): half the weight bytes a memory-bound decode step reads.
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("static", "static-sym", "dynamic", "weight-only", "weight-only-int4")
 WEIGHT_BITS = {"weight-only": 8, "weight-only-int4": 4}  # MatMulNBits schemes
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits takes
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
@@ -48,13 +51,18 @@ class QuantSettings:
     method: str = "minmax"  # activation range estimator for the static schemes
     per_channel: bool = False  # per-output-channel weight scales
     percentile: float = 99.999  # for method "percentile"
-    nbits_block: int = 32  # weight-only block size
+    nbits_block: int = 32  # weight-only block length
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise InputError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         if self.method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.nbits_block not in BLOCK_SIZES:
+            raise InputError(
+                f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
+                f"got {self.nbits_block}"
+            )
 
     @property
     def symmetric(self) -> bool:

@@ -43,6 +43,8 @@ def command() -> None:
               help="Floor on top-1 agreement with fp32 on the held-out windows [0: none].")  # fmt: skip
 @click.option("--granularity", type=click.Choice(["auto", "role", "layer", "node"]), default=None)
 @click.option("--per-channel", is_flag=True, default=None, help="Per-channel weight scales.")
+@click.option("--block-size", type=int, default=None,
+              help="Weight-only block length: 16, 32, 64, 128 or 256 [32].")  # fmt: skip
 @click.option("--eval-windows", type=int, default=None, help="Held-out windows [4].")
 @click.option("--eval-context", type=int, default=None, help="Prefill tokens per window [128].")
 @click.option("--eval-tokens", type=int, default=None, help="Scored decode tokens per window [32].")
@@ -69,7 +71,8 @@ def int8(onnx_dir, out_dir, data, graphs, cache_dir, overwrite, as_json, **opts)
     if as_json:
         echo_json(report.to_dict())
         return
-    click.echo(f"{report.scheme} ({report.target}) -> {report.out_dir}")
+    block = f", blocks of {report.block_size}" if report.block_size else ""
+    click.echo(f"{report.scheme} ({report.target}{block}) -> {report.out_dir}")
     quantized = f"int{WEIGHT_BITS.get(report.scheme, 8)}"
     echo_table(["metric", "fp32", quantized, "ratio"], report.rows())
     for name in report.kept_high_precision:

@@ -152,6 +152,9 @@ def test_int4_weight_only_decode_packs_4_bit_weights_and_runs(tiny_export, cal_t
     for scheme, bits in (("weight-only", 8), ("weight-only-int4", 4)):
         nbits = [n for n in graphs[scheme].graph.node if n.op_type == "MatMulNBits"]
         assert nbits and {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {bits}
+        got = {a.i for n in nbits for a in n.attribute if a.name == "block_size"}
+        assert got == {32}  # the default block length, recorded in the manifest
+        assert load_manifest(tmp_path / scheme).config["quantization"]["block_size"] == 32
     uint8 = onnx.TensorProto.UINT8  # MatMulNBits' packed weight blocks
     packed = {
         s: sum(len(i.raw_data) for i in g.graph.initializer if i.data_type == uint8)
@@ -229,3 +232,18 @@ def test_decode_only_search_keeps_whole_layers(planted_down_export, cal_text, tm
     assert sorted(groups) == sorted([*(f"layer.{i}" for i in range(layers)), "lm_head"])
     assert report.passed and report.top1_agreement >= 0.9
     assert report.sensitivity["loss_all_quantized"] is not None
+
+
+def test_block_size_sets_the_weight_only_blocks(tiny_export, cal_text, tmp_path):
+    """`--block-size 64`: every MatMulNBits packs blocks of 64 and the report says so; a length
+    MatMulNBits does not take is refused before any work."""
+    cfg = Int8Config(scheme="weight-only", max_ppl_increase=50.0, graphs=(C.DECODE_ONNX,),
+                     block_size=64, **INT8_FAST)  # fmt: skip
+    report = calibrate_int8(tiny_export, tmp_path / "b64", cal_text, cfg, cache_root=tmp_path / "c")
+    nodes = [n for n in onnx.load(str(tmp_path / "b64" / C.DECODE_ONNX)).graph.node
+             if n.op_type == "MatMulNBits"]  # fmt: skip
+    assert nodes and {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {64}
+    assert report.block_size == 64 and report.to_dict()["block_size"] == 64
+    for bad in (48, 8, -16):
+        with pytest.raises(InputError, match="--block-size must be one of"):
+            Int8Config(block_size=bad)

@@ -59,6 +59,7 @@ def test_int8_json_report(cli, tiny_export, cal_text, tmp_path):
         "negative-budget",
         "impossible-budget",
         "top1-floor-out-of-range",
+        "bad-block-size",
         "out-exists",
     ],
 )
@@ -79,6 +80,8 @@ def test_int8_bad_input(cli, tiny_export, planted_all_export, cal_text, tmp_path
         src, extra = planted_all_export, ["--max-ppl-increase", "0", "--scheme", "static"]
     elif case == "top1-floor-out-of-range":
         extra = ["--min-top1", "nan"]
+    elif case == "bad-block-size":
+        extra = ["--scheme", "weight-only", "--block-size", "48"]
     elif case == "out-exists":
         out.mkdir()
     res = cli("calibrate", "int8", src, out, "--data", data, *INT8_FAST_ARGS, *extra,
@@ -91,7 +94,8 @@ def test_int8_bad_input(cli, tiny_export, planted_all_export, cal_text, tmp_path
     want = {"missing-data": "no such file", "tiny-data": "give a longer --data",
             "no-manifest": "manifest.json", "negative-budget": ">= 0 percent",
             "impossible-budget": "no quantization fits",
-            "top1-floor-out-of-range": "--min-top1 must be in [0, 1]"}[case]  # fmt: skip
+            "top1-floor-out-of-range": "--min-top1 must be in [0, 1]",
+            "bad-block-size": "--block-size must be one of 16, 32"}[case]  # fmt: skip
     assert want in res.stderr
 
 
