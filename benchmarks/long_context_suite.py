@@ -7,7 +7,11 @@ in the file are skipped, and `--report` prints the tables of a file without runn
     python benchmarks/long_context_suite.py --out suite.jsonl --context 2048 --ratio 2.4,4 \
         --samples 4 --dtype bf16 --threads 1 [--tasks ...] [--methods ...] [--fit-positions N]
     python benchmarks/long_context_suite.py --out suite.jsonl --report [--markdown] [--plot PNG]
-        [--paired semtoken_query,retrieve]
+        [--paired semtoken_query,retrieve] [--join other.jsonl,...]
+
+`--label NAME` records a run's rows under NAME instead of its one method's name, so two settings
+of one method (`--config`, or the code before and after a change) can sit in one report and be
+paired on the same prompts: `--report --join new.jsonl --paired NAME,semtoken_query`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-def report(path: Path, markdown: bool, plot: Path | None = None) -> None:
+def _joined(path: Path, join: str | None) -> list[dict]:
+    """The rows of `path` and of every file in the comma list `join`."""
+    extra = [Path(p) for p in (join or "").split(",") if p]
+    for p in extra:
+        if not p.is_file():
+            raise SystemExit(f"Error: --join {p}: no such file")
+    return [r for f in (path, *extra) for r in _rows(f)]
+
+
+def report(rows: list[dict], markdown: bool, plot: Path | None = None) -> None:
     from semedge.eval.suite import SuiteReport
     from semedge.eval.suite_report import suite_table, write_suite_plot
 
-    rows = _rows(path)
     rep = SuiteReport("smollm2", rows)
     if plot is not None:
         print(f"wrote {write_suite_plot(rep, plot)}", file=sys.stderr)
@@ -56,14 +68,14 @@ def report(path: Path, markdown: bool, plot: Path | None = None) -> None:
         print(f"{c} {q} {t} " + " ".join(f"{acc.get(m, float('nan')):.2f}" for m in methods))
 
 
-def paired(path: Path, a: str, b: str) -> list[str]:
+def paired(rows: list[dict], a: str, b: str) -> list[str]:
     """Accuracy of method `a` minus method `b` on the same prompts, per context and ratio: the
     9-task mean of per-task mean differences, with a 95 % paired bootstrap interval (prompts
     resampled within each task, 4,000 draws, seeded)."""
     import numpy as np
 
     pairs: dict[tuple, dict[str, float]] = {}
-    for r in _rows(path):
+    for r in rows:
         if r["method"] in (a, b):
             key = (r["context"], r["ratio"], r["task"], r.get("seed", 0), r["sample"])
             pairs.setdefault(key, {})[r["method"]] = r["score"]
@@ -95,6 +107,10 @@ def main() -> None:
     ap.add_argument("--paired", default=None, metavar="A,B",
                     help="with --report: method A minus method B on the same prompts, with a "
                          "95 %% paired bootstrap interval")  # fmt: skip
+    ap.add_argument("--join", default=None, metavar="FILES",
+                    help="with --report: more result files (comma list) read with --out")  # fmt: skip
+    ap.add_argument("--label", default=None,
+                    help="record the rows under this name instead of the (one) method's")  # fmt: skip
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--context", default="2048")
     ap.add_argument("--ratio", default="2.4")
@@ -110,11 +126,14 @@ def main() -> None:
                     help="filler text (default: the shipped excerpt, ~11K SmolLM2 tokens)")  # fmt: skip
     a = ap.parse_args()
     if a.report:
-        report(a.out, a.markdown, a.plot)
+        rows = _joined(a.out, a.join)
+        report(rows, a.markdown, a.plot)
         if a.paired:
             first, _, second = a.paired.partition(",")
-            print("\n" + "\n".join(paired(a.out, first, second)))
+            print("\n" + "\n".join(paired(rows, first, second)))
         return
+    if a.label and len(a.methods.split(",")) != 1:
+        raise SystemExit("Error: --label names the rows of one method; pass one --methods")
     import torch
 
     from semedge.config import CompressionConfig
@@ -140,9 +159,9 @@ def main() -> None:
                         filler, a.model, a.seed)  # fmt: skip
         with a.out.open("a", encoding="utf-8") as f:
             for r in rep.rows:
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps({**r, "method": a.label or r["method"]}) + "\n")
         print(f"{task}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report(a.out, a.markdown)
+    report(_rows(a.out), a.markdown)
 
 
 if __name__ == "__main__":

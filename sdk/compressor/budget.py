@@ -134,32 +134,46 @@ def kept_token_spans(
         keep[np.flatnonzero(~keep)[-room:]] = True
     idx = np.flatnonzero(keep).astype(np.int64)
     if unit_scores is not None and question_at is not None and config.reorders_ranked():
-        idx = reading_order(idx, ranked, unit_scores[0], unit_scores[1], question_at)
+        idx = reading_order(idx, ranked, unit_scores[0], unit_scores[1], question_at,
+                            config.sink_tokens)  # fmt: skip
     return np.stack([idx, idx + 1], axis=1).reshape(-1, 2)
 
 
 def reading_order(kept: np.ndarray, ranked: np.ndarray, units: np.ndarray, scores: np.ndarray,
-                  question_at: int) -> np.ndarray:  # fmt: skip
-    """`kept` (token indices, in text order) with the `ranked` ones before `question_at` moved
-    to just before it, whole sentences least relevant first (ties in text order), so the most
-    relevant sentence is read right before the question; everything else keeps its order. A
-    sentence partly kept for another reason (its first tokens are attention sinks) stays whole
-    where it is.
+                  question_at: int, pinned: int = 0) -> np.ndarray:  # fmt: skip
+    """`kept` (token indices, in text order) with its k most relevant sentences moved to just
+    before `question_at`, least relevant first (ties in text order), so the most relevant
+    sentence is read right before the question; everything else keeps its order.
+
+    k is the number of movable sentences kept for relevance alone (`ranked`); the k moved are
+    the most relevant of all movable sentences, so a sentence of the recency window that
+    outranks a far one is read with the others (the far one then stays in its place in the
+    text). Movable: kept whole, before `question_at`, with a finite score and none of the first
+    `pinned` tokens (attention sinks: such a sentence stays whole where it is).
 
     Args:
         kept: (n,) int64 sorted token indices; ranked: (T,) bool tokens kept for relevance.
-        units: (T,) sentence id per token; scores: (U,) relevance per sentence.
+        units: (T,) sentence id per token; scores: (U,) relevance per sentence (-inf: never).
         question_at: the token that opens the last blank line (relevance.question_start).
+        pinned: leading tokens that never move (config.sink_tokens).
     """
     kept, units = np.asarray(kept, dtype=np.int64), np.asarray(units)
-    move = np.asarray(ranked, dtype=bool)[kept] & (kept < question_at)
-    anchored = np.isin(units[kept], units[kept[~move]])  # part of it stays (sinks): no split
-    move &= ~anchored
-    if not move.any():
+    scores = np.asarray(scores, dtype=np.float64)
+    U = len(scores)
+    n_kept = np.bincount(units[kept], minlength=U)
+    n_ranked = np.bincount(units[kept], weights=np.asarray(ranked, bool)[kept], minlength=U)
+    movable = (n_kept == np.bincount(units, minlength=U)) & np.isfinite(scores)  # kept whole
+    movable[units[: min(pinned, len(units))]] = False
+    movable[units[question_at:]] = False  # the question's paragraph (and a sentence into it)
+    pool = np.unique(units[kept[kept < question_at]])
+    pool = pool[movable[pool]]
+    k = int(np.count_nonzero(n_ranked[pool] == n_kept[pool]))  # kept for relevance alone
+    if k == 0:
         return kept
+    top = pool[np.lexsort((pool, -scores[pool]))][:k]
+    move = (kept < question_at) & np.isin(units[kept], top)
     moved = kept[move]
-    score = np.asarray(scores, dtype=np.float64)[units[moved]]
-    moved = moved[np.lexsort((moved, np.where(np.isfinite(score), score, -np.inf)))]
+    moved = moved[np.lexsort((moved, scores[units[moved]]))]
     stay = kept[~move]
     return np.concatenate([stay[stay < question_at], moved, stay[stay >= question_at]])
 

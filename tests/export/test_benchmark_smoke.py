@@ -63,6 +63,16 @@ def test_long_context_suite_runs_and_refuses_short_filler_in_one_line(tiny_llama
     diff = sum(diffs) / len(diffs)  # one task: the mean over its prompts
     line = next(ln for ln in res.stdout.splitlines() if "full - truncate" in ln)
     assert res.returncode == 0 and line.startswith("256 ") and f"{diff:+.3f} (95 % CI" in line
+    other = tmp_path / "labelled.jsonl"  # one method's rows under another name, joined
+    cmd = [*base[:-1], "truncate", "--out", str(other), "--label", "truncate_again"]
+    assert subprocess.run(cmd, capture_output=True, cwd=ROOT).returncode == 0
+    assert {json.loads(ln)["method"] for ln in other.read_text().splitlines()} == {"truncate_again"}
+    res = subprocess.run([*rep[:-1], "truncate_again,truncate", "--join", str(other)],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert "truncate_again - truncate: +0.000" in res.stdout, res.stdout + res.stderr
+    bad = subprocess.run([*base, "--out", str(other), "--label", "x"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 1 and "--label" in bad.stderr  # two methods, one label
     short = tmp_path / "short.txt"
     short.write_text("Only a few words of filler here.\n")
     bad = [*base, "--out", str(tmp_path / "bad.jsonl"), "--data", str(short)]

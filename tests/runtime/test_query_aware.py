@@ -148,8 +148,27 @@ def test_reading_order_moves_ranked_sentences_before_the_question_least_relevant
     none = reading_order(kept, np.zeros(18, bool), units, scores, question_at=15)
     assert none.tolist() == kept.tolist()
     ranked[[1, 2]] = True  # sentence 0: token 0 kept as a sink, the rest for relevance
-    got = reading_order(np.sort(np.r_[kept, 1, 2]), ranked, units, scores, question_at=15)
+    got = reading_order(np.sort(np.r_[kept, 1, 2]), ranked, units, scores, question_at=15,
+                        pinned=1)  # fmt: skip
     assert got.tolist() == [0, 1, 2, 12, 13, 14, 9, 10, 11, 3, 4, 5, 15, 16, 17]  # not split
+
+
+def test_reading_order_reads_a_recent_sentence_that_outranks_a_far_one_with_the_ranked():
+    """k = 2 sentences were kept for relevance (1 and 3); sentence 4, kept whole in the recency
+    window, outranks sentence 3, so 1 and 4 are read before the question and 3 stays in its
+    place; a sentence holding a pinned (sink) token never moves, however relevant."""
+    from semedge.compressor.budget import reading_order
+
+    units = np.repeat(np.arange(6), 3)
+    scores = np.array([0.1, 0.9, 0.0, 0.5, 0.95, 0.0])
+    kept = np.array([3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+    ranked = np.zeros(18, bool)
+    ranked[[3, 4, 5, 9, 10, 11]] = True
+    got = reading_order(kept, ranked, units, scores, question_at=15)
+    assert got.tolist() == [9, 10, 11, 3, 4, 5, 12, 13, 14, 15, 16, 17]
+    scores[4] = 0.2  # sentence 1 holds a sink (token 3): it stays, so only one (3) is moved
+    pinned = reading_order(kept, ranked, units, scores, question_at=15, pinned=4)
+    assert pinned.tolist() == [3, 4, 5, 12, 13, 14, 9, 10, 11, 15, 16, 17]
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0])
