@@ -7,9 +7,10 @@ behind the same quality gate, `auto` choosing the fastest that passes by measuri
                                --bf16: the same fp32 `--attention plain` graphs, --+    text) -> OUT_DIR
                                        run by OpenVINO in bf16 (AMX/AVX512-BF16)
 
-The gate (calibration.quality_gate) scores every candidate through the runtime users deploy (`Pipeline` on the provider the
-precision runs on) against the fp32 export on ONNX Runtime: perplexity of held-out real text
-(prefill a context, teacher-forced decode of the next tokens) and top-1 agreement. Past the
+The gate (calibration.quality_gate) scores every candidate through the runtime users deploy
+(`Pipeline` on the provider the precision runs on) against the fp32 export on ONNX Runtime:
+perplexity of held-out real text (prefill a context, teacher-forced decode of the next tokens)
+and top-1 agreement. Past the
 budget it raises AccuracyError and nothing is written. The manifest records the precision, the
 provider, the CPU features it was tuned on (the runtime warns on a CPU without them) and the gate.
 """

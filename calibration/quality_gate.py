@@ -39,35 +39,12 @@ def held_out_windows(tokenizer, text: str, cfg: PrecisionConfig) -> tuple[list[n
 
 def score_pipeline(pipe, windows: list[np.ndarray], context: int) -> tuple[np.ndarray, np.ndarray]:
     """Per scored token (nll, argmax) through the runtime's backends and KV cache: prefill
-    `context` tokens of each window, then decode the rest teacher-forced."""
-    nll, arg = [], []
-    for ids in windows:
-        cache = pipe.new_cache(1, ids.size)
-        embeds = pipe.embed(ids[:context])[None].astype(pipe.embed_dtype)
-        feeds = {
-            C.INPUTS_EMBEDS: embeds,
-            C.POSITION_IDS: np.arange(context, dtype=np.int64)[None],
-            C.ATTENTION_MASK: np.ones((1, context), np.int64),
-        }
-        out = pipe.prefill.run_bound(feeds, cache.present(context), [C.LOGITS])
-        cache.advance(context)
-        rows = [out[C.LOGITS][0, -1]]
-        for j in range(context, ids.size - 1):
-            feeds = {
-                C.INPUT_IDS: ids[j : j + 1][None],
-                C.POSITION_IDS: np.array([[j]], np.int64),
-                C.ATTENTION_MASK: np.ones((1, j + 1), np.int64),
-            }
-            bound = {**cache.past(), **cache.present(1)}
-            out = pipe.decode.run_bound(feeds, bound, [C.LOGITS])
-            cache.advance(1)
-            rows.append(out[C.LOGITS][0, -1])
-        z = np.stack(rows).astype(np.float64)  # (k, V)
-        target = ids[context:]
-        m = z.max(-1)
-        nll.append(np.log(np.exp(z - m[:, None]).sum(-1)) + m - z[np.arange(len(target)), target])
-        arg.append(z.argmax(-1))
-    return np.concatenate(nll), np.concatenate(arg)
+    `context` tokens of each window, then decode the rest teacher-forced (`scoring.score_graphs`,
+    the int8 search's measure, on whatever provider `pipe` runs)."""
+    from semedge.calibration.scoring import score_graphs
+
+    score = score_graphs(pipe, windows, context)
+    return score.nll, score.argmax
 
 
 def gate_candidate(cand: Path, provider: str, ref: tuple, windows, cfg: PrecisionConfig) -> dict:
