@@ -54,8 +54,12 @@ def states_needed(text: str, offsets: np.ndarray, config: CompressionConfig) -> 
     When merged spans are dropped with ranked sentences (config.drops_merged(), the default),
     the states serve only the sentences' relevance, and the recency window is kept whatever it
     scores: so only the sentences that begin before the window need states, plus, for the
-    implicit query (no `query`), the prompt's last paragraph. Everything else (merging, the
-    minilm encoder) reads every token. One rule for the PyTorch compressor and the runtime.
+    implicit query (no `query`), the prompt's last paragraph. With a reading order
+    (config.reorders_ranked(): a query is given), the window's sentences before the question
+    need them too: they compete with the far ones to be read just before the question
+    (budget.reading_order; unscored, a needle in the window would stay behind). Everything else
+    (merging, the minilm encoder) reads every token. One rule for the PyTorch compressor and
+    the runtime.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     T = len(offsets)
@@ -66,6 +70,8 @@ def states_needed(text: str, offsets: np.ndarray, config: CompressionConfig) -> 
     units = sentence_units(text, offsets)
     cut = int(np.searchsorted(units, units[T - recent - 1], side="right"))
     needed = np.zeros(T, dtype=bool)
+    if config.reorders_ranked():
+        cut = max(cut, question_start(text, offsets) or 0)
     needed[:cut] = True
     if not config.query:
         needed[implicit_query(text, offsets)] = True

@@ -122,17 +122,41 @@ def test_with_a_query_the_relevant_sentence_is_read_right_before_the_question(pi
     assert pipe.tokenizer.decode([int(enc.ids[question])]).startswith("\n")  # the break
     start = text.find(NEEDLE)
     needle = [i for i, (a, b) in enumerate(enc.offsets) if start <= a and b <= start + len(NEEDLE)]
-    got = pipe.prepare(text, 2.4, QUESTION)
+    with _config(pipe, query_relevance="bm25"):  # (the random tiny model's maxsim ranks the
+        got = pipe.prepare(text, 2.4, QUESTION)  # recency window's long sentences first)
     order = got.spans[:, 0].tolist()
     at = order.index(question)  # the break and the question paragraph come last, in order
     assert order[at:] == list(range(question, len(enc.ids)))
     assert order[at - len(needle) : at] == needle  # the most relevant sentence read last
     assert sorted(order) == sorted(set(order)) and len(order) == len(got.positions)
-    with _config(pipe, ranked_order="text"):  # where they stand: text order
+    with _config(pipe, ranked_order="text", query_relevance="bm25"):  # text order
         plain = pipe.prepare(text, 2.4, QUESTION)
     assert plain.spans[:, 0].tolist() == sorted(order)  # the same tokens, another order
     implicit = pipe.prepare(text, 2.4, None).spans[:, 0].tolist()
     assert implicit == sorted(implicit)  # without a query the last paragraph is text: no move
+
+
+def test_with_a_query_the_recency_windows_sentences_are_scored_in_both_paths(compressor, pipe):
+    """A reading order ranks the window's sentences too (relevance.states_needed): a needle in
+    the window gets encoder states, and both paths still agree on the spans. (The reading
+    itself: test_compressor's SmolLM2 test; the random tiny model's scores rank at random.)"""
+    from semedge.compressor.relevance import states_needed
+
+    base = sample_text()[:2400]
+    cut = base.find(". ", int(len(base) * 0.85)) + 2  # a sentence boundary in the window
+    text = base[:cut] + NEEDLE + " " + base[cut:] + "\n\n" + QUESTION
+    enc = pipe.tokenize(text)
+    T = len(enc.ids)
+    start = text.find(NEEDLE)
+    needle = [i for i, (a, b) in enumerate(enc.offsets) if start <= a and b <= start + len(NEEDLE)]
+    cfg = dataclasses.replace(pipe.compression, ratio=2.4, query=QUESTION)
+    assert needle[0] >= T - cfg.recency_tokens(T)  # the needle lies in the recency window
+    offsets = np.asarray(enc.offsets)
+    assert states_needed(text, offsets, cfg)[needle].all()
+    assert not states_needed(text, offsets, dataclasses.replace(cfg, query=None))[needle].any()
+    got = pipe.prepare(text, 2.4, QUESTION)
+    want = compressor.compress(text, ratio=2.4, query=QUESTION)
+    np.testing.assert_array_equal(got.spans, want.spans)
 
 
 def test_reading_order_moves_ranked_sentences_before_the_question_least_relevant_first():

@@ -168,7 +168,7 @@ def test_encoder_windows_cover_only_the_needed_runs():
 def test_only_the_states_the_span_search_reads_are_encoded(loaded, article):
     """With merged spans dropped (the default), the encoder skips the recency window but the
     prompt's last paragraph; merging (merged_spans="keep") encodes every token."""
-    from semedge.compressor.relevance import sentence_units, states_needed
+    from semedge.compressor.relevance import question_start, sentence_units, states_needed
 
     model, tok = loaded["llama"]
     text = article[:3000] + "\n\nWhat is the article about?"
@@ -198,11 +198,50 @@ def test_only_the_states_the_span_search_reads_are_encoded(loaded, article):
         recent = cfg.recency_tokens(T)
         units = sentence_units(text, offsets)
         assert needed[: T - recent].all()  # every sentence before the window is scored
-        assert not needed[T - recent : T - 8].all()
-        assert needed[-3:].all() == (query is None)  # the implicit query's tokens
-        assert units[np.flatnonzero(needed[: T - 8])[-1]] >= units[T - recent - 1]
+        if query is None:  # text order: the window is kept unscored, but the implicit query
+            assert not needed[T - recent : T - 8].all()
+            assert needed[-3:].all()
+            assert units[np.flatnonzero(needed[: T - 8])[-1]] >= units[T - recent - 1]
+        else:  # a reading order: the window's sentences compete to be read before the question
+            at = question_start(text, offsets)
+            assert needed[:at].all() and not needed[at:].any()
         kept = np.concatenate([np.arange(s, e) for s, e in prompt.spans])
         assert set(range(T - recent, T)) <= set(kept.tolist())
+
+
+def test_smollm2_reads_a_needle_from_the_recency_window_with_the_far_one_before_the_question(
+    wikitext_test,
+):
+    """Two needles answer the question, one far, one in the recency window: with a query both
+    are read just before it (the window's sentences are scored: relevance.states_needed), not
+    the far one alone while the recent one stays among the other recent text."""
+    model, tok = load_model("smollm2")
+    text = wikitext_test.read_text(encoding="utf-8")
+    body = text[text.index(" = Robert") :][:7000]
+    needles = [
+        f"One of the special magic numbers for vivid-garden is: {n}." for n in (4817263, 5923301)
+    ]
+    question = "What are all the special magic numbers for vivid-garden mentioned in the text?"
+    cuts = [body.find(". ", int(len(body) * f)) + 2 for f in (0.2, 0.9)]
+    prompt = (body[: cuts[0]] + needles[0] + " " + body[cuts[0] : cuts[1]] + needles[1] + " "
+              + body[cuts[1] :] + "\n\n" + question)  # fmt: skip
+    comp = SemTokenCompressor(model, tok)
+    got = comp.compress(prompt, ratio=2.4, query=question)
+    enc = tok(prompt, return_offsets_mapping=True)
+    offsets = np.asarray(enc["offset_mapping"])
+    T = len(offsets)
+
+    def tokens(s: str) -> list[int]:
+        a = prompt.find(s)
+        return [i for i, (x, y) in enumerate(offsets.tolist()) if a <= x and y <= a + len(s)]
+
+    recent = dataclasses.replace(comp.config, ratio=2.4).recency_tokens(T)
+    far, near = tokens(needles[0]), tokens(needles[1])
+    assert far[-1] < T - recent <= near[0]  # one far needle, one in the recency window
+    order = got.spans[:, 0].tolist()
+    at = order.index(int(np.searchsorted(offsets[:, 1], prompt.rfind("\n\n"), side="right")))
+    read_last = order[at - len(far) - len(near) - 2 : at]  # (a sentence's leading space)
+    assert set(far + near) <= set(read_last)  # both needles, right before the question
 
 
 def test_lm_encoder_windows_match_a_single_pass(loaded):
