@@ -162,3 +162,14 @@ def test_top1_agreement_scores_exports_against_the_reference(tiny_export, wikite
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[")]
     assert res.returncode == 1 and len(lines) == 1 and "longer --quality-data" in lines[0]
+
+
+def test_prepare_query_cost_runs_every_setting(tiny_export):
+    res = _bench("prepare_query_cost.py", "--export", tiny_export, "--context", 512, "--rounds", 1,
+                 "--threads", 1)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("prepare, ") and "R=2.4" in lines[0]
+    names = [line.split(" min ")[0].strip() for line in lines[1:]]
+    assert names == ["no query", "query", "query, window unscored"]
+    assert all(float(line.split(" min ")[1].split()[0]) > 0 for line in lines[1:])
