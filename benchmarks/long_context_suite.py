@@ -71,7 +71,8 @@ def report(rows: list[dict], markdown: bool, plot: Path | None = None) -> None:
 def paired(rows: list[dict], a: str, b: str) -> list[str]:
     """Accuracy of method `a` minus method `b` on the same prompts, per context and ratio: the
     9-task mean of per-task mean differences, with a 95 % paired bootstrap interval (prompts
-    resampled within each task, 4,000 draws, seeded)."""
+    resampled within each task, 4,000 draws, seeded), and both methods' means on those prompts
+    (what "x full" divides where full context ran on fewer prompts)."""
     import numpy as np
 
     pairs: dict[tuple, dict[str, float]] = {}
@@ -82,11 +83,14 @@ def paired(rows: list[dict], a: str, b: str) -> list[str]:
     out = []
     for c, q in sorted({k[:2] for k in pairs}):
         diff: dict[str, list[float]] = {}
+        score_a: dict[str, list[float]] = {}
         for k, v in pairs.items():
             if k[:2] == (c, q) and a in v and b in v:
                 diff.setdefault(k[2], []).append(v[a] - v[b])
+                score_a.setdefault(k[2], []).append(v[a])
         if not diff:
             continue
+        mean_a = float(np.mean([np.mean(x) for x in score_a.values()]))
         arrays = [np.asarray(d) for d in diff.values()]
         rng = np.random.default_rng(0)
         boot = [np.mean([rng.choice(d, len(d)).mean() for d in arrays]) for _ in range(4000)]
@@ -94,7 +98,8 @@ def paired(rows: list[dict], a: str, b: str) -> list[str]:
         n = sum(len(d) for d in arrays)
         mean = float(np.mean([d.mean() for d in arrays]))
         out.append(f"{c} {q:g}x {a} - {b}: {mean:+.3f} (95 % CI {lo:+.3f} .. {hi:+.3f}), "
-                   f"{n} prompts, {len(arrays)} tasks")  # fmt: skip
+                   f"{n} prompts, {len(arrays)} tasks; on them {a} {mean_a:.3f}, "
+                   f"{b} {mean_a - mean:.3f}")  # fmt: skip
     return out
 
 

@@ -173,3 +173,5 @@ def test_prepare_query_cost_runs_every_setting(tiny_export):
     names = [line.split(" min ")[0].strip() for line in lines[1:]]
     assert names == ["no query", "query", "query, window unscored"]
     assert all(float(line.split(" min ")[1].split()[0]) > 0 for line in lines[1:])
+    tokens = [int(line.rsplit("encoder tokens ", 1)[1]) for line in lines[1:]]
+    assert tokens[1] > tokens[2] > 0  # with a reading order the window is encoded too

@@ -166,8 +166,9 @@ def test_encoder_windows_cover_only_the_needed_runs():
 
 
 def test_only_the_states_the_span_search_reads_are_encoded(loaded, article):
-    """With merged spans dropped (the default), the encoder skips the recency window but the
-    prompt's last paragraph; merging (merged_spans="keep") encodes every token."""
+    """With merged spans dropped (the default) and no query, the encoder skips the recency window
+    but the prompt's last paragraph; with a query (a reading order) it reads everything before
+    the question; merging (merged_spans="keep") encodes every token."""
     from semedge.compressor.relevance import question_start, sentence_units, states_needed
 
     model, tok = loaded["llama"]
