@@ -255,9 +255,10 @@ def run(args: argparse.Namespace) -> dict:
         ("openvino", args.openvino, lambda: OpenVinoRunner(Path(args.openvino), threads,
                                                            args.ov_precision)),
         ("genai", args.genai, lambda: GenaiRunner(Path(args.genai), threads)),
-        ("calibrated", args.calibrated, lambda: SemedgeRunner(Path(args.calibrated), threads,
-                                                              "calibrated")),
     ]  # fmt: skip
+    for i, d in enumerate(x for x in (args.calibrated or "").split(",") if x):
+        name = "calibrated" if i == 0 else f"calibrated_{Path(d).name}"
+        extra.append((name, d, lambda d=d, name=name: SemedgeRunner(Path(d), threads, name)))
     for name, wanted, make in extra:
         if not wanted:
             continue
@@ -383,8 +384,8 @@ def main(argv: list[str] | None = None) -> None:
                    "on the OpenVINO provider")  # fmt: skip
     p.add_argument("--ov-precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--genai", metavar="DIR", help="add an onnxruntime-genai model directory")
-    p.add_argument("--calibrated", metavar="DIR", help="add a calibrated copy of the export "
-                   "(`semedge calibrate int8|fp16`) on the same runtime")  # fmt: skip
+    p.add_argument("--calibrated", metavar="DIR[,DIR]", help="add calibrated copies of the "
+                   "export (`semedge calibrate int8|fp16`) on the same runtime")  # fmt: skip
     p.add_argument("--decode-prompt", type=int, default=512)
     p.add_argument("--peak", action="store_true", help="measure fp32/bf16 matmul GFLOP/s peaks")
     p.add_argument("--smoke", action="store_true", help="tiny lengths, 1 repeat, 2 decode tokens")

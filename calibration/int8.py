@@ -26,6 +26,7 @@ from semedge.artifacts import (
     listed_file,
     load_manifest,
     onnx_external_locations,
+    sha256_file,
     staged_dir,
     verify_manifest,
     write_manifest,
@@ -42,6 +43,7 @@ from semedge.calibration.data import (
     tokenize_stream,
     with_graphs,
 )
+from semedge.calibration.fallback import DEFAULT_TOP1, choose_margin, parse_fallback, with_fallback
 from semedge.calibration.report import Int8Report
 from semedge.calibration.schemes import (
     METHODS,
@@ -98,8 +100,16 @@ class Int8Config:
     speed_repeats: int = 3
     compress: bool = True  # calibrate on SemToken-merged inputs when the export compresses
     graphs: tuple[str, ...] = GRAPHS  # graphs to quantize; the others stay as exported
+    # decode steps whose top-2 logit gap is under this margin re-run in fp32 (calibration.
+    # fallback): "off", "auto" (the smallest that reaches min_top1, or 0.98) or a number
+    fallback: str | float = "off"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fallback", parse_fallback(self.fallback))
+        if self.fallback != "off" and C.DECODE_ONNX not in self.graphs:
+            raise InputError(
+                "--fallback-margin needs the decode graph quantized (--graphs both|decode)"
+            )
         if self.target not in TARGETS:
             raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         allowed = TARGETS[self.target] + EXPLICIT.get(self.target, ())
@@ -130,6 +140,12 @@ class Int8Config:
     @property
     def schemes(self) -> tuple[str, ...]:
         return TARGETS[self.target] if self.scheme == "auto" else (self.scheme,)
+
+    @property
+    def search_top1(self) -> float:
+        """The sensitivity search's top-1 floor: none when an auto fallback reaches it instead
+        (the fallback re-runs a few steps, where keeping a group fp32 slows every step)."""
+        return 0.0 if self.fallback == "auto" else self.min_top1
 
 
 def open_export(directory: Path | str, need: tuple[str, ...] = GRAPHS) -> tuple[Manifest, Pipeline]:
@@ -246,6 +262,11 @@ def _mb(run: _Run, folder: Path) -> float:
     return sum(_graph(run, folder, g).stat().st_size for g in GRAPHS) / 1e6
 
 
+def _mb_exact(run: _Run) -> float:
+    """Bytes (MB) of the fp32 decode graph a fallback ships beside the quantized one."""
+    return (run.src / C.DECODE_ONNX).stat().st_size / 1e6
+
+
 def _run_scheme(run: _Run, scheme: str, base: scoring.HeldOutScore) -> dict[str, Any]:
     """Sensitivity search for one scheme; returns its candidate record (or its failure)."""
     import onnx
@@ -262,7 +283,7 @@ def _run_scheme(run: _Run, scheme: str, base: scoring.HeldOutScore) -> dict[str,
     with log_timed(log, f"scheme {scheme}: sensitivity search"):
         try:
             res = search_exclusions(groups, evaluate, base.ppl, run.config.max_ppl_increase,
-                                    run.config.min_top1)  # fmt: skip
+                                    run.config.search_top1)  # fmt: skip
         except AccuracyError as err:
             return {"scheme": scheme, "passed": False, "error": str(err)}
     folder = run.build(scheme, sorted(res.kept_nodes))
@@ -402,12 +423,44 @@ def calibrate_int8(
             base = scoring.score_graphs(pipe, run.held, config.eval_context)
         candidates = [_run_scheme(run, s, base) for s in config.schemes]
         best = _pick(run, candidates)
-        report = _report(run, best, base, candidates, out)
+        fallback = _fallback(run, best, base)
+        report = _report(run, best, base, candidates, out, fallback)
         _write(run, manifest, best, report, out, overwrite)
     return report
 
 
-def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> Int8Report:
+def _fallback(run: _Run, best: dict, base: scoring.HeldOutScore) -> dict | None:
+    """The fp32 decode fallback's record (calibration.fallback), or None when off.
+
+    Raises:
+        InputError: the export's decode graph keeps its weights in external files.
+        AccuracyError: auto, and no margin reaches the top-1 target.
+    """
+    cfg = run.config
+    if cfg.fallback == "off":
+        return None
+    if onnx_external_locations(run.src / C.DECODE_ONNX):
+        raise InputError("--fallback-margin needs a decode graph without external data files")
+    quant = run.score(best["folder"])
+    target = cfg.min_top1 or DEFAULT_TOP1
+    with with_graphs(run.pipe, best["folder"]) as qpipe:
+
+        def score_at(margin: float) -> scoring.HeldOutScore:
+            pipe = with_fallback(qpipe, run.pipe.decode, margin)
+            return scoring.score_graphs(pipe, run.held, cfg.eval_context)
+
+        with log_timed(log, "fp32 decode fallback: choosing its margin"):
+            rec = choose_margin(score_at, base, quant, target, cfg.fallback)
+    share = rec["exact_share"]
+    rec["decode_ms_estimate"] = best["decode_ms"] + share * best["decode_ms_fp32"]
+    log.info("fallback margin %.3g: top-1 %.3f -> %.3f, %.1f %% of steps re-run in fp32",
+             rec["margin"], rec["top1_without"], rec["top1"], 100 * share)  # fmt: skip
+    return rec
+
+
+def _report(
+    run: _Run, best: dict, base, candidates: list[dict], out: Path, fallback: dict | None = None
+) -> Int8Report:
     sens = best["sensitivity"]
     q = run.score(best["folder"])
     kept = dict(sens.kept_nodes)
@@ -419,11 +472,13 @@ def _report(run: _Run, best: dict, base, candidates: list[dict], out: Path) -> I
         min_top1=run.config.min_top1, block_size=_block(run, best["scheme"]),
         prefill_ms_fp32=best["prefill_ms_fp32"], prefill_ms_int8=best["prefill_ms"],
         decode_ms_fp32=best["decode_ms_fp32"], decode_ms_int8=best["decode_ms"],
-        speed_tokens=best["speed_tokens"], size_mb=best["size_mb"], size_mb_fp32=_mb(run, run.src),
+        speed_tokens=best["speed_tokens"], size_mb_fp32=_mb(run, run.src),
+        size_mb=best["size_mb"] + (_mb_exact(run) if fallback else 0.0),
         quantized_nodes=best["quantized_nodes"], kept_high_precision=sorted(kept),
         kept_reasons=kept, candidates=[_public(c) for c in candidates],
         sensitivity=sens.to_dict(), cache_hit=run.cache_hit,
         calibration_batches=sum(r.calls for r in run.readers), scored_tokens=int(base.nll.size),
+        fallback=fallback,
     )  # fmt: skip
 
 
@@ -440,6 +495,17 @@ def _graph_files(src: Path, graph: str) -> set[str]:
     return names
 
 
+def _check_copy(src: Path, manifest: Manifest, rel: str, target: Path) -> None:
+    """`target`, copied from `src/rel`, matches the SHA-256 `manifest` lists for `rel`.
+
+    Raises:
+        ArtifactError: it does not (tampered or changed while copying).
+    """
+    meta = manifest.files.get(rel) or {}
+    if sha256_file(target) != meta.get("sha256"):
+        raise ArtifactError(f"{src / rel} does not match its SHA-256 in the manifest; re-export")
+
+
 def _write(
     run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool
 ) -> None:
@@ -450,6 +516,9 @@ def _write(
         copy_verified(run.src, manifest, tmp, skip)
         for g in graphs:
             shutil.copy2(best["folder"] / g, tmp / g)
+        if report.fallback:  # the export's own fp32 decode graph, verified by copy_verified's twin
+            shutil.copy2(run.src / C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
+            _check_copy(run.src, manifest, C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
         config = dict(manifest.config)
         config["quantization"] = {
             "dtype": "int8", "target": report.target, "scheme": report.scheme,
@@ -460,6 +529,8 @@ def _write(
         }  # fmt: skip
         if report.block_size:
             config["quantization"]["block_size"] = report.block_size
+        if report.fallback:
+            config["decode_fallback"] = dict(report.fallback)
         created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
         extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}
         write_manifest(

@@ -78,6 +78,8 @@ class PrecisionConfig:
     # steps faster than fp32 (decode reads every weight once per token: half the bytes or less)
     int8_decode: bool = True
     int8_decode_min_speedup: float = 1.05  # measured decode speed-up needed to keep it
+    # ... with its near-tie steps re-run in fp32 (calibration.fallback) to reach min_top1
+    decode_fallback: bool = True
 
     def __post_init__(self) -> None:
         if not self.max_ppl_increase >= 0:
@@ -225,7 +227,7 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
         samples=cfg.int8_samples, seq_len=cfg.int8_seq_len,
         eval_windows=cfg.search_windows, eval_context=cfg.eval_context,
         eval_tokens=cfg.eval_tokens, speed_tokens=cfg.speed_tokens, speed_repeats=1,
-        graphs=(C.DECODE_ONNX,),
+        graphs=(C.DECODE_ONNX,), fallback="auto" if cfg.decode_fallback else "off",
     )  # fmt: skip
     tmp = cand.parent / f"{cand.name}-int8-decode"
     try:
@@ -239,9 +241,17 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
         if speedup < cfg.int8_decode_min_speedup:
             log.info("decode stays fp32: weight-only int8 steps only %.2fx faster", speedup)
             return None
+        if rep.fallback:  # what a step costs with its share of fp32 re-runs
+            speedup = rep.decode_ms_fp32 / rep.fallback["decode_ms_estimate"]
+            if speedup < cfg.int8_decode_min_speedup:
+                log.info("decode stays fp32: with its fp32 fallback int8 steps only %.2fx "
+                         "faster", speedup)  # fmt: skip
+                return None
         rec = {"precision": "int8-weight-only", "provider": "cpu", "decode_speedup": speedup,
                "kept_fp32": rep.kept_high_precision, "ppl_delta_pct_alone":
                (rep.ppl_int8 / rep.ppl_fp32 - 1.0) * 100.0}  # fmt: skip
+        if rep.fallback:
+            rec["fallback_margin"] = rep.fallback["margin"]
         _replace_decode(tmp, cand, rec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -253,14 +263,19 @@ def _replace_decode(src: Path, cand: Path, decode_precision: dict | None) -> Non
     `decode_precision` (None: the fp32 graph, the key dropped) and is re-hashed."""
     from semedge.calibration.int8 import _graph_files
 
-    for name in _graph_files(cand, C.DECODE_ONNX):
-        (cand / name).unlink()
-    for name in _graph_files(src, C.DECODE_ONNX):
+    for name in _graph_files(cand, C.DECODE_ONNX) | {C.DECODE_EXACT_ONNX}:
+        (cand / name).unlink(missing_ok=True)
+    exact = (src / C.DECODE_EXACT_ONNX).is_file()
+    for name in _graph_files(src, C.DECODE_ONNX) | ({C.DECODE_EXACT_ONNX} if exact else set()):
         shutil.copy2(src / name, cand / name)
+    fallback = load_manifest(src).config.get("decode_fallback") if exact else None
     m = load_manifest(cand)
-    m.config = {k: v for k, v in m.config.items() if k != "decode_precision"}
+    m.config = {k: v for k, v in m.config.items()
+                if k not in ("decode_precision", "decode_fallback")}  # fmt: skip
     if decode_precision:
         m.config["decode_precision"] = decode_precision
+    if fallback:
+        m.config["decode_fallback"] = fallback
     write_manifest(cand, m)
 
 

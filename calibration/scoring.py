@@ -40,6 +40,8 @@ class HeldOutScore:
     nll: np.ndarray  # (N,) float64
     argmax: np.ndarray  # (N,) int64
     logits: list[np.ndarray]  # per window (k, V) float32, for |delta logits| parity
+    decode_steps: int = 0  # decode graph steps run (teacher-forced)
+    exact_steps: int = 0  # of them, re-run by the fp32 fallback graph (near ties)
 
     @property
     def ppl(self) -> float:
@@ -63,6 +65,7 @@ def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> Hel
         context: tokens given to prefill (uncompressed).
     """
     nll, arg, per_window = [], [], []
+    steps = exact = 0
     lead = leading_specials(pipe)
     for ids in windows:
         head = np.concatenate([lead, ids[:context]])
@@ -71,9 +74,10 @@ def score_graphs(pipe: Pipeline, windows: list[np.ndarray], context: int) -> Hel
         gen.append_prompts([prompt])
         z = gen.score(ids[None, context:])[0].astype(np.float32)  # (k, V): row r -> ids[context+r]
         per_window.append(z)
+        steps, exact = steps + ids.size - context - 1, exact + gen.exact_steps
         nll.extend(_nll(r, int(t)) for r, t in zip(z, ids[context:], strict=True))
         arg.append(z.argmax(-1))
-    return HeldOutScore(np.asarray(nll), np.concatenate(arg), per_window)
+    return HeldOutScore(np.asarray(nll), np.concatenate(arg), per_window, steps, exact)
 
 
 def leading_specials(pipe: Pipeline) -> np.ndarray:

@@ -86,6 +86,8 @@ class Generator:
         self._mask: np.ndarray | None = None  # (B, P) attention mask of the cache
         self._next_pos: np.ndarray | None = None  # (B,) position id of the next token
         self._step: Callable[[dict], dict] | None = None  # step_runner over self.cache
+        self._exact_step: Callable[[dict], dict] | None = None  # the same on the fp32 fallback
+        self.exact_steps = 0  # decode steps re-run by the fp32 graph (near ties)
 
     @property
     def batch(self) -> int:
@@ -180,10 +182,23 @@ class Generator:
             if self._step is None:
                 self._step = step_runner(p.decode, self.cache)
             out = self._step(feeds)
+            if p.fallback_margin and self._near_tie(out[LOGITS][:, -1, :], p.fallback_margin):
+                if self._exact_step is None:
+                    self._exact_step = step_runner(p.exact_decode, self.cache)
+                out = self._exact_step(feeds)  # rewrites the same cache slot: not advanced yet
+                self.exact_steps += 1
             self.cache.advance(1)
         self._logits = out[LOGITS][:, -1, :]
         self._next_pos = self._next_pos + 1
         return out[LOGITS]
+
+    def _near_tie(self, logits: np.ndarray, margin: float) -> bool:
+        """Whether a running row's two most likely next tokens are less than `margin` apart:
+        where a quantized graph's small logit error can flip the top token (the fp32 graph
+        then re-runs the step for every row)."""
+        live = [b for b, f in enumerate(self.finish) if f is None] or range(len(logits))
+        top2 = np.partition(np.asarray(logits[list(live)], dtype=np.float32), -2, axis=-1)[:, -2:]
+        return bool((top2[:, 1] - top2[:, 0] < margin).any())
 
     def append_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Teacher forcing: feed the given token of every row (B,) and return the step's logits

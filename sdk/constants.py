@@ -19,6 +19,9 @@ EMBED_ONNX = "embed.onnx"  # input_ids -> inputs_embeds (token embedding table l
 ENCODER_ONNX = "encoder.onnx"  # input_ids, attention_mask -> encoder_hidden (SemToken encoder)
 PREFILL_ONNX = "prefill.onnx"  # inputs_embeds, position_ids, attention_mask -> logits, presents
 DECODE_ONNX = "decode.onnx"  # input_ids, position_ids, attention_mask, past -> logits, presents
+# the fp32 decode graph beside a quantized one: re-runs the steps whose next token is a near tie
+# (config["decode_fallback"]["margin"]; runtime.generator)
+DECODE_EXACT_ONNX = "decode_exact.onnx"
 
 TOKENIZER_JSON = "tokenizer.json"
 SEMEDGE_CONFIG = "semedge_config.json"

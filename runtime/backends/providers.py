@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from semedge.artifacts import Manifest, listed_file
-from semedge.constants import DECODE_ONNX, EMBED_ONNX, ENCODER_ONNX, PREFILL_ONNX
+from semedge.constants import (
+    DECODE_EXACT_ONNX,
+    DECODE_ONNX,
+    EMBED_ONNX,
+    ENCODER_ONNX,
+    PREFILL_ONNX,
+)
 from semedge.errors import ArtifactError
 
 __all__ = ["backends_for", "openvino_backends", "GRAPHS"]
@@ -17,7 +23,9 @@ GRAPHS = {
     "encoder": ENCODER_ONNX,
     "prefill": PREFILL_ONNX,
     "decode": DECODE_ONNX,
+    "decode_exact": DECODE_EXACT_ONNX,  # optional: a quantized decode's fp32 fallback
 }
+OPTIONAL = ("encoder", "decode_exact")
 
 
 def backends_for(
@@ -49,10 +57,10 @@ def backends_for(
     out = {}
     for key, graph_path in _graph_files(path, manifest).items():
         fname = graph_path.name
-        spec = manifest.graphs.get(key) or manifest.graphs.get(fname)
+        spec = _spec(manifest, key, fname)
         prof = f"{ort_profile}_{key}" if ort_profile and key in ("prefill", "decode") else None
         out[key] = OrtBackend(graph_path, ort_names, spec, threads, prof,
-                              shrink_arena=key == "prefill", stop_spinning=key == "decode")  # fmt: skip
+                              shrink_arena=key == "prefill", stop_spinning=key.startswith("decode"))  # fmt: skip
         out[key].provider_name = provider
     return out
 
@@ -61,8 +69,8 @@ def _graph_files(path: Path, manifest: Manifest) -> dict[str, Path]:
     """Each graph's path, listed in the manifest and confined to the directory (listed_file)."""
     out = {}
     for key, fname in GRAPHS.items():
-        if key == "encoder" and fname not in manifest.files:
-            continue  # an export without an encoder still runs uncompressed
+        if key in OPTIONAL and fname not in manifest.files:
+            continue  # without an encoder: uncompressed; without decode_exact: no fallback
         out[key] = listed_file(path, manifest, fname, f"the {key} graph")
     return out
 
@@ -94,13 +102,19 @@ def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None
 
     out: dict[str, Any] = {}
     for key, file in _graph_files(path, manifest).items():
-        spec = manifest.graphs.get(key) or manifest.graphs.get(file.name)
-        if key == "decode":
+        spec = _spec(manifest, key, file.name)
+        if key.startswith("decode"):
             out[key] = OrtBackend(file, ort_providers("cpu"), spec, threads)
             out[key].provider_name = "cpu"
             continue
         out[key] = OpenVinoBackend(file, spec, threads, precision if key == "prefill" else "fp32")
     return out
+
+
+def _spec(manifest: Manifest, key: str, fname: str) -> Any:
+    """A graph's I/O spec in the manifest (the fp32 fallback has the decode graph's)."""
+    key = "decode" if key == "decode_exact" else key
+    return manifest.graphs.get(key) or manifest.graphs.get(fname)
 
 
 def _check_ort_names(providers: Sequence[str]) -> list[str]:

@@ -41,6 +41,10 @@ def command() -> None:
 @click.option("--max-ppl-increase", type=float, default=None, help="Percent [3].")
 @click.option("--min-top1", type=float, default=None,
               help="Floor on top-1 agreement with fp32 on the held-out windows [0: none].")  # fmt: skip
+@click.option("--fallback-margin", "fallback", default=None,
+              help="Re-run decode steps whose top-2 logits are closer than this in fp32 "
+                   "(decode_exact.onnx): off, auto (the smallest reaching --min-top1, else 0.98) "
+                   "or a number [off].")  # fmt: skip
 @click.option("--granularity", type=click.Choice(["auto", "role", "layer", "node"]), default=None)
 @click.option("--per-channel", is_flag=True, default=None, help="Per-channel weight scales.")
 @click.option("--block-size", type=int, default=None,
