@@ -4,8 +4,9 @@ PyTorch's own bf16 model against its fp32 one), on the precision gate's windows 
     python benchmarks/top1_agreement.py --reference EXPORT --text ../shared/data/wikitext-2/valid.txt \
         --windows 32 --exports ALL_INT8,FLOOR [--torch-bf16] [--json OUT]
 
-Each window prefills 128 tokens and scores the next 32 teacher-forced through the runtime's
-prefill and decode graphs (`calibration.quality_gate`, what `export onnx --precision` gates on);
+An export with an fp32 decode fallback (`calibrate int8 --fallback-margin`) is scored with it
+and again with it off. Each window prefills 128 tokens and scores the next 32 teacher-forced
+through the runtime's prefill and decode graphs (`calibration.quality_gate`, what `export onnx --precision` gates on);
 the last `--windows` windows of the text are used.
 """
 
@@ -75,10 +76,14 @@ def main() -> None:
     rows = []
     for d in [x for x in a.exports.split(",") if x]:
         with Pipeline.from_pretrained(d, providers="cpu") as pipe:
-            nll, arg = score_pipeline(pipe, windows, cfg.eval_context)
-        rows.append({"export": d, "tokens": int(arg.size), "top1": float(np.mean(arg == ref_arg)),
-                     "ppl": float(np.exp(nll.mean())),
-                     "ppl_reference": float(np.exp(ref_nll.mean()))})  # fmt: skip
+            margins = [pipe.fallback_margin, 0.0] if pipe.fallback_margin else [0.0]
+            for m in margins:  # an export with an fp32 decode fallback: with it, then without
+                pipe.fallback_margin = m
+                nll, arg = score_pipeline(pipe, windows, cfg.eval_context)
+                name = d if m or len(margins) == 1 else f"{d} (fallback off)"
+                rows.append({"export": name, "tokens": int(arg.size),
+                             "top1": float(np.mean(arg == ref_arg)), "ppl": float(np.exp(nll.mean())),
+                             "ppl_reference": float(np.exp(ref_nll.mean()))})  # fmt: skip
     if a.torch_bf16:
         rows.append(_torch_bf16(a.model, windows, cfg.eval_context))
     print("| export | tokens | top-1 vs fp32 | ppl | ppl fp32 |")

@@ -182,3 +182,16 @@ def test_a_margin_without_its_graph_is_refused(always_exact, tmp_path):
     (bad / C.DECODE_EXACT_ONNX).unlink()
     with pytest.raises(ArtifactError, match="decode_exact.onnx is not listed"):
         Pipeline.from_pretrained(bad)
+
+
+def test_cli_writes_the_fallback_and_reports_it(cli, planted_down_export, cal_text, tmp_path):
+    from semedge.runtime import Pipeline
+
+    out = tmp_path / "o"
+    res = cli("calibrate", "int8", str(planted_down_export), str(out), "--data", str(cal_text),
+              "--graphs", "decode", "--scheme", "weight-only", "--max-ppl-increase", "1e6",
+              "--fallback-margin", "0.5", *INT8_FAST_ARGS)  # fmt: skip
+    assert "top-1 with fp32 fallback (margin 0.5" in res.stdout
+    with Pipeline.from_pretrained(out) as pipe:
+        assert pipe.fallback_margin == 0.5 and pipe.exact_decode is not None
+        assert len(pipe.generate("The tower is", max_new_tokens=4, ratio=1.0).tokens) == 4
