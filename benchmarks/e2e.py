@@ -186,7 +186,7 @@ def print_tables(rows, baselines, ratio, new_tokens, header) -> None:
     for r in rows:
         ok = (
             r["speedup"] >= 2.0
-            and r["token_reduction"] >= 2.4
+            and r["token_reduction"] >= 2.4 - 0.005  # round(T / R) positions: 4096 / 1707 = 2.3995
             and r["overhead_pct_of_prefill"] <= 10
         )
         print(f"{r['context']:>7} {r['positions']:>5} {r['token_reduction']:>5.2f}x "

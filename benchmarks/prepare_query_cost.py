@@ -8,6 +8,7 @@ the tokens each setting sent through the encoder graph (its windows overlap; the
 tokens included).
 
     python benchmarks/prepare_query_cost.py [--export DIR] [--context 2048] [--ratio 2.4]
+        [--compare OTHER_EXPORT_DIR]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=2.4)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="a second export (e.g. with an int8 encoder), timed in the same rounds")  # fmt: skip
     a = ap.parse_args()
     import semedge.eval.suite as suite
     from semedge.constants import INPUT_IDS
@@ -38,40 +41,47 @@ def main() -> None:
         from semedge.export import cached_export
 
         export = cached_export("smollm2")
-    with Pipeline.from_pretrained(export, threads=a.threads) as pipe:
+    pipes = {"": Pipeline.from_pretrained(export, threads=a.threads)}
+    if a.compare is not None:  # e.g. a `calibrate int8 --encoder int8` copy, rounds alternating
+        pipes = {f"1 {export.name}: ": pipes[""], f"2 {a.compare.name}: ": Pipeline.from_pretrained(
+            a.compare, threads=a.threads)}  # fmt: skip
+    pipe = next(iter(pipes.values()))
 
-        def count(texts: list[str]) -> list[int]:
-            return [len(pipe.tokenize(t).ids) for t in texts]
+    def count(texts: list[str]) -> list[int]:
+        return [len(pipe.tokenize(t).ids) for t in texts]
 
-        filler = suite.FillerText(default_filler(), count)
-        sample = suite.suite_sample("multivalue", 0, a.context, 3, 10, 0, filler, count)
-        settings = [
-            ("no query", None, "auto"),
-            ("query", sample.question, "auto"),
-            ("query, window unscored", sample.question, "text"),
-        ]
-        times: dict[str, list[float]] = {name: [] for name, _, _ in settings}
-        encoded: dict[str, int] = {}  # tokens through the encoder graph (windows overlap)
-        encoder = pipe.backends["encoder"]
-        seen: list[int] = []
-        run = encoder.run
+    filler = suite.FillerText(default_filler(), count)
+    sample = suite.suite_sample("multivalue", 0, a.context, 3, 10, 0, filler, count)
+    settings = [
+        ("no query", None, "auto"),
+        ("query", sample.question, "auto"),
+        ("query, window unscored", sample.question, "text"),
+    ]
+    times: dict[str, list[float]] = {}
+    encoded: dict[str, int] = {}  # tokens through the encoder graph (windows overlap)
+    seen: list[int] = []
+    for p in pipes.values():
+        encoder = p.backends["encoder"]
 
-        def counted(feeds, names):
+        def counted(feeds, names, run=encoder.run):
             seen.append(feeds[INPUT_IDS].shape[1])
             return run(feeds, names)
 
         encoder.run = counted
-        shipped = pipe.compression
-        for _ in range(a.rounds):
+    for _ in range(a.rounds):
+        for label, p in pipes.items():
+            shipped = p.compression
             for name, query, order in settings:
-                pipe.compression = dataclasses.replace(shipped, ranked_order=order)
+                p.compression = dataclasses.replace(shipped, ranked_order=order)
                 seen.clear()
                 t0 = time.perf_counter()
-                pipe.prepare(sample.prompt, a.ratio, query)
-                times[name].append(time.perf_counter() - t0)
-                pipe.compression = shipped
-                encoded[name] = sum(seen)
-        n_tokens = count([sample.prompt])[0]
+                p.prepare(sample.prompt, a.ratio, query)
+                times.setdefault(label + name, []).append(time.perf_counter() - t0)
+                p.compression = shipped
+                encoded[label + name] = sum(seen)
+    n_tokens = count([sample.prompt])[0]
+    for p in pipes.values():
+        p.close()
     print(f"prepare, {n_tokens} tokens, R={a.ratio:g}, {a.threads} threads")
     for name, ts in times.items():
         print(f"{name:24s} min {min(ts) * 1e3:7.1f} ms  median {np.median(ts) * 1e3:7.1f} ms  "

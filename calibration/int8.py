@@ -43,6 +43,7 @@ from semedge.calibration.data import (
     tokenize_stream,
     with_graphs,
 )
+from semedge.calibration.encoder_int8 import gate_encoder, span_prompts
 from semedge.calibration.fallback import DEFAULT_TOP1, choose_margin, parse_fallback, with_fallback
 from semedge.calibration.report import Int8Report
 from semedge.calibration.schemes import (
@@ -103,9 +104,19 @@ class Int8Config:
     # decode steps whose top-2 logit gap is under this margin re-run in fp32 (calibration.
     # fallback): "off", "auto" (the smallest that reaches min_top1, or 0.98) or a number
     fallback: str | float = "off"
+    # the SemToken encoder: "fp32" (as exported) or "int8" (weight-only, gated on its spans:
+    # calibration.encoder_int8)
+    encoder: str = "fp32"
+    min_span_agreement: float = 0.99  # mean Jaccard of the int8 encoder's spans vs fp32's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fallback", parse_fallback(self.fallback))
+        if self.encoder not in ("fp32", "int8"):
+            raise InputError(f"--encoder must be fp32 or int8, got {self.encoder!r}")
+        if not 0.0 <= self.min_span_agreement <= 1.0:
+            raise InputError(
+                f"--min-span-agreement must be in [0, 1], got {self.min_span_agreement:g}"
+            )
         if self.fallback != "off" and C.DECODE_ONNX not in self.graphs:
             raise InputError(
                 "--fallback-margin needs the decode graph quantized (--graphs both|decode)"
@@ -424,8 +435,12 @@ def calibrate_int8(
         candidates = [_run_scheme(run, s, base) for s in config.schemes]
         best = _pick(run, candidates)
         fallback = _fallback(run, best, base)
+        encoder = (
+            _encoder(run, stream, cal[-1].stop, held[0].start) if config.encoder == "int8" else None
+        )
         report = _report(run, best, base, candidates, out, fallback)
-        _write(run, manifest, best, report, out, overwrite)
+        report.encoder = {k: v for k, v in encoder.items() if k != "path"} if encoder else None
+        _write(run, manifest, best, report, out, overwrite, encoder["path"] if encoder else None)
     return report
 
 
@@ -456,6 +471,26 @@ def _fallback(run: _Run, best: dict, base: scoring.HeldOutScore) -> dict | None:
     log.info("fallback margin %.3g: top-1 %.3f -> %.3f, %.1f %% of steps re-run in fp32",
              rec["margin"], rec["top1_without"], rec["top1"], 100 * share)  # fmt: skip
     return rec
+
+
+def _encoder(run: _Run, stream: Any, start: int, end: int) -> dict:
+    """The weight-only int8 encoder, quantized and gated on its spans (calibration.encoder_int8);
+    its record with the graph's scratch path under "path".
+
+    Raises:
+        InputError: the export has no encoder, or too little text for the gate.
+        AccuracyError: its spans agree with fp32's under --min-span-agreement.
+    """
+    if "encoder" not in run.pipe.backends:
+        raise InputError("--encoder int8: this export has no SemToken encoder")
+    prompts = span_prompts(stream, start, end)
+    named = ensure_node_names(run.src / C.ENCODER_ONNX, run.scratch / "named")
+    path = run.scratch / "encoder-int8" / C.ENCODER_ONNX
+    with log_timed(log, "weight-only int8 encoder: quantize and compare spans"):
+        quantize_graph(named, path, run.settings("weight-only"))
+        rec = gate_encoder(run.pipe, path, prompts, run.config.min_span_agreement,
+                           run.config.speed_tokens)  # fmt: skip
+    return {**rec, "block_size": run.config.block_size, "path": path}
 
 
 def _report(
@@ -507,15 +542,20 @@ def _check_copy(src: Path, manifest: Manifest, rel: str, target: Path) -> None:
 
 
 def _write(
-    run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool
-) -> None:
+    run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool,
+    encoder: Path | None = None,
+) -> None:  # fmt: skip
     ort = require("onnxruntime")
     graphs = run.config.graphs
     skip = set().union(*(_graph_files(run.src, g) for g in graphs)) | {C.MANIFEST}
+    if encoder is not None:
+        skip |= _graph_files(run.src, C.ENCODER_ONNX)
     with staged_dir(out, overwrite=overwrite) as tmp:
         copy_verified(run.src, manifest, tmp, skip)
         for g in graphs:
             shutil.copy2(best["folder"] / g, tmp / g)
+        if encoder is not None:
+            shutil.copy2(encoder, tmp / C.ENCODER_ONNX)
         if report.fallback:  # the export's own fp32 decode graph, verified by copy_verified's twin
             shutil.copy2(run.src / C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
             _check_copy(run.src, manifest, C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
@@ -531,6 +571,8 @@ def _write(
             config["quantization"]["block_size"] = report.block_size
         if report.fallback:
             config["decode_fallback"] = dict(report.fallback)
+        if report.encoder:
+            config["encoder_quantization"] = dict(report.encoder)
         created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
         extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}
         write_manifest(

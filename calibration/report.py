@@ -42,6 +42,7 @@ class Int8Report:
     calibration_batches: int = 0  # calibration feeds run in this call (0 on a cache hit)
     scored_tokens: int = 0
     fallback: dict[str, Any] | None = None  # the fp32 decode fallback (calibration.fallback)
+    encoder: dict[str, Any] | None = None  # the int8 SemToken encoder (calibration.encoder_int8)
 
     @property
     def ppl_increase_pct(self) -> float:
@@ -114,6 +115,14 @@ class Int8Report:
             ]]  # fmt: skip
             rows.insert(-1, [f"decode ms/token @{self.speed_tokens} with fallback (est.)",
                              self.decode_ms_fp32, est, _x(_ratio(self.decode_ms_fp32, est))])  # fmt: skip
+        enc = self.encoder
+        if enc:
+            rows.append([f"encoder ms / window of {enc['window_tokens']}",
+                         enc["encoder_ms_fp32"], enc["encoder_ms_int8"],
+                         _x(_ratio(enc["encoder_ms_fp32"], enc["encoder_ms_int8"]))])  # fmt: skip
+            rows.append(["encoder span sets identical", "",
+                         f"{enc['identical']}/{enc['cases']}",
+                         f"mean Jaccard {enc['mean_jaccard']:.4f} >= {enc['min_agreement']:g}"])  # fmt: skip
         return [r for r in rows if r[1] is not None or r[2] is not None]
 
 

@@ -80,7 +80,8 @@ def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None
     engine) and for embed and encoder in fp32 (SemToken's spans do not move); decode on ONNX
     Runtime's CPU provider, which steps one token 2x faster at a 2,048-slot cache (OpenVINO
     re-plans its kernels for every new cache length; docs/export.md). Both read and write the
-    same host KV buffers.
+    same host KV buffers. An int8 encoder (`calibrate int8 --encoder int8`) and the decode
+    graphs run on ONNX Runtime: their MatMulNBits is ONNX Runtime's own op.
 
     Raises:
         BackendUnavailable: openvino is not installed.
@@ -103,7 +104,8 @@ def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None
     out: dict[str, Any] = {}
     for key, file in _graph_files(path, manifest).items():
         spec = _spec(manifest, key, file.name)
-        if key.startswith("decode"):
+        int8_encoder = key == "encoder" and manifest.config.get("encoder_quantization")
+        if key.startswith("decode") or int8_encoder:  # MatMulNBits: ONNX Runtime's own op
             out[key] = OrtBackend(file, ort_providers("cpu"), spec, threads)
             out[key].provider_name = "cpu"
             continue

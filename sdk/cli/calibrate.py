@@ -45,6 +45,11 @@ def command() -> None:
               help="Re-run decode steps whose top-2 logits are closer than this in fp32 "
                    "(decode_exact.onnx): off, auto (the smallest reaching --min-top1, else 0.98) "
                    "or a number [off].")  # fmt: skip
+@click.option("--encoder", type=click.Choice(["fp32", "int8"]), default=None,
+              help="The SemToken encoder: as exported, or weight-only int8 gated on the spans "
+                   "it leads to [fp32].")  # fmt: skip
+@click.option("--min-span-agreement", type=float, default=None,
+              help="--encoder int8: mean Jaccard of its spans vs fp32's [0.99].")  # fmt: skip
 @click.option("--granularity", type=click.Choice(["auto", "role", "layer", "node"]), default=None)
 @click.option("--per-channel", is_flag=True, default=None, help="Per-channel weight scales.")
 @click.option("--block-size", type=int, default=None,

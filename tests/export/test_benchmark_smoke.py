@@ -175,3 +175,15 @@ def test_prepare_query_cost_runs_every_setting(tiny_export):
     assert all(float(line.split(" min ")[1].split()[0]) > 0 for line in lines[1:])
     tokens = [int(line.rsplit("encoder tokens ", 1)[1]) for line in lines[1:]]
     assert tokens[1] > tokens[2] > 0  # with a reading order the window is encoded too
+
+
+def test_prepare_query_cost_compares_two_exports_in_the_same_rounds(tiny_export):
+    res = _bench("prepare_query_cost.py", "--export", tiny_export, "--compare", tiny_export,
+                 "--context", 512, "--rounds", 1, "--threads", 1)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    names = [line.split(" min ")[0].strip() for line in res.stdout.splitlines()[1:]]
+    assert [n.split(": ")[0] for n in names] == [
+        f"{i} {tiny_export.name}" for i in (1, 1, 1, 2, 2, 2)
+    ]
+    tokens = [int(line.rsplit("encoder tokens ", 1)[1]) for line in res.stdout.splitlines()[1:]]
+    assert tokens[:3] == tokens[3:]  # the same export: the same encoder work
