@@ -146,11 +146,12 @@ def _point(pipe, prompt, ratio, warmup, runs, decode_tokens, timer, peak) -> dic
     for _ in range(warmup):
         _one_run(pipe, prompt, ratio, decode_tokens, StageTimer())
     first = len(timer.events)
-    ttfts, gen = [], None
+    ttfts, gen, exact = [], None, 0
     for _ in range(runs):
         with timer.span("generate", ratio=ratio):
             ttft, gen = _one_run(pipe, prompt, ratio, decode_tokens, timer)
         ttfts.append(ttft)
+        exact += gen.exact_steps
     mine = timer.events[first:]
     by = {s: [e["dur"] / 1e3 for e in mine if e["name"] == s] for s in STAGES}
     stages = {s: _percentiles(by[s]) for s in STAGES}
@@ -166,6 +167,9 @@ def _point(pipe, prompt, ratio, warmup, runs, decode_tokens, timer, peak) -> dic
         "kv_cache": "in-place" if gen.cache.shared else "ping-pong",
         "prefill_gflops": round(gflops, 3),
         "prefill_fraction_of_peak": round(gflops / peak, 4) if peak else None,
+        # decode steps re-run by the fp32 fallback graph (calibrate int8 --fallback-margin)
+        "decode_fp32_fallback_share": round(exact / max(1, len(by["decode_token"])), 4)
+        if pipe.fallback_margin else None,
         "stages": stages,
     }  # fmt: skip
 

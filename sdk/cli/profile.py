@@ -91,5 +91,11 @@ def command(ctx, export_dir, lengths, ratios, provider, warmup, runs, decode_tok
     click.echo(f"(stage columns: p50 ms; {report.device}, {provider}, matmul peak "
                f"{report.machine['matmul_peak_gflops']} GFLOP/s; KV cache "
                f"{', '.join(kinds) or '-'})")  # fmt: skip
+    shares = [r["decode_fp32_fallback_share"] for r in data["runs"]
+              if r.get("decode_fp32_fallback_share") is not None]  # fmt: skip
+    if shares:
+        click.echo(
+            f"(decode steps re-run by the fp32 fallback: {min(shares):.1%} .. {max(shares):.1%})"
+        )
     if not report.runs:
         raise InputError("no (length, ratio) point fits this export's max_context; lower --lengths")

@@ -195,3 +195,15 @@ def test_cli_writes_the_fallback_and_reports_it(cli, planted_down_export, cal_te
     with Pipeline.from_pretrained(out) as pipe:
         assert pipe.fallback_margin == 0.5 and pipe.exact_decode is not None
         assert len(pipe.generate("The tower is", max_new_tokens=4, ratio=1.0).tokens) == 4
+
+
+def test_profile_reports_the_share_of_steps_the_fallback_re_ran(always_exact, cli):
+    import json as _json
+
+    res = cli("profile", str(always_exact[0]), "--lengths", "64", "--ratios", "1", "--warmup", "0",
+              "--runs", "1", "--decode-tokens", "4")  # fmt: skip
+    assert "re-run by the fp32 fallback: 100.0% .. 100.0%" in res.stdout
+    out = always_exact[0].parent / "profile.json"
+    cli("profile", str(always_exact[0]), "--lengths", "64", "--ratios", "1", "--warmup", "0",
+        "--runs", "1", "--decode-tokens", "4", "--json", str(out))  # fmt: skip
+    assert _json.loads(out.read_text())["runs"][0]["decode_fp32_fallback_share"] == 1.0
