@@ -404,7 +404,8 @@ def _engine_manifest(onnx_dir, manifest, engines, trt, gpu, config, workspace) -
     return Manifest(
         format=FORMAT_ENGINE,
         graphs=manifest.get("graphs", {}),
-        config=manifest.get("config", {}),
+        # an engine directory holds no decode_exact.onnx: an ORT-CPU int8 decode's fallback
+        config={k: v for k, v in manifest.get("config", {}).items() if k != "decode_fallback"},
         created_by={"semedge": __version__, "tensorrt": trt.__version__},
         extra={
             "tensorrt": trt_info,
