@@ -466,6 +466,9 @@ def _fallback(run: _Run, best: dict, base: scoring.HeldOutScore) -> dict | None:
 
         with log_timed(log, "fp32 decode fallback: choosing its margin"):
             rec = choose_margin(score_at, base, quant, target, cfg.fallback)
+    if rec["margin"] == 0.0:  # int8 already agrees (no top-2 error): no fp32 graph to ship
+        log.info("no fp32 decode fallback: the int8 decode reaches top-1 %.3f alone", rec["top1"])
+        return None
     share = rec["exact_share"]
     rec["decode_ms_estimate"] = best["decode_ms"] + share * best["decode_ms_fp32"]
     log.info("fallback margin %.3g: top-1 %.3f -> %.3f, %.1f %% of steps re-run in fp32",
