@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from semedge import constants as C
 from semedge.artifacts import (
     Manifest,
@@ -434,6 +436,7 @@ def calibrate_int8(
             base = scoring.score_graphs(pipe, run.held, config.eval_context)
         candidates = [_run_scheme(run, s, base) for s in config.schemes]
         best = _pick(run, candidates)
+        check_changed(base, run.score(best["folder"]))
         fallback = _fallback(run, best, base)
         encoder = (
             _encoder(run, stream, cal[-1].stop, held[0].start) if config.encoder == "int8" else None
@@ -442,6 +445,24 @@ def calibrate_int8(
         report.encoder = {k: v for k, v in encoder.items() if k != "path"} if encoder else None
         _write(run, manifest, best, report, out, overwrite, encoder["path"] if encoder else None)
     return report
+
+
+def check_changed(base: scoring.HeldOutScore, quant: scoring.HeldOutScore) -> None:
+    """Refuse a result whose held-out logits are bit-identical to fp32's: whatever it quantized
+    (the search keeps all groups but the least sensitive) never runs on the scored path, so
+    calling it int8 would mislead (seen under `export onnx --precision auto`: an int8
+    candidate at ppl +0.00 %, top-1 1.000 and fp32's prefill time).
+
+    Raises:
+        AccuracyError: nothing the runtime computes changed.
+    """
+    same = len(base.logits) == len(quant.logits) and all(
+        np.array_equal(a, b) for a, b in zip(base.logits, quant.logits, strict=True))  # fmt: skip
+    if same:
+        raise AccuracyError(
+            "no quantization fits the budget and changes anything: within it only groups that "
+            "leave the held-out logits bit-identical to fp32's could be quantized; nothing written"
+        )
 
 
 def _fallback(run: _Run, best: dict, base: scoring.HeldOutScore) -> dict | None:

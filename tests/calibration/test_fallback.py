@@ -207,3 +207,14 @@ def test_profile_reports_the_share_of_steps_the_fallback_re_ran(always_exact, cl
     cli("profile", str(always_exact[0]), "--lengths", "64", "--ratios", "1", "--warmup", "0",
         "--runs", "1", "--decode-tokens", "4", "--json", str(out))  # fmt: skip
     assert _json.loads(out.read_text())["runs"][0]["decode_fp32_fallback_share"] == 1.0
+
+
+def test_a_result_that_changes_no_scored_logit_is_refused():
+    """An "int8" result whose held-out logits equal fp32's bit for bit quantized nothing that
+    runs: refused rather than reported as int8."""
+    from semedge.calibration.int8 import check_changed
+
+    base = _score([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]])
+    with pytest.raises(AccuracyError, match="changes anything"):
+        check_changed(base, _score([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]]))
+    check_changed(base, _score([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5001]]))  # any change: accepted
