@@ -160,6 +160,16 @@ def with_graphs(pipe: Pipeline, folder: Path | None) -> Iterator[Pipeline]:
             backends[key].close()
 
 
+def with_backends(pipe: Pipeline, **backends: Any) -> Pipeline:
+    """A shallow copy of `pipe` with some backends replaced or added (the sessions are shared,
+    not copied, and stay open when the copy is dropped)."""
+    import copy
+
+    out = copy.copy(pipe)
+    out.backends = {**pipe.backends, **backends}
+    return out
+
+
 class FeedReader:
     """An onnxruntime CalibrationDataReader over prepared feed dicts; counts `get_next` calls.
 

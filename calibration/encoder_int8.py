@@ -12,7 +12,6 @@ Torch-free.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
@@ -21,9 +20,14 @@ from typing import Any
 import numpy as np
 
 from semedge import constants as C
+from semedge.calibration.data import with_backends
+from semedge.calibration.schemes import ensure_node_names, quantize_graph
 from semedge.errors import AccuracyError, InputError
+from semedge.logs import log_timed
 
-__all__ = ["PROMPT_TOKENS", "span_prompts", "span_agreement", "encoder_ms", "gate_encoder"]
+__all__ = [
+    "PROMPT_TOKENS", "span_prompts", "span_agreement", "encoder_ms", "gate_encoder", "int8_encoder",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,6 @@ def span_prompts(stream: Any, start: int, end: int) -> list[str]:
             for i in range(n)]  # fmt: skip
 
 
-def _with_encoder(pipe: Any, encoder: Any) -> Any:
-    out = copy.copy(pipe)
-    out.backends = {**pipe.backends, "encoder": encoder}
-    return out
-
-
 def _span_set(prepared: Any) -> set[tuple[int, int]]:
     spans = prepared.spans
     return set() if spans is None else {tuple(s) for s in np.asarray(spans).reshape(-1, 2).tolist()}
@@ -64,7 +62,7 @@ def _span_set(prepared: Any) -> set[tuple[int, int]]:
 def span_agreement(pipe: Any, encoder: Any, prompts: list[str]) -> dict[str, Any]:
     """Span sets of `prompts` compressed with `pipe`'s encoder and with `encoder`, for every
     case of CASES: mean and min Jaccard overlap, and how many were identical."""
-    quant = _with_encoder(pipe, encoder)
+    quant = with_backends(pipe, encoder=encoder)
     jac = []
     for text in prompts:
         for ratio, query in CASES:
@@ -120,3 +118,24 @@ def gate_encoder(
             f"{agree['mean_jaccard']:.4f} < {min_agreement:g}; keep --encoder fp32"
         )
     return rec
+
+
+def int8_encoder(run: Any, stream: Any, start: int, end: int) -> dict:
+    """The weight-only int8 encoder, quantized and gated on its spans; its record with the
+    graph's scratch path under "path" (calibration.int8's _Run: `run`; the held-out text:
+    tokens [start, end) of `stream`).
+
+    Raises:
+        InputError: the export has no encoder, or too little text for the gate.
+        AccuracyError: its spans agree with fp32's under --min-span-agreement.
+    """
+    if "encoder" not in run.pipe.backends:
+        raise InputError("--encoder int8: this export has no SemToken encoder")
+    prompts = span_prompts(stream, start, end)
+    named = ensure_node_names(run.src / C.ENCODER_ONNX, run.scratch / "named")
+    path = run.scratch / "encoder-int8" / C.ENCODER_ONNX
+    with log_timed(log, "weight-only int8 encoder: quantize and compare spans"):
+        quantize_graph(named, path, run.settings("weight-only"))
+        rec = gate_encoder(run.pipe, path, prompts, run.config.min_span_agreement,
+                           run.config.speed_tokens)  # fmt: skip
+    return {**rec, "block_size": run.config.block_size, "path": path}

@@ -17,17 +17,26 @@ Torch-free.
 
 from __future__ import annotations
 
-import copy
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from semedge.calibration.scoring import HeldOutScore, agreement
+from semedge import constants as C
+from semedge.artifacts import onnx_external_locations
+from semedge.calibration.data import with_backends, with_graphs
+from semedge.calibration.scoring import HeldOutScore, agreement, score_graphs
 from semedge.errors import AccuracyError, InputError
+from semedge.logs import log_timed
 
-__all__ = ["GRID", "DEFAULT_TOP1", "parse_fallback", "pair_error", "with_fallback", "choose_margin"]
+__all__ = [
+    "GRID", "DEFAULT_TOP1", "parse_fallback", "pair_error", "with_fallback", "choose_margin",
+    "fallback_record",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_TOP1 = 0.98  # the target of `auto` without --min-top1: the precision gate's
@@ -63,10 +72,9 @@ def pair_error(base: HeldOutScore, quant: HeldOutScore) -> np.ndarray:
 
 
 def with_fallback(pipe: Any, exact_backend: Any, margin: float) -> Any:
-    """A shallow copy of Pipeline `pipe` whose decode steps fall back to `exact_backend` under
-    `margin` (the sessions are shared, not copied)."""
-    out = copy.copy(pipe)
-    out.backends = {**pipe.backends, "decode_exact": exact_backend}
+    """A copy of Pipeline `pipe` whose decode steps fall back to `exact_backend` under `margin`
+    (the sessions are shared, not copied)."""
+    out = with_backends(pipe, decode_exact=exact_backend)
     out.fallback_margin = float(margin)
     return out
 
@@ -109,3 +117,36 @@ def choose_margin(
         f"the fp32 decode fallback does not reach top-1 {target:g} at any margin up to "
         f"{tries[-1]:g} (margin: top-1 {', '.join(seen)}); lower --min-top1 or keep more fp32"
     )
+
+
+def fallback_record(run: Any, best: dict, base: HeldOutScore) -> dict | None:
+    """The fp32 decode fallback's record for the manifest, or None when off or not needed
+    (calibration.int8's _Run: `run`; its chosen candidate: `best`).
+
+    Raises:
+        InputError: the export's decode graph keeps its weights in external files.
+        AccuracyError: auto, and no margin reaches the top-1 target.
+    """
+    cfg = run.config
+    if cfg.fallback == "off":
+        return None
+    if onnx_external_locations(run.src / C.DECODE_ONNX):
+        raise InputError("--fallback-margin needs a decode graph without external data files")
+    quant = run.score(best["folder"])
+    target = cfg.min_top1 or DEFAULT_TOP1
+    with with_graphs(run.pipe, best["folder"]) as qpipe:
+
+        def score_at(margin: float) -> HeldOutScore:
+            pipe = with_fallback(qpipe, run.pipe.decode, margin)
+            return score_graphs(pipe, run.held, cfg.eval_context)
+
+        with log_timed(log, "fp32 decode fallback: choosing its margin"):
+            rec = choose_margin(score_at, base, quant, target, cfg.fallback)
+    if rec["margin"] == 0.0:  # int8 already agrees (no top-2 error): no fp32 graph to ship
+        log.info("no fp32 decode fallback: the int8 decode reaches top-1 %.3f alone", rec["top1"])
+        return None
+    share = rec["exact_share"]
+    rec["decode_ms_estimate"] = best["decode_ms"] + share * best["decode_ms_fp32"]
+    log.info("fallback margin %.3g: top-1 %.3f -> %.3f, %.1f %% of steps re-run in fp32",
+             rec["margin"], rec["top1_without"], rec["top1"], 100 * share)  # fmt: skip
+    return rec

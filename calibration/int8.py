@@ -18,20 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from semedge import constants as C
 from semedge.artifacts import (
     Manifest,
-    confined,
-    copy_verified,
     listed_file,
     load_manifest,
-    onnx_external_locations,
-    sha256_file,
-    staged_dir,
     verify_manifest,
-    write_manifest,
 )
 from semedge.calibration import scoring
 from semedge.calibration.cache import RangeCache, default_cache_root
@@ -45,8 +37,9 @@ from semedge.calibration.data import (
     tokenize_stream,
     with_graphs,
 )
-from semedge.calibration.encoder_int8 import gate_encoder, span_prompts
-from semedge.calibration.fallback import DEFAULT_TOP1, choose_margin, parse_fallback, with_fallback
+from semedge.calibration.encoder_int8 import int8_encoder
+from semedge.calibration.fallback import fallback_record, parse_fallback
+from semedge.calibration.int8_write import write_calibrated
 from semedge.calibration.report import Int8Report
 from semedge.calibration.schemes import (
     METHODS,
@@ -58,7 +51,6 @@ from semedge.calibration.schemes import (
     weight_matmuls,
 )
 from semedge.calibration.sensitivity import GRANULARITIES, Trial, group_nodes, search_exclusions
-from semedge.deps import require
 from semedge.errors import AccuracyError, ArtifactError, InputError
 from semedge.logs import log_timed
 from semedge.textio import read_text_file
@@ -436,90 +428,22 @@ def calibrate_int8(
             base = scoring.score_graphs(pipe, run.held, config.eval_context)
         candidates = [_run_scheme(run, s, base) for s in config.schemes]
         best = _pick(run, candidates)
-        check_changed(base, run.score(best["folder"]))
-        fallback = _fallback(run, best, base)
+        scoring.check_changed(base, run.score(best["folder"]))
+        fallback = fallback_record(run, best, base)
         encoder = (
-            _encoder(run, stream, cal[-1].stop, held[0].start) if config.encoder == "int8" else None
+            int8_encoder(run, stream, cal[-1].stop, held[0].start)
+            if config.encoder == "int8"
+            else None
         )
-        report = _report(run, best, base, candidates, out, fallback)
-        report.encoder = {k: v for k, v in encoder.items() if k != "path"} if encoder else None
-        _write(run, manifest, best, report, out, overwrite, encoder["path"] if encoder else None)
+        report = _report(run, best, base, candidates, out, fallback, encoder)
+        write_calibrated(run, manifest, best, report, out, overwrite, encoder and encoder["path"])
     return report
 
 
-def check_changed(base: scoring.HeldOutScore, quant: scoring.HeldOutScore) -> None:
-    """Refuse a result whose held-out logits are bit-identical to fp32's: whatever it quantized
-    (the search keeps all groups but the least sensitive) never runs on the scored path, so
-    calling it int8 would mislead (seen under `export onnx --precision auto`: an int8
-    candidate at ppl +0.00 %, top-1 1.000 and fp32's prefill time).
-
-    Raises:
-        AccuracyError: nothing the runtime computes changed.
-    """
-    same = len(base.logits) == len(quant.logits) and all(
-        np.array_equal(a, b) for a, b in zip(base.logits, quant.logits, strict=True))  # fmt: skip
-    if same:
-        raise AccuracyError(
-            "no quantization fits the budget and changes anything: within it only groups that "
-            "leave the held-out logits bit-identical to fp32's could be quantized; nothing written"
-        )
-
-
-def _fallback(run: _Run, best: dict, base: scoring.HeldOutScore) -> dict | None:
-    """The fp32 decode fallback's record (calibration.fallback), or None when off.
-
-    Raises:
-        InputError: the export's decode graph keeps its weights in external files.
-        AccuracyError: auto, and no margin reaches the top-1 target.
-    """
-    cfg = run.config
-    if cfg.fallback == "off":
-        return None
-    if onnx_external_locations(run.src / C.DECODE_ONNX):
-        raise InputError("--fallback-margin needs a decode graph without external data files")
-    quant = run.score(best["folder"])
-    target = cfg.min_top1 or DEFAULT_TOP1
-    with with_graphs(run.pipe, best["folder"]) as qpipe:
-
-        def score_at(margin: float) -> scoring.HeldOutScore:
-            pipe = with_fallback(qpipe, run.pipe.decode, margin)
-            return scoring.score_graphs(pipe, run.held, cfg.eval_context)
-
-        with log_timed(log, "fp32 decode fallback: choosing its margin"):
-            rec = choose_margin(score_at, base, quant, target, cfg.fallback)
-    if rec["margin"] == 0.0:  # int8 already agrees (no top-2 error): no fp32 graph to ship
-        log.info("no fp32 decode fallback: the int8 decode reaches top-1 %.3f alone", rec["top1"])
-        return None
-    share = rec["exact_share"]
-    rec["decode_ms_estimate"] = best["decode_ms"] + share * best["decode_ms_fp32"]
-    log.info("fallback margin %.3g: top-1 %.3f -> %.3f, %.1f %% of steps re-run in fp32",
-             rec["margin"], rec["top1_without"], rec["top1"], 100 * share)  # fmt: skip
-    return rec
-
-
-def _encoder(run: _Run, stream: Any, start: int, end: int) -> dict:
-    """The weight-only int8 encoder, quantized and gated on its spans (calibration.encoder_int8);
-    its record with the graph's scratch path under "path".
-
-    Raises:
-        InputError: the export has no encoder, or too little text for the gate.
-        AccuracyError: its spans agree with fp32's under --min-span-agreement.
-    """
-    if "encoder" not in run.pipe.backends:
-        raise InputError("--encoder int8: this export has no SemToken encoder")
-    prompts = span_prompts(stream, start, end)
-    named = ensure_node_names(run.src / C.ENCODER_ONNX, run.scratch / "named")
-    path = run.scratch / "encoder-int8" / C.ENCODER_ONNX
-    with log_timed(log, "weight-only int8 encoder: quantize and compare spans"):
-        quantize_graph(named, path, run.settings("weight-only"))
-        rec = gate_encoder(run.pipe, path, prompts, run.config.min_span_agreement,
-                           run.config.speed_tokens)  # fmt: skip
-    return {**rec, "block_size": run.config.block_size, "path": path}
-
-
 def _report(
-    run: _Run, best: dict, base, candidates: list[dict], out: Path, fallback: dict | None = None
-) -> Int8Report:
+    run: _Run, best: dict, base, candidates: list[dict], out: Path, fallback: dict | None = None,
+    encoder: dict | None = None,
+) -> Int8Report:  # fmt: skip
     sens = best["sensitivity"]
     q = run.score(best["folder"])
     kept = dict(sens.kept_nodes)
@@ -538,69 +462,10 @@ def _report(
         sensitivity=sens.to_dict(), cache_hit=run.cache_hit,
         calibration_batches=sum(r.calls for r in run.readers), scored_tokens=int(base.nll.size),
         fallback=fallback,
+        encoder={k: v for k, v in encoder.items() if k != "path"} if encoder else None,
     )  # fmt: skip
 
 
 def _block(run: _Run, scheme: str) -> int | None:
     """The MatMulNBits block length of a weight-only scheme (None for the others)."""
     return run.config.block_size if scheme in WEIGHT_BITS else None
-
-
-def _graph_files(src: Path, graph: str) -> set[str]:
-    """A graph file and its external-data companions (confined to `src`)."""
-    names = {graph}
-    for loc in onnx_external_locations(src / graph):
-        names.add(confined(src, loc, f"external data of {graph}").relative_to(src).as_posix())
-    return names
-
-
-def _check_copy(src: Path, manifest: Manifest, rel: str, target: Path) -> None:
-    """`target`, copied from `src/rel`, matches the SHA-256 `manifest` lists for `rel`.
-
-    Raises:
-        ArtifactError: it does not (tampered or changed while copying).
-    """
-    meta = manifest.files.get(rel) or {}
-    if sha256_file(target) != meta.get("sha256"):
-        raise ArtifactError(f"{src / rel} does not match its SHA-256 in the manifest; re-export")
-
-
-def _write(
-    run: _Run, manifest: Manifest, best: dict, report: Int8Report, out: Path, overwrite: bool,
-    encoder: Path | None = None,
-) -> None:  # fmt: skip
-    ort = require("onnxruntime")
-    graphs = run.config.graphs
-    skip = set().union(*(_graph_files(run.src, g) for g in graphs)) | {C.MANIFEST}
-    if encoder is not None:
-        skip |= _graph_files(run.src, C.ENCODER_ONNX)
-    with staged_dir(out, overwrite=overwrite) as tmp:
-        copy_verified(run.src, manifest, tmp, skip)
-        for g in graphs:
-            shutil.copy2(best["folder"] / g, tmp / g)
-        if encoder is not None:
-            shutil.copy2(encoder, tmp / C.ENCODER_ONNX)
-        if report.fallback:  # the export's own fp32 decode graph, verified by copy_verified's twin
-            shutil.copy2(run.src / C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
-            _check_copy(run.src, manifest, C.DECODE_ONNX, tmp / C.DECODE_EXACT_ONNX)
-        config = dict(manifest.config)
-        config["quantization"] = {
-            "dtype": "int8", "target": report.target, "scheme": report.scheme,
-            "method": report.method, "kept_high_precision": report.kept_high_precision,
-            "ppl_fp32": report.ppl_fp32, "ppl_int8": report.ppl_int8,
-            "top1_agreement": report.top1_agreement, "budget_pct": report.budget_pct,
-            "min_top1": report.min_top1,
-        }  # fmt: skip
-        if report.block_size:
-            config["quantization"]["block_size"] = report.block_size
-        if report.fallback:
-            config["decode_fallback"] = dict(report.fallback)
-        if report.encoder:
-            config["encoder_quantization"] = dict(report.encoder)
-        created = {**manifest.created_by, "onnxruntime_quantization": ort.__version__}
-        extra = {**manifest.extra, "source": {"format": manifest.format, "path": str(run.src)}}
-        write_manifest(
-            tmp,
-            Manifest(format=C.FORMAT_CALIBRATED, graphs=manifest.graphs, config=config,
-                     created_by=created, extra=extra),
-        )  # fmt: skip

@@ -261,12 +261,12 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
 def _replace_decode(src: Path, cand: Path, decode_precision: dict | None) -> None:
     """`cand`'s decode graph (and its external data) replaced by `src`'s; the manifest records
     `decode_precision` (None: the fp32 graph, the key dropped) and is re-hashed."""
-    from semedge.calibration.int8 import _graph_files
+    from semedge.calibration.int8_write import graph_files
 
-    for name in _graph_files(cand, C.DECODE_ONNX) | {C.DECODE_EXACT_ONNX}:
+    for name in graph_files(cand, C.DECODE_ONNX) | {C.DECODE_EXACT_ONNX}:
         (cand / name).unlink(missing_ok=True)
     exact = (src / C.DECODE_EXACT_ONNX).is_file()
-    for name in _graph_files(src, C.DECODE_ONNX) | ({C.DECODE_EXACT_ONNX} if exact else set()):
+    for name in graph_files(src, C.DECODE_ONNX) | ({C.DECODE_EXACT_ONNX} if exact else set()):
         shutil.copy2(src / name, cand / name)
     fallback = load_manifest(src).config.get("decode_fallback") if exact else None
     m = load_manifest(cand)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from semedge import constants as C
+from semedge.errors import AccuracyError
 from semedge.runtime.backends.ort import OrtBackend
 from semedge.runtime.generator import Generator, step_runner
 from semedge.runtime.kv_cache import KVCache, local_kv
@@ -26,6 +27,7 @@ __all__ = [
     "HeldOutScore",
     "score_graphs",
     "agreement",
+    "check_changed",
     "divergence",
     "leading_specials",
     "prefill_ms",
@@ -164,3 +166,21 @@ def decode_ms(pipe: Pipeline, paths: list[Path], past_len: int, steps: int = 8) 
         step = step_runner(s, cache)  # never advanced: each call rewrites the same slot
         calls.append(lambda step=step, f=feeds: step(f))
     return _interleaved_ms(calls, steps)
+
+
+def check_changed(base: HeldOutScore, quant: HeldOutScore) -> None:
+    """Refuse a result whose held-out logits are bit-identical to fp32's: whatever it quantized
+    (the search keeps all groups but the least sensitive) never runs on the scored path, so
+    calling it int8 would mislead (seen under `export onnx --precision auto`: an int8
+    candidate at ppl +0.00 %, top-1 1.000 and fp32's prefill time).
+
+    Raises:
+        AccuracyError: nothing the runtime computes changed.
+    """
+    same = len(base.logits) == len(quant.logits) and all(
+        np.array_equal(a, b) for a, b in zip(base.logits, quant.logits, strict=True))  # fmt: skip
+    if same:
+        raise AccuracyError(
+            "no quantization fits the budget and changes anything: within it only groups that "
+            "leave the held-out logits bit-identical to fp32's could be quantized; nothing written"
+        )

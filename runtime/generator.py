@@ -13,6 +13,7 @@ import numpy as np
 
 from semedge.constants import ATTENTION_MASK, INPUT_IDS, INPUTS_EMBEDS, LOGITS, POSITION_IDS
 from semedge.errors import InputError, UsageError
+from semedge.runtime.decode_fallback import near_tie
 from semedge.runtime.kv_cache import KVCache
 from semedge.runtime.sampling import GenerationConfig, select_next
 from semedge.runtime.trace import NULL_TIMER
@@ -182,7 +183,8 @@ class Generator:
             if self._step is None:
                 self._step = step_runner(p.decode, self.cache)
             out = self._step(feeds)
-            if p.fallback_margin and self._near_tie(out[LOGITS][:, -1, :], p.fallback_margin):
+            live = [b for b, f in enumerate(self.finish) if f is None]
+            if p.fallback_margin and near_tie(out[LOGITS][:, -1, :], live, p.fallback_margin):
                 if self._exact_step is None:
                     self._exact_step = step_runner(p.exact_decode, self.cache)
                 out = self._exact_step(feeds)  # rewrites the same cache slot: not advanced yet
@@ -191,17 +193,6 @@ class Generator:
         self._logits = out[LOGITS][:, -1, :]
         self._next_pos = self._next_pos + 1
         return out[LOGITS]
-
-    def _near_tie(self, logits: np.ndarray, margin: float) -> bool:
-        """Whether a running row's two most likely next tokens are less than `margin` apart:
-        where a quantized graph's small logit error can flip the top token (the fp32 graph
-        then re-runs the step for every row)."""
-        live = [b for b, f in enumerate(self.finish) if f is None] or list(range(len(logits)))
-        z = np.array(logits[live], dtype=np.float32)  # a copy: the top logit is masked below
-        rows, top = np.arange(len(live)), z.argmax(-1)
-        best = z[rows, top]
-        z[rows, top] = -np.inf  # two linear passes: 30x faster than np.partition at 49k tokens
-        return bool((best - z.max(-1) < margin).any())
 
     def append_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Teacher forcing: feed the given token of every row (B,) and return the step's logits

@@ -24,7 +24,6 @@ from semedge.artifacts import (
 from semedge.config import CompressionConfig, effective_compression
 from semedge.constants import (
     ATTENTION_MASK,
-    DECODE_EXACT_ONNX,
     DECODE_ONNX,
     ENCODER_HIDDEN,
     FORMAT_CALIBRATED,
@@ -41,6 +40,7 @@ from semedge.logs import log_timed
 from semedge.runtime.backends.base import Backend
 from semedge.runtime.backends.providers import backends_for
 from semedge.runtime.context_limits import check_fits
+from semedge.runtime.decode_fallback import fallback_margin
 from semedge.runtime.generator import GenerationResult, Generator
 from semedge.runtime.kv_cache import HostPool, KVCache, local_kv
 from semedge.runtime.prompts import PreparedPrompt, span_tokens
@@ -88,7 +88,7 @@ class Pipeline:
         self.kv_dtype = self.decode.inputs[PAST_KEY.format(i=0)][0]
         self.kv_pool = HostPool(self.decode.allocate)  # blocks released by serving batches
         self.kv_shared = self._shared_kv()
-        self.fallback_margin = _fallback_margin(self.config, backends, path)
+        self.fallback_margin = fallback_margin(self.config, backends, path)
         self._adapter = load_span_adapter(path, self.config.get("adapter"), manifest.files)
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = np.array([i for i, t in added.items() if t.special], dtype=np.int64)
@@ -482,28 +482,3 @@ def _config(config: GenerationConfig | None, options: dict[str, Any]) -> Generat
     if stop is not None and not isinstance(stop, str):
         options = {**options, "stop": tuple(stop)}
     return dataclasses.replace(config, **options)
-
-
-def _fallback_margin(config: dict, backends: dict[str, Backend], path: Path) -> float:
-    """The decode fallback's logit margin (0: none): a decode step whose two most likely next
-    tokens are closer than it on any running row is re-run by the fp32 decode graph
-    (`calibrate int8 --fallback-margin`; runtime.generator).
-
-    Raises:
-        ArtifactError: a margin that is not a finite number >= 0, or one without its graph.
-    """
-    record = config.get("decode_fallback")
-    if not record:
-        return 0.0
-    margin = record.get("margin") if isinstance(record, dict) else None
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1e6:
-        raise ArtifactError(
-            f"{path}/manifest.json decode_fallback margin {margin!r} is not a number >= 0; "
-            "re-calibrate"
-        )
-    if margin and "decode_exact" not in backends:
-        raise ArtifactError(
-            f"{path}/manifest.json sets a decode fallback but {DECODE_EXACT_ONNX} is not listed; "
-            "re-calibrate"
-        )
-    return float(margin)
