@@ -234,18 +234,28 @@ class HostPool:
     """Host blocks handed back by finished caches, lent to new ones (thread-safe).
 
     A server that builds a cache each time a request joins a decode batch would otherwise map
-    and page-fault hundreds of MB per join. `release` only what no graph still reads.
+    and page-fault hundreds of MB per join (measured on this project's 2-core VM: a fresh 383 MB
+    batch cache took 0.2-0.8 s to fill, a reused one 24 ms). `release` only what no graph still
+    reads.
 
     Args:
         allocate: the backend's allocator, used when no free block is large enough.
         keep: free blocks kept at most (the largest; 2 = one cache's two sides, what the next
-            join needs).
+            join needs). A server raises it with `reserve`.
+        keep_bytes: free bytes kept at most (None: no limit but `keep`).
     """
 
-    def __init__(self, allocate: Any, keep: int = 2) -> None:
-        self._allocate, self.keep = allocate, keep
+    def __init__(self, allocate: Any, keep: int = 2, keep_bytes: int | None = None) -> None:
+        self._allocate, self.keep, self.keep_bytes = allocate, keep, keep_bytes
         self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
+
+    def reserve(self, keep: int, keep_bytes: int) -> None:
+        """Keep up to `keep` free blocks and `keep_bytes` bytes (at least what is kept now):
+        a batching server's joins, prefills and merged caches then reuse mapped memory."""
+        with self._lock:
+            self.keep = max(self.keep, keep)
+            self.keep_bytes = max(self.keep_bytes or 0, keep_bytes)
 
     def allocate(self, n: int, dtype: Any) -> tuple[int, np.ndarray | None, Any]:
         """`n` elements: the smallest free block that fits, else a new one."""
@@ -272,5 +282,8 @@ class HostPool:
     def give(self, blocks: list[Any]) -> None:
         """Take back host blocks no graph reads any more (a shared cache's prefill scratch)."""
         with self._lock:
-            self._free += [b for b in blocks if isinstance(b, np.ndarray)]
-            self._free = sorted(self._free, key=lambda b: b.size)[-self.keep :]
+            free = sorted(self._free + [b for b in blocks if isinstance(b, np.ndarray)],
+                          key=lambda b: b.nbytes)[-self.keep :]  # fmt: skip
+            while self.keep_bytes is not None and sum(b.nbytes for b in free) > self.keep_bytes:
+                free.pop(0)  # the smallest goes first: the largest are the hardest to map anew
+            self._free = free

@@ -131,6 +131,7 @@ class DecodeBatch:
                 groups.append([job])
         if self.key is None and jobs:
             self.key = sampling_key(jobs[0].config)
+        fresh: list[tuple[Generator, list[Job]]] = []
         for group in groups:
             try:
                 gen = Generator(self.pipe, self._config(group))
@@ -139,7 +140,9 @@ class DecodeBatch:
                 for job in group:
                     fail_job(job, err)
                 continue
-            self._merge(gen, group)
+            fresh.append((gen, group))
+        if fresh:  # one merge: every row is copied once, not once per group that follows it
+            self._merge(fresh)
 
     def step(self) -> None:
         """One token for every row; rows that finish get their result (and leave later)."""
@@ -159,7 +162,7 @@ class DecodeBatch:
                 self.pipe.kv_pool.release(self.gen.cache)
             self.gen, self.jobs, self.key = None, [], None
         elif self._mergeable and 2 * self.live <= len(self.jobs):
-            self._merge(None, [])  # half the rows are done: stop decoding them
+            self._merge([])  # half the rows are done: stop decoding them
         if self.live < live:
             heap.trim()  # their buffers are free: hand the pages back (RSS stays flat)
 
@@ -171,14 +174,20 @@ class DecodeBatch:
             top_k=first.top_k, top_p=first.top_p, seed=first.seed, prefill_chunk=self.prefill_chunk,
         )  # fmt: skip
 
-    def _merge(self, gen: Generator | None, group: list[Job]) -> None:
-        """Keep the live rows and add `gen`'s (all of `group`)."""
-        if self.gen is None:
-            self.gen, self.jobs = gen, list(group)
+    def _merge(self, fresh: list[tuple[Generator, list[Job]]]) -> None:
+        """Keep the live rows and add every row of the `fresh` (generator, its jobs) pairs, in
+        one copy (regroup); a lone fresh generator into an empty batch is taken as it is."""
+        if self.gen is None and len(fresh) == 1:
+            self.gen, self.jobs = fresh[0][0], list(fresh[0][1])
             return
-        keep = [b for b, j in enumerate(self.jobs) if not j.done.is_set()]
-        parts = [(self.gen, keep)] + ([(gen, list(range(len(group))))] if gen is not None else [])
-        jobs = [self.jobs[b] for b in keep] + list(group)
+        parts, jobs = [], []
+        if self.gen is not None:
+            keep = [b for b, j in enumerate(self.jobs) if not j.done.is_set()]
+            parts.append((self.gen, keep))
+            jobs += [self.jobs[b] for b in keep]
+        for gen, group in fresh:
+            parts.append((gen, list(range(len(group)))))
+            jobs += list(group)
         try:
             merged = regroup(parts, self._config(jobs))
             for g, _ in parts:  # their rows are copied: the blocks serve the next cache

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from semedge.errors import InputError
 from semedge.runtime.serving import heap
 from semedge.runtime.serving.batching import DecodeBatch, Job, fail_job, prepare_job, sampling_key
@@ -87,6 +89,15 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self.rests = 0  # times a worker found nothing to do and gave memory back
+        # while busy, keep what a worker's batches map (a merged cache, its groups' caches and
+        # their prefill scratch: 3 x max_batch_positions each) for the next joins to reuse
+        c = pipe.config
+        position = 2 * int(c["num_layers"]) * int(c["num_kv_heads"]) * int(c["head_dim"])
+        position *= np.dtype(pipe.kv_dtype).itemsize
+        pipe.kv_pool.reserve(
+            keep=8 * self.config.workers,
+            keep_bytes=3 * self.config.workers * self.config.max_batch_positions * position,
+        )
         self._idle = 0  # workers waiting for jobs with nothing to run (they take new jobs first)
         self._threads = [
             threading.Thread(target=self._work, name=f"semedge-worker-{i}", daemon=True)

@@ -313,3 +313,81 @@ def test_with_two_workers_an_idle_one_starts_the_new_request_not_the_busy_batch(
             assert threads["long"] != threads["short"]
     finally:
         engine.close()
+
+
+def test_a_join_of_several_length_groups_copies_the_rows_once(pipe, monkeypatch):
+    """Jobs too different in length to prefill together form groups; all of them and the
+    running rows are merged in one regroup (each merge copies every row's cache)."""
+    from semedge.runtime.serving import batching
+
+    words = TEXT.split()
+    running = Job(" ".join(words[:20]), GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    late = [Job(" ".join(words[:n]), GenerationConfig(max_new_tokens=4, ignore_eos=True))
+            for n in (6, 40, 110)]  # fmt: skip
+    batch = batching.DecodeBatch(pipe, max_rows=4, max_positions=10_000)
+    for job in (running, *late):
+        assert batching.prepare_job(pipe, job)
+    batch.join([running])
+    batch.step()
+    calls = []
+    real = batching.regroup
+    monkeypatch.setattr(
+        batching, "regroup", lambda parts, cfg: calls.append(parts) or real(parts, cfg)
+    )
+    batch.join(batch.admit(late))
+    assert len(calls) == 1 and [len(rows) for _, rows in calls[0]] == [1, 1, 1, 1]
+    while batch.gen is not None:
+        batch.step()
+    for job in (running, *late):
+        want = pipe.generate(job.prompt, max_new_tokens=job.config.max_new_tokens, ignore_eos=True)
+        assert job.result.tokens == want.tokens
+
+
+def test_host_pool_keeps_the_largest_blocks_within_its_budget():
+    import numpy as np
+
+    from semedge.runtime.kv_cache import HostPool
+
+    fresh = []
+
+    def allocate(n, dtype):
+        fresh.append(n)
+        arr = np.empty(n, dtype)
+        return arr.ctypes.data, arr, arr
+
+    pool = HostPool(allocate, keep=8, keep_bytes=4 * 1000)
+    pool.give([np.empty(n, np.float32) for n in (100, 300, 600, 200)])  # 4,800 bytes
+    assert sorted(b.size for b in pool._free) == [300, 600]  # 100 and 200 dropped: 3,600 bytes
+    pool.reserve(keep=1, keep_bytes=10)  # never lowers
+    assert (pool.keep, pool.keep_bytes) == (8, 4000)
+    _, view, block = pool.allocate(250, np.float32)
+    assert block.size == 300 and view.size == 250 and fresh == []  # smallest that fits
+    pool.allocate(700, np.float32)
+    assert fresh == [700]
+
+
+def test_a_serving_pool_maps_nothing_new_for_a_second_wave(pipe):
+    """With the engine's reserve, a second wave of the same requests reuses every block the
+    first one mapped (prefill scratch, group caches and the merged cache); with the plain
+    pool's two blocks it would map new memory (page faults: slow on a VM)."""
+    from semedge.runtime.serving.engine import Engine, EngineConfig
+
+    words = TEXT.split()
+    Engine(pipe, EngineConfig(max_batch=4, max_batch_positions=2048)).close()  # reserves
+
+    def wave() -> list[Job]:
+        jobs = [Job(" ".join(words[:n]), GenerationConfig(max_new_tokens=5, ignore_eos=True))
+                for n in (6, 40, 110, 45)]  # fmt: skip
+        run_batch(pipe, jobs, max_positions=2048)
+        assert all(j.error is None for j in jobs)
+        return jobs
+
+    real, mapped = pipe.kv_pool._allocate, []
+    pipe.kv_pool._allocate = lambda n, dtype: mapped.append(n) or real(n, dtype)
+    try:
+        wave()
+        first = len(mapped)
+        wave()
+    finally:
+        pipe.kv_pool._allocate = real
+    assert first > 0 and len(mapped) == first
