@@ -28,6 +28,8 @@ __all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
 
+REST_AFTER_S = 1.0  # an idle worker gives memory back after this long without a request
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -172,6 +174,14 @@ class Engine:
                 break
         return True
 
+    def _settle(self) -> bool:
+        """(Idle worker) wait up to REST_AFTER_S for a request; True when none came: the server
+        is at rest. Clients under load send their next request a few ms after an answer; a
+        worker that rested at once would drop the pooled blocks that request's join reuses."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._queue or self._closed, timeout=REST_AFTER_S)
+            return not self._queue and not self._closed
+
     def _rest(self) -> None:
         """Nothing to run: give the pooled cache blocks and free heap pages back, so an idle
         server's RSS falls to what the model needs (the next join maps its cache anew)."""
@@ -193,7 +203,7 @@ class Engine:
                 with self._cv:
                     self._idle += 1
                 try:
-                    if not self._queue:
+                    if self._settle():
                         self._rest()
                     new = self._take(batch.key, room, idle=True)
                 finally:

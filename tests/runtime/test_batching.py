@@ -391,3 +391,34 @@ def test_a_serving_pool_maps_nothing_new_for_a_second_wave(pipe):
     finally:
         pipe.kv_pool._allocate = real
     assert first > 0 and len(mapped) == first
+
+
+def test_an_engine_under_load_keeps_its_pool_between_requests(pipe, monkeypatch):
+    """A request that arrives soon after the last answer (a client's next one) finds the pooled
+    blocks still there: the worker rests only after REST_AFTER_S without a request."""
+    import time
+
+    from semedge.runtime.serving import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "REST_AFTER_S", 30.0, raising=False)
+    engine = engine_mod.Engine(pipe)
+    try:
+
+        def ask() -> Job:
+            return engine.submit(
+                Job(TEXT[:150], GenerationConfig(max_new_tokens=3, ignore_eos=True))
+            )
+
+        assert ask().done.wait(60)
+        time.sleep(0.2)  # the worker is idle now; it must not have emptied the pool
+        assert engine.rests == 0 and pipe.kv_pool._free
+        real, mapped = pipe.kv_pool._allocate, []
+        pipe.kv_pool._allocate = lambda n, dtype: mapped.append(n) or real(n, dtype)
+        try:
+            job = ask()
+            assert job.done.wait(60) and job.error is None
+        finally:
+            pipe.kv_pool._allocate = real
+        assert mapped == [] and engine.rests == 0
+    finally:
+        engine.close()
