@@ -80,6 +80,10 @@ class PrecisionConfig:
     int8_decode_min_speedup: float = 1.05  # measured decode speed-up needed to keep it
     # ... with its near-tie steps re-run in fp32 (calibration.fallback) to reach min_top1
     decode_fallback: bool = True
+    # bf16: the SemToken encoder in bf16 on OpenVINO too where its spans stay (mean span-set
+    # Jaccard with fp32's >= min_span_agreement) and it runs faster (calibration.encoder_bf16)
+    bf16_encoder: bool = True
+    min_span_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         if not self.max_ppl_increase >= 0:
@@ -88,6 +92,10 @@ class PrecisionConfig:
             )
         if not 0.0 <= self.min_top1 <= 1.0:
             raise InputError(f"--min-top1 must be in [0, 1], got {self.min_top1:g}")
+        if not 0.0 <= self.min_span_agreement <= 1.0:
+            raise InputError(
+                f"--min-span-agreement must be in [0, 1], got {self.min_span_agreement:g}"
+            )
         for name in (
             "eval_windows",
             "search_windows",
@@ -115,6 +123,7 @@ class PrecisionReport:
         "precision",
         "provider",
         "decode",
+        "encoder",
         "ppl",
         "ppl fp32",
         "delta %",
@@ -131,6 +140,7 @@ class PrecisionReport:
                 mark += " (chosen)"
             out.append([
                 c["precision"], c["provider"], c.get("decode_precision", "fp32"),
+                c.get("encoder_precision", "fp32"),
                 _f(c.get("ppl")), _f(c.get("ppl_fp32")), _f(c.get("ppl_delta_pct"), "+.2f"), _f(c.get("top1"), ".3f"),
                 _f(c.get("prefill_ms"), ".1f"), mark,
             ])  # fmt: skip
@@ -258,6 +268,14 @@ def _int8_decode(fp32_dir: Path, cand: Path, data: Path, cfg: PrecisionConfig) -
     return rec
 
 
+def _bf16_encoder(cand: Path, text: str, cfg: PrecisionConfig) -> dict:
+    """calibration.encoder_bf16 on `cand` (its manifest records a kept bf16 encoder)."""
+    from semedge.calibration.encoder_bf16 import bf16_encoder
+
+    with log_timed(log, "bf16 encoder: spans against fp32"):
+        return bf16_encoder(cand, text, cfg.min_span_agreement)
+
+
 def _replace_decode(src: Path, cand: Path, decode_precision: dict | None) -> None:
     """`cand`'s decode graph (and its external data) replaced by `src`'s; the manifest records
     `decode_precision` (None: the fp32 graph, the key dropped) and is re-hashed."""
@@ -366,6 +384,9 @@ def export_precision(
                     _convert(p, src, cand, tune, cfg)
                     decode8 = _int8_decode(src, cand, tune, cfg) if (
                         p == "bf16" and cfg.int8_decode) else None  # fmt: skip
+                    if p == "bf16" and cfg.bf16_encoder:
+                        rec["encoder"] = _bf16_encoder(cand, before, cfg)
+                        rec["encoder_precision"] = rec["encoder"]["precision"]
                     for hook in _CANDIDATE_HOOKS:
                         hook(p, cand)
                     rec.update(gate_candidate(cand, provider, ref, windows, cfg))

@@ -77,7 +77,8 @@ def _graph_files(path: Path, manifest: Manifest) -> dict[str, Path]:
 
 def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None) -> dict[str, Any]:
     """OpenVINO for the prefill in the export's precision (bf16 runs on the CPU's bf16 matrix
-    engine) and for embed and encoder in fp32 (SemToken's spans do not move); decode on ONNX
+    engine), the encoder in bf16 where the export's span gate kept it (`config.encoder_precision`,
+    calibration.encoder_bf16) and in fp32 otherwise, embed in fp32; decode on ONNX
     Runtime's CPU provider, which steps one token 2x faster at a 2,048-slot cache (OpenVINO
     re-plans its kernels for every new cache length; docs/export.md). Both read and write the
     same host KV buffers. An int8 encoder (`calibrate int8 --encoder int8`) and the decode
@@ -109,8 +110,27 @@ def openvino_backends(path: Path, manifest: Manifest, threads: int | None = None
             out[key] = OrtBackend(file, ort_providers("cpu"), spec, threads)
             out[key].provider_name = "cpu"
             continue
-        out[key] = OpenVinoBackend(file, spec, threads, precision if key == "prefill" else "fp32")
+        out[key] = OpenVinoBackend(file, spec, threads, _ov_precision(key, precision, manifest))
     return out
+
+
+def _ov_precision(key: str, precision: str, manifest: Manifest) -> str:
+    """The precision OpenVINO runs graph `key` in: the prefill in the export's; the encoder in
+    bf16 where the export recorded a gated bf16 encoder (calibration.encoder_bf16), else fp32;
+    embed in fp32 (a lookup).
+
+    Raises:
+        ArtifactError: a malformed `encoder_precision` record.
+    """
+    if key == "prefill":
+        return precision
+    rec = manifest.config.get("encoder_precision") if key == "encoder" else None
+    if rec is None:
+        return "fp32"
+    if not isinstance(rec, dict) or rec.get("precision") not in ("bf16", "fp32"):
+        raise ArtifactError(f"manifest.json encoder_precision {rec!r} is not a bf16/fp32 record; "
+                            "re-export")  # fmt: skip
+    return str(rec["precision"])
 
 
 def _spec(manifest: Manifest, key: str, fname: str) -> Any:

@@ -61,9 +61,65 @@ def test_bf16_runs_on_openvino_with_plain_attention(tiny_llama, cal_text, tmp_pa
     assert set(m.config["cpu_features"]) <= set(NEEDS["bf16"]) and m.config["cpu_features"]
     from semedge.runtime import Pipeline
 
+    enc = rep.candidates[0]["encoder"]  # the encoder's own gate: its spans, then its speed
+    assert enc["cases"] == 3 * enc["prompts"] and enc["prompts"] >= 2
+    kept = enc["mean_jaccard"] >= 0.99 and enc["encoder_ms_bf16"] < enc["encoder_ms_fp32"]
+    assert (
+        enc["precision"] == ("bf16" if kept else "fp32") == rep.candidates[0]["encoder_precision"]
+    )
+    assert ("encoder_precision" in m.config) == kept
     with Pipeline.from_pretrained(out, providers="openvino") as pipe:
-        assert pipe.prefill.precision == "bf16" and pipe.backends["encoder"].precision == "fp32"
+        assert pipe.prefill.precision == "bf16"
+        assert pipe.backends["encoder"].precision == enc["precision"]
         assert len(pipe.generate("The valley had a river.", max_new_tokens=3).tokens) == 3
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
+def test_a_bf16_encoder_whose_spans_move_stays_fp32(
+    tiny_export_plain, cal_text, tmp_path, monkeypatch
+):
+    import shutil
+
+    from semedge.calibration import encoder_bf16 as E
+    from semedge.runtime import Pipeline
+
+    cand = tmp_path / "cand"
+    shutil.copytree(tiny_export_plain, cand)
+    text = cal_text.read_text(encoding="utf-8")
+    real = E.span_agreement
+
+    def moved(pipe, encoder, prompts):
+        return {**real(pipe, encoder, prompts[:2]), "mean_jaccard": 0.9}
+
+    monkeypatch.setattr(E, "span_agreement", moved)
+    rec = E.bf16_encoder(cand, text)
+    assert rec["precision"] == "fp32" and "0.9000 < 0.99" in rec["reason"]
+    assert "encoder_precision" not in load_manifest(cand).config
+    monkeypatch.setattr(E, "span_agreement", real)
+    rec = E.bf16_encoder(cand, text, min_agreement=0.0)
+    if rec["precision"] == "bf16":  # faster here: recorded, verified and run in bf16
+        assert load_manifest(cand).config["encoder_precision"]["precision"] == "bf16"
+        with Pipeline.from_pretrained(cand, providers="openvino") as pipe:
+            assert pipe.backends["encoder"].precision == "bf16"
+            assert pipe.prepare("The valley had a river. " * 30, ratio=2.0).spans is not None
+    else:
+        assert "no faster" in rec["reason"]
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
+def test_a_malformed_encoder_precision_record_is_refused(tiny_export_plain, tmp_path):
+    import shutil
+
+    from semedge.errors import ArtifactError
+    from semedge.runtime import Pipeline
+
+    cand = tmp_path / "cand"
+    shutil.copytree(tiny_export_plain, cand)
+    m = load_manifest(cand)
+    m.config = {**m.config, "precision": "bf16", "encoder_precision": {"precision": "int3"}}
+    write_manifest(cand, m)
+    with pytest.raises(ArtifactError, match="encoder_precision"):
+        Pipeline.from_pretrained(cand, providers="openvino")
 
 
 @pytest.mark.skipif(not BF16_HERE, reason="needs openvino and an AMX-BF16/AVX512-BF16 CPU")
