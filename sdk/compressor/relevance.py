@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from semedge.config import CompressionConfig
 
 __all__ = [
+    "column_median",
     "prompt_features",
     "query_similarity",
     "sentence_units",
@@ -42,10 +43,24 @@ def prompt_features(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.asarray(hidden, dtype=np.float32)
     done = ~np.isnan(x).any(axis=1)
-    median = np.median(x if done.all() else x[done], axis=0)
+    median = column_median(x if done.all() else x[done])
     if x.shape[0] > 1:
         x = x - median
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), median
+
+
+def column_median(x: np.ndarray) -> np.ndarray:
+    """np.median(x, axis=0) of a NaN-free (T, E) array, the same values in half the time: one
+    partition at T // 2 (the lower middle of an even T is the largest value below it) instead of
+    np.median's two."""
+    n = x.shape[0]
+    if n == 0:
+        return np.median(x, axis=0)  # NaN, as NumPy gives (with its warning)
+    half = n // 2
+    part = np.partition(x, half, axis=0)
+    if n % 2:
+        return part[half]
+    return (part[:half].max(axis=0) + part[half]) / x.dtype.type(2)
 
 
 def states_needed(text: str, offsets: np.ndarray, config: CompressionConfig) -> np.ndarray | None:

@@ -349,3 +349,14 @@ def test_adapter_preset_merges_only_the_far_context():
     far = lengths[:-recent]
     assert far.max() <= 64 and far.sum() == 1024 - recent and len(far) < 0.1 * len(spans)
     assert abs(1024 / len(spans) - 2.4) <= 0.02 * 2.4
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 10, 11, 257])
+def test_column_median_equals_numpys(rows):
+    from semedge.compressor.relevance import column_median
+
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 7)).astype(np.float32)
+    x[rows // 2 :, 3] = 1.5  # ties
+    got, want = column_median(x), np.median(x, axis=0)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
