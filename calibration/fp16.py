@@ -19,6 +19,7 @@ from semedge.artifacts import Manifest, copy_verified, staged_dir, write_manifes
 from semedge.calibration import scoring
 from semedge.calibration.data import (
     decode_feeds,
+    encoder_feeds,
     prefill_feeds,
     prepare_windows,
     tokenize_stream,
@@ -260,8 +261,8 @@ def _wide_nodes(pipe, src: Path, ids: np.ndarray, n: int, config: Fp16Config) ->
     prompts = prepare_windows(pipe, texts, compress=False)
     feeds = {
         C.EMBED_ONNX: [{C.INPUT_IDS: p.ids[None].astype(np.int64)} for p in prompts],
-        C.ENCODER_ONNX: [{C.INPUT_IDS: p.ids[None].astype(np.int64),
-                          C.ATTENTION_MASK: np.ones((1, p.ids.size), np.int64)} for p in prompts],
+        C.ENCODER_ONNX: [encoder_feeds(pipe, p.ids) for p in prompts]
+        if "encoder" in pipe.backends else [],
         C.PREFILL_ONNX: prefill_feeds(pipe, prompts),
         C.DECODE_ONNX: decode_feeds(pipe, prompts, steps=_RANGE_DECODE_STEPS),
     }  # fmt: skip

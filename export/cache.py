@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 # bump when the exported graphs change what they take or give (2: decode takes many tokens;
-# 3: decode rotates q and k inside GroupQueryAttention)
-GRAPH_LAYOUT = 3
+# 3: decode rotates q and k inside GroupQueryAttention; 4: the encoder takes keep_from)
+GRAPH_LAYOUT = 4
 
 
 def cached_export(model: str = "smollm2") -> Path:

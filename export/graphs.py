@@ -32,6 +32,7 @@ TOTAL = "total_sequence_length"  # P + T: KV slots after this call
 LOCAL_SEQ = "local_sequence_length"  # min(T, W - 1): what a local layer keeps of a prefill
 LOCAL_PAST = "local_past_sequence_length"  # min(P, W - 1)
 LOCAL_TOTAL = "local_total_sequence_length"  # min(P + 1, W - 1)
+KEPT = "kept_sequence_length"  # T - keep_from: the encoder rows returned (the rest are context)
 
 _ONNX_DTYPE = {"int64": 7, "float32": 1, "float16": 10}  # onnx.TensorProto enum values
 
@@ -129,8 +130,12 @@ def graph_specs(
         "embed": GraphSpec(C.EMBED_ONNX, (ids,), (embeds,)),
         "encoder": GraphSpec(
             C.ENCODER_ONNX,
-            (ids, TensorSpec(C.ATTENTION_MASK, i64, (BATCH, SEQ))),
-            (TensorSpec(C.ENCODER_HIDDEN, f, (BATCH, SEQ, hidden_size)),),
+            (
+                ids,
+                TensorSpec(C.ATTENTION_MASK, i64, (BATCH, SEQ)),
+                TensorSpec(C.KEEP_FROM, i64, (1,)),
+            ),
+            (TensorSpec(C.ENCODER_HIDDEN, f, (BATCH, KEPT, hidden_size)),),
         ),
         "prefill": GraphSpec(
             C.PREFILL_ONNX,

@@ -139,7 +139,7 @@ def _example_inputs(core, dtype) -> dict[str, tuple]:
     past = [torch.zeros(2, d.num_kv_heads, 4, d.head_dim, dtype=dtype)] * (2 * d.num_layers)
     return {
         "embed": (ids,),
-        "encoder": (ids, mask),
+        "encoder": (ids, mask, torch.tensor([1], dtype=torch.long)),
         "prefill": (embeds, pos, mask),
         "decode": (ids[:, :2], pos[:, 3:] + 1, torch.ones(2, 6, dtype=torch.long), *past),
     }

@@ -168,9 +168,11 @@ class DecoderCore(nn.Module):
         return (self.base.wte if self.gpt2 else self.base.embed_tokens)(input_ids)
 
     def run_layers(self, x, position_ids, attention_mask, pasts=None, n_layers=None,
-                   rotary_in_attention=False):  # fmt: skip
+                   rotary_in_attention=False, keep_from=None):  # fmt: skip
         """Layers 0..n_layers-1 over x (B, T, D); pasts: [(k, v)] per layer or None.
         rotary_in_attention (needs pasts and rope_caches): the fused attention node rotates.
+        keep_from (a 0-d tensor; the encoder): the last layer returns rows keep_from.. only,
+        and runs its output projection and MLP on those rows alone (the others were context).
 
         Returns:
             hidden (B, T, D) and the presents [(k, v)] with k, v (B, KV, P+T, H); a
@@ -189,9 +191,10 @@ class DecoderCore(nn.Module):
         presents = []
         layer = self._gpt2_layer if self.gpt2 else self._llama_layer
         layer = self._gemma3_layer if self.gemma3 else layer
-        for i in range(self.dims.num_layers if n_layers is None else n_layers):
+        n = self.dims.num_layers if n_layers is None else n_layers
+        for i in range(n):
             past = pasts[i] if pasts is not None else (None, None)
-            x, kv = layer(i, x, rope, bias, past)
+            x, kv = layer(i, x, rope, bias, past, keep_from if i == n - 1 else None)
             presents.append(kv)
         return x, presents
 
@@ -209,7 +212,7 @@ class DecoderCore(nn.Module):
         k = k * cos + _rotate_half(k) * sin
         return q.reshape(B, T, -1), k.reshape(B, T, -1)
 
-    def _gemma3_layer(self, i, x, ropes, bias, past):
+    def _gemma3_layer(self, i, x, ropes, bias, past, keep=None):
         """Gemma 3 block: QK-norm before RoPE, norms after attention and MLP as well as before;
         local layers use the local RoPE and a sliding window."""
         layer, (w_qkv, _, w_gate_up) = self.layers[i], self.packed[i]
@@ -233,13 +236,14 @@ class DecoderCore(nn.Module):
         out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, window, fused_rope)
         if local:  # what the next token can see besides itself
             pk, pv = pk[:, :, -d.local_kv_slots :], pv[:, :, -d.local_kv_slots :]
+        x, out = _rows_from(keep, x, out)
         x = x + layer.post_attention_layernorm(a.o_proj(out))
         inter = w_gate_up.shape[0] // 2
         gate, up = F.linear(layer.pre_feedforward_layernorm(x), w_gate_up).split([inter, inter], -1)
         x = x + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))
         return x, (pk, pv)
 
-    def _llama_layer(self, i, x, rope, bias, past):
+    def _llama_layer(self, i, x, rope, bias, past, keep=None):
         layer, (w_qkv, b_qkv, w_gate_up) = self.layers[i], self.packed[i]
         d, a = self.dims, layer.self_attn
         h = layer.input_layernorm(x)
@@ -255,6 +259,7 @@ class DecoderCore(nn.Module):
             k = k.reshape(B, T, d.num_kv_heads, d.head_dim)  # (B, T, KV, H)
             q, k = self._rotate(q, k, rope, B, T)
         out, pk, pv = self._attend(q, k, v, past, bias, a.scaling, rope=fused_rope)
+        x, out = _rows_from(keep, x, out)
         x = x + a.o_proj(out)
         # gated MLP with one GEMM for gate and up: down(act(gate(h)) * up(h)); split with
         # static sizes (chunk traces to Shape/Gather/Div/Slice per layer)
@@ -263,10 +268,11 @@ class DecoderCore(nn.Module):
         x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return x, (pk, pv)
 
-    def _gpt2_layer(self, i, x, rope, bias, past):
+    def _gpt2_layer(self, i, x, rope, bias, past, keep=None):
         d, block = self.dims, self.layers[i]
         q, k, v = block.attn.c_attn(block.ln_1(x)).split(d.hidden_size, dim=2)
         out, pk, pv = self._attend(q, k, v, past, bias, d.head_dim**-0.5)
+        x, out = _rows_from(keep, x, out)
         x = x + block.attn.c_proj(out)
         x = x + block.mlp(block.ln_2(x))
         return x, (pk, pv)
@@ -284,6 +290,14 @@ class DecoderCore(nn.Module):
         # so with tied embeddings decode.onnx holds the table once: (B*T, D) @ (V, D)^T
         logits = F.linear(h.reshape(-1, h.shape[-1]), head.weight, bias)
         return logits.reshape(B, T, -1)
+
+
+def _rows_from(keep, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, attention output) from row `keep` on (all rows when keep is None): the rows after
+    attention are independent, so the projection and MLP of context-only rows can be skipped."""
+    if keep is None:
+        return x, out
+    return x[:, keep:].contiguous(), out[:, keep:].contiguous()  # (GPT-2's Conv1D views)
 
 
 def _flat(presents) -> tuple[torch.Tensor, ...]:
@@ -310,10 +324,13 @@ class EncoderGraph(nn.Module):
         self.core, self.k = core, layers
         self.eval()
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, keep_from):
+        """keep_from (1,): return the states of rows keep_from.. only; the rows before are
+        context (the runtime's overlapping windows), whose projection and MLP are skipped."""
         positions = torch.ones_like(input_ids).cumsum(-1) - 1  # (B, T): 0..T-1, as the HF default
         x = self.core.embed(input_ids)
-        x, _ = self.core.run_layers(x, positions, attention_mask, n_layers=self.k)
+        keep = keep_from.reshape(())
+        x, _ = self.core.run_layers(x, positions, attention_mask, n_layers=self.k, keep_from=keep)
         return x
 
 

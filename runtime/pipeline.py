@@ -31,6 +31,7 @@ from semedge.constants import (
     FORMAT_EXPORT,
     INPUT_IDS,
     INPUTS_EMBEDS,
+    KEEP_FROM,
     PAST_KEY,
     TOKENIZER_JSON,
 )
@@ -283,11 +284,15 @@ class Pipeline:
 
         window = min(self.compression.encoder_window, self.max_positions)
         enc = self.backends["encoder"]
+        skips_context = KEEP_FROM in enc.inputs  # exports before it return every row
 
-        def run(start: int, end: int) -> np.ndarray:
+        def run(start: int, end: int, keep: int) -> np.ndarray:
             chunk = ids[start:end].reshape(1, -1).astype(np.int64)  # (1, W)
             feeds = {INPUT_IDS: chunk, ATTENTION_MASK: np.ones_like(chunk)}
-            return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0]
+            if skips_context:  # the graph returns rows keep.. only (context rows: no MLP)
+                feeds[KEEP_FROM] = np.array([keep - start], dtype=np.int64)
+                return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0]
+            return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0, keep - start :]
 
         return windowed_states(len(ids), encoder_windows(len(ids), window, needed=needed), run)
 

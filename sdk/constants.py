@@ -33,6 +33,9 @@ INPUTS_EMBEDS = "inputs_embeds"
 POSITION_IDS = "position_ids"
 ATTENTION_MASK = "attention_mask"
 ENCODER_HIDDEN = "encoder_hidden"
+KEEP_FROM = (
+    "keep_from"  # encoder.onnx: (1,) first row whose state is returned (the rest are context)
+)
 LOGITS = "logits"
 PAST_KEY = "past_key_values.{i}.key"
 PAST_VALUE = "past_key_values.{i}.value"

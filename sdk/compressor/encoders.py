@@ -96,9 +96,9 @@ def encode_lm_windows(
     ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
     T = int(ids.shape[0])
 
-    def run(start: int, end: int) -> np.ndarray:
+    def run(start: int, end: int, keep: int) -> np.ndarray:
         chunk = ids[start:end].unsqueeze(0)  # (1, W)
-        return encoder(chunk, torch.ones_like(chunk))[0].float().numpy()  # (W, D)
+        return encoder(chunk, torch.ones_like(chunk))[0, keep - start :].float().numpy()
 
     plan = encoder_windows(T, min(window, encoder.max_positions), needed=needed)
     with torch.inference_mode():

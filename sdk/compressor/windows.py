@@ -56,16 +56,17 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def windowed_states(T: int, plan: list[tuple[int, int, int]], run_window) -> np.ndarray:
-    """(T, E) float32 states from `plan` (encoder_windows): run_window(start, end) -> (end -
-    start, E) states of that window; rows no window keeps are NaN (not needed, never read)."""
+    """(T, E) float32 states from `plan` (encoder_windows): run_window(start, end, keep) ->
+    (end - keep, E), the states of rows [keep, end) of the window [start, end) (the rows before
+    keep are its left context); rows no window keeps are NaN (not needed, never read)."""
     out = None
     for start, end, keep in plan:
         if end <= start:
             continue
-        states = np.asarray(run_window(start, end), dtype=np.float32)
+        states = np.asarray(run_window(start, end, keep), dtype=np.float32)
         if out is None:
             out = np.full((T, states.shape[1]), np.nan, dtype=np.float32)
-        out[keep:end] = states[keep - start :]
+        out[keep:end] = states
     if out is None:
         raise InputError("text has no tokens; give some text")
     return out

@@ -228,3 +228,31 @@ def test_decode_graph_rotates_each_token_at_its_own_position(family, tiny_models
     shifted = {**feeds, C.POSITION_IDS: pos[:, 4:] + np.array([[0, 1, 0]])}  # one id moved
     moved = decode.run(None, {**shifted, **dict(zip(past_names(n), out[1:], strict=True))})[0]
     assert np.abs(moved[0, -1] - want.numpy()).max() > 1e-3  # the positions do matter
+
+
+def test_encoder_skips_the_context_rows_of_a_window_with_the_same_states(tiny_export):
+    """encoder.onnx returns rows keep_from.. only (their output projection and MLP run on those
+    rows alone); the runtime's overlapping windows feed it and get the states a full window
+    gives those rows."""
+    import dataclasses
+
+    from semedge.compressor.windows import encoder_windows
+    from semedge.runtime import Pipeline
+
+    with Pipeline.from_pretrained(tiny_export, providers="cpu") as pipe:
+        enc = pipe.backends["encoder"]
+        assert C.KEEP_FROM in enc.inputs
+        ids = (np.arange(300, dtype=np.int64) * 7) % 300 + 3
+        window = 96
+        pipe.compression = dataclasses.replace(pipe.compression, encoder_window=window)
+        got = pipe.encode(ids)
+        plan = encoder_windows(len(ids), window)
+        assert any(keep > start for start, _, keep in plan)  # some windows have context rows
+        for start, end, keep in plan:
+            chunk = ids[start:end].reshape(1, -1)
+            feeds = {C.INPUT_IDS: chunk, C.ATTENTION_MASK: np.ones_like(chunk)}
+            full = enc.run({**feeds, C.KEEP_FROM: np.array([0])}, [C.ENCODER_HIDDEN])
+            want = full[C.ENCODER_HIDDEN][0, keep - start :]
+            kept = enc.run({**feeds, C.KEEP_FROM: np.array([keep - start])}, [C.ENCODER_HIDDEN])
+            assert kept[C.ENCODER_HIDDEN].shape[1] == end - keep  # context rows not returned
+            np.testing.assert_allclose(got[keep:end], want, rtol=1e-5, atol=1e-5)
