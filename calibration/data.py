@@ -160,16 +160,6 @@ def with_graphs(pipe: Pipeline, folder: Path | None) -> Iterator[Pipeline]:
             backends[key].close()
 
 
-def encoder_feeds(pipe: Pipeline, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """encoder.onnx's feeds for one window of (T,) ids, every row returned (keep_from 0 where
-    the graph takes it: exports before it had no such input)."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-    feeds = {C.INPUT_IDS: ids, C.ATTENTION_MASK: np.ones_like(ids)}
-    if C.KEEP_FROM in pipe.backends["encoder"].inputs:
-        feeds[C.KEEP_FROM] = np.zeros(1, dtype=np.int64)
-    return feeds
-
-
 def with_backends(pipe: Pipeline, **backends: Any) -> Pipeline:
     """A shallow copy of `pipe` with some backends replaced or added (the sessions are shared,
     not copied, and stay open when the copy is dropped)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from semedge import constants as C
-from semedge.calibration.data import encoder_feeds, with_backends
+from semedge.calibration.data import with_backends
 from semedge.calibration.schemes import ensure_node_names, quantize_graph
 from semedge.errors import AccuracyError, InputError
 from semedge.logs import log_timed
@@ -80,7 +80,10 @@ def encoder_ms(pipe: Any, encoder: Any, tokens: int, repeats: int = 3) -> tuple[
     and would slow whatever runs next on the same cores (measured: OpenVINO's bf16 encoder
     28.7 ms alone, 54 ms right after an ONNX Runtime run)."""
     vocab = int(pipe.config.get("vocab_size") or 1100)
-    feeds = encoder_feeds(pipe, np.arange(tokens, dtype=np.int64) % min(1000, vocab - 1) + 1)
+    from semedge.runtime.pipeline import encoder_feeds
+
+    ids = np.arange(tokens, dtype=np.int64) % min(1000, vocab - 1) + 1
+    feeds = encoder_feeds(pipe.backends["encoder"], ids)
     best = []
     for enc in (pipe.backends["encoder"], encoder):
         times = []

@@ -19,7 +19,6 @@ from semedge.artifacts import Manifest, copy_verified, staged_dir, write_manifes
 from semedge.calibration import scoring
 from semedge.calibration.data import (
     decode_feeds,
-    encoder_feeds,
     prefill_feeds,
     prepare_windows,
     tokenize_stream,
@@ -259,9 +258,11 @@ def _wide_nodes(pipe, src: Path, ids: np.ndarray, n: int, config: Fp16Config) ->
     wins = [ids[i * n : (i + 1) * n] for i in range(config.range_windows)]
     texts = [pipe.tokenizer.decode(w.tolist()) for w in wins]
     prompts = prepare_windows(pipe, texts, compress=False)
+    from semedge.runtime.pipeline import encoder_feeds
+
     feeds = {
         C.EMBED_ONNX: [{C.INPUT_IDS: p.ids[None].astype(np.int64)} for p in prompts],
-        C.ENCODER_ONNX: [encoder_feeds(pipe, p.ids) for p in prompts]
+        C.ENCODER_ONNX: [encoder_feeds(pipe.backends["encoder"], p.ids) for p in prompts]
         if "encoder" in pipe.backends else [],
         C.PREFILL_ONNX: prefill_feeds(pipe, prompts),
         C.DECODE_ONNX: decode_feeds(pipe, prompts, steps=_RANGE_DECODE_STEPS),

@@ -326,6 +326,7 @@ def _hidden_case(name: str, ref: np.ndarray, got: np.ndarray, ctx: _Ctx) -> Pari
 def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase]:
     torch = require("torch")
     from semedge.compressor.encoders import LMEncoder
+    from semedge.runtime.pipeline import encoder_feeds
 
     ids = gate_text_ids(tokenizer, n)[None]
     emb = ctx.pipe.embed(ids[0])[None]
@@ -333,22 +334,16 @@ def _encoder_cases(ctx: _Ctx, tokenizer, n: int, layers: int) -> list[ParityCase
     mask = np.ones_like(ids)
     with torch.no_grad():
         ref = LMEncoder(ctx.model, layers=layers)(torch.from_numpy(ids), torch.from_numpy(mask))
-    enc = ctx.pipe.backends["encoder"]
-    feeds = {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask}
-    if C.KEEP_FROM not in enc.inputs:  # an encoder without context rows (older exports)
-        got = enc.run(feeds, [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
-        return cases + [_hidden_case("encoder", ref.float().numpy(), got, ctx)]
-    # every row, then the rows of a window whose first quarter is context (as the runtime
-    # plans them): the same states without that context's projection and MLP
+    enc, ref = ctx.pipe.backends["encoder"], ref.float().numpy()
+    got = enc.run(encoder_feeds(enc, ids[0]), [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
+    cases.append(_hidden_case("encoder", ref, got, ctx))
+    if C.KEEP_FROM not in enc.inputs:  # an export before keep_from: every row, always
+        return cases
+    # the rows of a window whose first quarter is context (as the runtime plans them): the
+    # same states without that context's projection and MLP
     keep = ids.shape[1] // 4
-    got = enc.run({**feeds, C.KEEP_FROM: np.array([0])}, [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
-    kept = enc.run({**feeds, C.KEEP_FROM: np.array([keep])}, [C.ENCODER_HIDDEN])
-    return cases + [
-        _hidden_case("encoder", ref.float().numpy(), got, ctx),
-        _hidden_case(
-            "encoder_context", ref.float().numpy()[:, keep:], kept[C.ENCODER_HIDDEN], ctx
-        ),  # fmt: skip
-    ]
+    kept = enc.run(encoder_feeds(enc, ids[0], keep), [C.ENCODER_HIDDEN])[C.ENCODER_HIDDEN]
+    return cases + [_hidden_case("encoder_context", ref[:, keep:], kept, ctx)]
 
 
 def check_parity(

@@ -49,7 +49,7 @@ from semedge.runtime.sampling import GenerationConfig
 from semedge.runtime.span_adapter import load_span_adapter, span_adapter_fn
 from semedge.runtime.trace import NULL_TIMER
 
-__all__ = ["AUTO_PREFILL_CHUNK", "Pipeline", "PreparedPrompt", "REQUIRED_CONFIG"]
+__all__ = ["AUTO_PREFILL_CHUNK", "Pipeline", "PreparedPrompt", "REQUIRED_CONFIG", "encoder_feeds"]
 
 # GenerationConfig(prefill_chunk=None) on ONNX Runtime's CPU provider: measured best of 256 /
 # 512 / 1024 / 4096 on SmolLM2 and Gemma 3 (benchmarks/prefill_chunks.py; docs/runtime.md)
@@ -284,15 +284,11 @@ class Pipeline:
 
         window = min(self.compression.encoder_window, self.max_positions)
         enc = self.backends["encoder"]
-        skips_context = KEEP_FROM in enc.inputs  # exports before it return every row
 
         def run(start: int, end: int, keep: int) -> np.ndarray:
-            chunk = ids[start:end].reshape(1, -1).astype(np.int64)  # (1, W)
-            feeds = {INPUT_IDS: chunk, ATTENTION_MASK: np.ones_like(chunk)}
-            if skips_context:  # the graph returns rows keep.. only (context rows: no MLP)
-                feeds[KEEP_FROM] = np.array([keep - start], dtype=np.int64)
-                return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0]
-            return enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0, keep - start :]
+            feeds = encoder_feeds(enc, ids[start:end], keep - start)
+            states = enc.run(feeds, [ENCODER_HIDDEN])[ENCODER_HIDDEN][0]
+            return states if KEEP_FROM in feeds else states[keep - start :]
 
         return windowed_states(len(ids), encoder_windows(len(ids), window, needed=needed), run)
 
@@ -398,6 +394,16 @@ class Pipeline:
             and isinstance(self.decode, OrtBackend) and self.decode.device == "cpu"
         )  # fmt: skip
 
+    @property
+    def kv_position_bytes(self) -> int:
+        """Bytes of keys and values one row's position holds in a cache from `new_cache` (an
+        upper bound with sliding-window layers, whose caches hold fewer positions)."""
+        c = self.config
+        per_layer = (
+            2 * int(c["num_kv_heads"]) * int(c["head_dim"]) * np.dtype(self.kv_dtype).itemsize
+        )
+        return int(c["num_layers"]) * per_layer
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A KV cache on the decode backend's device for `batch` rows of `max_len` positions
         (host memory comes from `kv_pool` where blocks were released to it); in place
@@ -472,6 +478,17 @@ class Pipeline:
         text = gen.results()[0].text
         if len(text) > sent:
             yield text[sent:]
+
+
+def encoder_feeds(encoder: Backend, ids: np.ndarray, keep: int = 0) -> dict[str, np.ndarray]:
+    """encoder.onnx's feeds for one window of (T,) ids whose first `keep` rows are left context:
+    with `keep_from` where the graph takes it (it then returns rows keep.. only, their context's
+    projection and MLP skipped); exports before that input return every row."""
+    chunk = np.asarray(ids, dtype=np.int64).reshape(1, -1)  # (1, W)
+    feeds = {INPUT_IDS: chunk, ATTENTION_MASK: np.ones_like(chunk)}
+    if KEEP_FROM in encoder.inputs:
+        feeds[KEEP_FROM] = np.array([keep], dtype=np.int64)
+    return feeds
 
 
 def _config(config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from semedge.errors import InputError
 from semedge.runtime.serving import heap
 from semedge.runtime.serving.batching import DecodeBatch, Job, fail_job, prepare_job, sampling_key
@@ -93,12 +91,9 @@ class Engine:
         self.rests = 0  # times a worker found nothing to do and gave memory back
         # while busy, keep what a worker's batches map (a merged cache, its groups' caches and
         # their prefill scratch: 3 x max_batch_positions each) for the next joins to reuse
-        c = pipe.config
-        position = 2 * int(c["num_layers"]) * int(c["num_kv_heads"]) * int(c["head_dim"])
-        position *= np.dtype(pipe.kv_dtype).itemsize
+        per_worker = 3 * self.config.max_batch_positions * pipe.kv_position_bytes
         pipe.kv_pool.reserve(
-            keep=8 * self.config.workers,
-            keep_bytes=3 * self.config.workers * self.config.max_batch_positions * position,
+            keep=8 * self.config.workers, keep_bytes=self.config.workers * per_worker
         )
         self._idle = 0  # workers waiting for jobs with nothing to run (they take new jobs first)
         self._threads = [
